@@ -1,0 +1,184 @@
+"""The TFLite model: loading the interpreter (in one place), feeding frames, invoking.
+
+The interpreter comes from ``tflite_runtime``, then ``ai_edge_litert``, then
+``tensorflow.lite`` (the config can force one). Frames are resized and normalised as the
+model's input tensor requires, from its shape, dtype and quantisation, into a buffer
+allocated once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_RUNTIME_MODULES = {
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+_INSTALL_HINT = (
+    "pip install tflite-runtime 'numpy<2' (Python <= 3.11), or pip install ai-edge-litert"
+)
+
+
+def load_runtime(runtime: str = "auto") -> Tuple[str, Any, Optional[Callable[..., Any]]]:
+    """Return ``(name, Interpreter class, load_delegate)`` for the chosen or first available runtime."""
+    names = list(_RUNTIME_MODULES) if runtime == "auto" else [runtime]
+    errors = []
+    for name in names:
+        if name not in _RUNTIME_MODULES:
+            raise ModelError(f"unknown runtime: {name} (use auto, {', '.join(_RUNTIME_MODULES)})")
+        try:
+            module = importlib.import_module(_RUNTIME_MODULES[name])
+        except Exception as exc:  # ImportError, or a NumPy ABI mismatch inside the module
+            errors.append(f"{name}: {exc}")
+            continue
+        if name == "tensorflow":
+            return name, module.Interpreter, getattr(module.experimental, "load_delegate", None)
+        return name, module.Interpreter, getattr(module, "load_delegate", None)
+    raise ModelError(f"no TFLite runtime available ({'; '.join(errors)}) ({_INSTALL_HINT})")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, the model's identity in baselines and alerts."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Model:
+    """A loaded TFLite model that turns BGR frames into output arrays."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        runtime: str = "auto",
+        num_threads: int = 2,
+        delegate: str = "",
+        input_range: Tuple[float, float] = (-1.0, 1.0),
+        color: str = "rgb",
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"model not found: {self.path} (set [model] path or --model FILE)")
+        self.sha256 = file_sha256(self.path)
+        self.runtime, interpreter_cls, load_delegate = load_runtime(runtime)
+        self.delegate = delegate
+        delegates = []
+        if delegate:
+            if load_delegate is None:
+                raise ModelError(f"runtime {self.runtime} cannot load delegates ([model] delegate)")
+            try:
+                delegates.append(load_delegate(delegate))
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise ModelError(
+                    f"cannot load delegate {delegate}: {exc} (install it or clear [model] delegate)"
+                ) from None
+        try:
+            self.interpreter = interpreter_cls(
+                model_path=str(self.path),
+                num_threads=num_threads,
+                experimental_delegates=delegates or None,
+            )
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"cannot load model: {self.path}: {first} (is it a valid .tflite file?)"
+            ) from None
+        self.input_details = self.interpreter.get_input_details()
+        self.output_details = self.interpreter.get_output_details()
+        detail = self.input_details[0]
+        shape = [int(v) for v in detail["shape"]]
+        if len(shape) != 4 or shape[3] not in (1, 3):
+            raise ModelError(f"unsupported input shape {shape} in {self.path} (need [1, H, W, 1|3])")
+        self.input_index = detail["index"]
+        self.input_dtype = np.dtype(detail["dtype"])
+        self.input_size = (shape[2], shape[1])  # (width, height)
+        self.channels = shape[3]
+        self.color = color
+        scale, zero = detail.get("quantization", (0.0, 0))
+        lo, hi = input_range
+        if self.input_dtype == np.float32:
+            # pixel 0..255 -> [lo, hi]
+            self._mul, self._add = (hi - lo) / 255.0, lo
+        elif scale:
+            # quantised input: q = real / scale + zero, real in [lo, hi] as for float
+            self._mul, self._add = (hi - lo) / 255.0 / scale, lo / scale + zero
+            if self.input_dtype == np.uint8 and abs(self._mul - 1) < 1e-3 and abs(self._add) < 0.5:
+                self._mul, self._add = 1.0, 0.0
+        else:
+            self._mul, self._add = 1.0, 0.0 if self.input_dtype == np.uint8 else -128.0
+        w, h = self.input_size
+        self._resized = np.empty((h, w, 3), np.uint8)
+        self._rgb = np.empty((h, w, 3), np.uint8)
+        self._tensor = np.empty((1, h, w, self.channels), self.input_dtype)
+        self._work = np.empty((h, w, self.channels), np.float32)
+
+    @property
+    def output_names(self) -> List[str]:
+        """Names of the model's outputs, in the interpreter's order."""
+        return [d["name"] for d in self.output_details]
+
+    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """Resize and normalise a BGR frame into the model's input tensor (preallocated)."""
+        cv2.resize(frame_bgr, self.input_size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        src = self._resized
+        if self.channels == 1:
+            gray = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
+            src = gray[:, :, None]
+        elif self.color == "rgb":
+            cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=self._rgb)
+            src = self._rgb
+        if self._mul == 1.0 and self._add == 0.0 and self.input_dtype == np.uint8:
+            self._tensor[0] = src
+        else:
+            np.multiply(src, self._mul, out=self._work, casting="unsafe")
+            self._work += self._add
+            if self.input_dtype != np.float32:
+                info = np.iinfo(self.input_dtype)
+                np.clip(np.rint(self._work, out=self._work), info.min, info.max, out=self._work)
+            self._tensor[0] = self._work
+        return self._tensor
+
+    def invoke(self) -> List[np.ndarray]:
+        """Run the interpreter on the prepared input and return copies of its outputs."""
+        self.interpreter.set_tensor(self.input_index, self._tensor)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(d["index"]) for d in self.output_details]
+
+    def __call__(self, frame_bgr: np.ndarray) -> Tuple[List[np.ndarray], float]:
+        """Prepare, invoke, and return ``(outputs, latency_s)`` for one frame."""
+        t0 = time.perf_counter()
+        self.prepare(frame_bgr)
+        outputs = self.invoke()
+        return outputs, time.perf_counter() - t0
+
+    def info(self) -> dict:
+        """The model's identity for heartbeats, alerts and baselines."""
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "runtime": self.runtime,
+            "delegate": self.delegate or None,
+            "input": [int(v) for v in self.input_details[0]["shape"]],
+            "input_dtype": self.input_dtype.name,
+            "outputs": [
+                {"name": d["name"], "shape": [int(v) for v in d["shape"]]}
+                for d in self.output_details
+            ],
+        }

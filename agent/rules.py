@@ -1,0 +1,174 @@
+"""Rule-based camera-fault, performance and anomaly checks over the recent frames.
+
+Pure functions: they take the last few seconds of the ring buffer (timestamps and the
+feature matrix) and return :class:`~agent.alerts.Observation` values; the alert
+manager applies each rule's ``for`` duration. Rules need no reference except where
+they compare with it (blur, latency, outliers), and then skip quietly without one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .alerts import Observation
+from .config import RulesConfig
+
+SummaryFn = Callable[[str], Optional[Dict[str, float]]]
+
+# Features whose robust z-scores count as per-frame outliers (image statistics only).
+OUTLIER_FEATURES = ("brightness", "contrast", "sharpness", "saturation", "colorfulness",
+                    "entropy", "noise", "edge_density", "mean_b", "mean_g", "mean_r")
+
+
+def _window(ts: np.ndarray) -> Dict[str, Any]:
+    return {"start": float(ts[0]), "end": float(ts[-1]), "frames": int(ts.size)}
+
+
+def _col(names: Sequence[str], values: np.ndarray, name: str) -> Optional[np.ndarray]:
+    if name not in names:
+        return None
+    col = values[:, list(names).index(name)]
+    col = col[np.isfinite(col)]
+    return col if col.size else None
+
+
+def check_frames(
+    names: Sequence[str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    cfg: RulesConfig,
+    *,
+    reference: Optional[SummaryFn] = None,
+    expected_fps: Optional[float] = None,
+) -> List[Observation]:
+    """Camera-fault, performance and outlier observations for one recent window."""
+    if ts.size < 2:
+        return []
+    out: List[Observation] = []
+    win = _window(ts)
+
+    brightness = _col(names, values, "brightness")
+    if brightness is not None:
+        dark = float(np.mean(brightness < cfg.black_brightness))
+        med = float(np.median(brightness))
+        out.append(Observation(
+            kind="camera_fault", feature="black_frames", metric="dark_fraction",
+            value=dark, threshold=0.9, breach=dark >= 0.9, clear=dark < 0.5,
+            severity="critical", for_s=cfg.black_for_s, clear_for_s=cfg.black_for_s,
+            summary=(f"black frames: {dark:.0%} of frames darker than {cfg.black_brightness:g} "
+                     f"(median brightness {med:.1f}; expected under 90%)"),
+            expected={"max_dark_fraction": 0.9, "black_brightness": cfg.black_brightness},
+            observed={"dark_fraction": dark, "brightness_p50": med}, window=win))
+
+    over = _col(names, values, "overexposed")
+    if over is not None:
+        med = float(np.median(over))
+        out.append(Observation(
+            kind="camera_fault", feature="saturated_frames", metric="overexposed_p50",
+            value=med, threshold=cfg.saturated_fraction, breach=med >= cfg.saturated_fraction,
+            clear=med < cfg.saturated_fraction * 0.5, severity="critical",
+            for_s=cfg.saturated_for_s, clear_for_s=cfg.saturated_for_s,
+            summary=(f"saturated frames: median {med:.0%} of pixels overexposed "
+                     f"(expected under {cfg.saturated_fraction:.0%})"),
+            expected={"max_overexposed": cfg.saturated_fraction},
+            observed={"overexposed_p50": med}, window=win))
+
+    diff = _col(names, values, "diff")
+    if diff is not None and diff.size >= 2:
+        top = float(np.max(diff[1:]))
+        out.append(Observation(
+            kind="camera_fault", feature="frozen_frames", metric="max_diff",
+            value=top, threshold=cfg.frozen_diff, breach=top < cfg.frozen_diff,
+            clear=top >= cfg.frozen_diff * 2, severity="critical",
+            for_s=cfg.frozen_for_s, clear_for_s=cfg.frozen_for_s,
+            summary=(f"frozen camera: largest frame-to-frame change {top:.3f} over "
+                     f"{win['frames']} frames (expected above {cfg.frozen_diff:g})"),
+            expected={"min_diff": cfg.frozen_diff}, observed={"max_diff": top}, window=win))
+
+    sharp = _col(names, values, "sharpness")
+    ref_sharp = reference("sharpness") if reference else None
+    if sharp is not None and ref_sharp and ref_sharp.get("p50", 0) > 0:
+        ratio = float(np.median(sharp)) / float(ref_sharp["p50"])
+        out.append(Observation(
+            kind="camera_fault", feature="blur", metric="sharpness_ratio",
+            value=ratio, threshold=cfg.blur_ratio, breach=ratio < cfg.blur_ratio,
+            clear=ratio > min(1.0, cfg.blur_ratio * 2), severity="warning",
+            for_s=cfg.blur_for_s, clear_for_s=cfg.blur_for_s,
+            summary=(f"blurred image: sharpness {float(np.median(sharp)):.1f} is {ratio:.0%} of "
+                     f"reference {ref_sharp['p50']:.1f} (expected above {cfg.blur_ratio:.0%})"),
+            expected={"sharpness_p50": ref_sharp["p50"], "min_ratio": cfg.blur_ratio},
+            observed={"sharpness_p50": float(np.median(sharp)), "ratio": ratio}, window=win))
+
+    span = float(ts[-1] - ts[0])
+    if expected_fps and span > 0:
+        fps = (ts.size - 1) / span
+        floor = cfg.min_fps_ratio * expected_fps
+        out.append(Observation(
+            kind="performance", feature="fps", metric="fps", value=fps, threshold=floor,
+            breach=fps < floor, clear=fps >= floor * 1.1, severity="warning",
+            for_s=cfg.fps_for_s, clear_for_s=cfg.fps_for_s,
+            summary=f"frame rate degraded: {fps:.1f} fps (expected at least {floor:.1f} fps)",
+            expected={"fps": expected_fps, "min_fps": floor}, observed={"fps": fps}, window=win))
+
+    lat = _col(names, values, "latency_ms")
+    ref_lat = reference("latency_ms") if reference else None
+    if lat is not None and ref_lat and ref_lat.get("p95", 0) > 0:
+        p95 = float(np.percentile(lat, 95))
+        limit = cfg.latency_ratio * float(ref_lat["p95"])
+        out.append(Observation(
+            kind="performance", feature="latency_ms", metric="latency_p95",
+            value=p95, threshold=limit, breach=p95 > limit, clear=p95 <= limit / 1.2,
+            severity="warning", for_s=cfg.latency_for_s, clear_for_s=cfg.latency_for_s,
+            summary=(f"inference latency degraded: p95 {p95:.1f} ms (reference p95 "
+                     f"{ref_lat['p95']:.1f} ms, limit {limit:.1f} ms)"),
+            expected={"latency_p95_ms": ref_lat["p95"], "limit_ms": limit},
+            observed={"latency_p95_ms": p95}, window=win))
+
+    if reference is not None:
+        out.extend(_outliers(names, values, cfg, reference, win))
+    return out
+
+
+def _outliers(names: Sequence[str], values: np.ndarray, cfg: RulesConfig,
+              reference: SummaryFn, win: Dict[str, Any]) -> List[Observation]:
+    cols, centre, scale = [], [], []
+    for name in OUTLIER_FEATURES:
+        ref = reference(name) if name in names else None
+        if not ref or not ref.get("mad") or ref["mad"] <= 0:
+            continue
+        cols.append(list(names).index(name))
+        centre.append(ref["p50"])
+        scale.append(1.4826 * ref["mad"])
+    if not cols:
+        return []
+    z = np.abs(values[:, cols] - np.asarray(centre)) / np.asarray(scale)
+    z = np.nan_to_num(z, nan=0.0)
+    frame_out = np.any(z > cfg.outlier_z, axis=1)
+    rate = float(np.mean(frame_out))
+    worst = [names[c] for c in np.asarray(cols)[np.argsort(-np.mean(z > cfg.outlier_z, axis=0))[:3]]]
+    return [Observation(
+        kind="anomaly", feature="outlier_frames", metric="outlier_rate", value=rate,
+        threshold=cfg.outlier_rate, breach=rate >= cfg.outlier_rate,
+        clear=rate < cfg.outlier_rate / 2, severity="warning",
+        for_s=cfg.outlier_for_s, clear_for_s=cfg.outlier_for_s,
+        summary=(f"anomalous frames: {rate:.0%} of frames have a robust z-score over "
+                 f"{cfg.outlier_z:g} (mostly {', '.join(worst)}; expected under "
+                 f"{cfg.outlier_rate:.0%})"),
+        expected={"max_rate": cfg.outlier_rate, "z": cfg.outlier_z},
+        observed={"rate": rate, "features": worst}, window=win)]
+
+
+def check_stall(last_frame_ts: Optional[float], started: float, now: float,
+                cfg: RulesConfig) -> Observation:
+    """The source has delivered no frame for ``stall_s`` seconds."""
+    since = last_frame_ts if last_frame_ts is not None else started
+    age = max(0.0, now - since)
+    return Observation(
+        kind="camera_fault", feature="stalled", metric="frame_age_s", value=age,
+        threshold=cfg.stall_s, breach=age > cfg.stall_s, clear=age <= cfg.stall_s,
+        severity="critical", for_s=0.0, clear_for_s=0.0,
+        summary=f"no frames: the last frame arrived {age:.0f} s ago (expected within {cfg.stall_s:g} s)",
+        expected={"max_frame_age_s": cfg.stall_s}, observed={"frame_age_s": age},
+        window={"start": since, "end": now, "frames": 0})
