@@ -30,7 +30,9 @@ from .stats import IMAGE_FEATURES, ImageStats
 log = logging.getLogger(__name__)
 
 PERF_FEATURES = ("latency_ms", "frame_interval_ms")
-FEATURES: tuple = tuple(IMAGE_FEATURES) + tuple(CONFIDENCE_FEATURES) + PERF_FEATURES
+# "entropy" names both the image's luma entropy and the scores'; the latter is renamed here.
+PREDICTION_FEATURES = tuple("score_entropy" if n == "entropy" else n for n in CONFIDENCE_FEATURES)
+FEATURES: tuple = tuple(IMAGE_FEATURES) + PREDICTION_FEATURES + PERF_FEATURES
 # Not tested for distribution drift: motion/frames are covered by rules, the predicted
 # class is categorical, and timing belongs to the performance checks.
 NOT_DRIFT_TESTED = ("diff", "pred_class") + PERF_FEATURES
@@ -242,20 +244,24 @@ class Monitor:
         ref = self.reference
         if ref is None or feature not in ref.names:
             return None
-        return ref.summary(feature)
+        out = ref.summary(feature)
+        out["mad"] = float(ref.mad[ref.index(feature)])
+        return out
 
     def _drift_observations(self, now: float) -> List[Observation]:
         ref = self.reference
         assert ref is not None
-        n = min(self.config.drift.window_frames, self.ring.size)
-        if n < self.config.drift.window_frames // 2:
+        want = ref.window_frames  # thresholds are calibrated for the reference's window size
+        n = min(want, self.ring.size)
+        if n < want:
             return []
         ts, values = self.ring.last(n)
-        cols = [self.names.index(f) for f in self.drift_names if f in ref.names]
-        feats = [self.names[c] for c in cols]
+        if tuple(ref.names) != tuple(self.names):
+            values = values[:, [self.names.index(f) for f in ref.names]]
+        feats = [f for f in self.drift_names if f in ref.names]
         overrides = {f: v for f in feats
                      if (v := self.alerts.threshold_override(f)) is not None}
-        report = evaluate_drift(ref, values[:, cols], features=feats,
+        report = evaluate_drift(ref, values, features=feats,
                                 thresholds_override=overrides or None)
         window = {"start": float(ts[0]), "end": float(ts[-1]), "frames": int(n)}
         self.last_drift = {fd.feature: round(float(fd.ks), 4) for fd in report.features
@@ -264,14 +270,14 @@ class Monitor:
         for kind, group in (("data_drift", "image"), ("prediction_drift", "predictions")):
             members = [fd for fd in report.features if (fd.feature in IMAGE_FEATURES) ==
                        (kind == "data_drift") and not self.alerts.is_disabled(kind, fd.feature)]
-            members = [fd for fd in members if fd.ks == fd.ks and fd.threshold == fd.threshold]
+            members = [fd for fd in members if fd.evaluated]
             if not members:
                 continue
             ratio = [fd.ks / fd.threshold for fd in members]
             worst = members[int(np.argmax(ratio))]
             drifted = sorted((fd for fd in members if fd.drifted), key=lambda f: -f.ks / f.threshold)
             breach = bool(drifted)
-            clear = all(fd.ks < fd.clear_threshold for fd in members)
+            clear = not any(fd.above_clear for fd in members)
             top = drifted[0] if drifted else worst
             rs, cs = top.reference, top.current
             names = ", ".join(fd.feature for fd in drifted[:6]) or "none"
@@ -377,7 +383,7 @@ class Monitor:
                 "frames": self.frames,
                 "last_frame_ts": self.last_ts,
                 "stats": pick(IMAGE_FEATURES, 0),
-                "confidence": pick(CONFIDENCE_FEATURES, self._n_img),
+                "confidence": pick(PREDICTION_FEATURES, self._n_img),
                 "latency_ms": latency,
                 "drift": dict(self.last_drift),
                 "reference": None if self.reference is None else {

@@ -293,6 +293,7 @@ class Agent:
         while not self._stop.wait(1.0):
             try:
                 now_m = time.monotonic()
+                self._poll_commands()
                 if self.live and self.monitor is not None and self.monitor.started is not None:
                     self.monitor.check_stall(self.clock())
                 if cfg.health.enabled and now_m >= next_health:
@@ -303,6 +304,21 @@ class Agent:
                     self.heartbeat()
             except Exception:  # a heartbeat must never kill the agent; log with trace
                 log.exception("heartbeat failed")
+
+    def _poll_commands(self) -> None:
+        """Run commands that ``edgewatch alerts ...`` queued in the database."""
+        from .commands import handle_command
+
+        assert self.store is not None
+        with self.store.read() as conn:
+            rows = conn.execute("SELECT id, verb, payload FROM commands "
+                                "WHERE done_ts IS NULL ORDER BY id").fetchall()
+        for row in rows:
+            result = handle_command(row["verb"], str(row["payload"]).encode(), self.controls)
+            text = json.dumps(result, default=str)
+            self.store.submit(lambda db, i=row["id"], t=text: db.execute(
+                "UPDATE commands SET result = ?, done_ts = ? WHERE id = ? AND done_ts IS NULL",
+                [t, time.time(), i]))
 
     def _check_health(self) -> None:
         health = self._health.read_health(self.config.store.path)
@@ -354,10 +370,10 @@ class Agent:
             "reference": snap["reference"], "warmup": snap["warmup"],
             "alerts_open": snap["alerts_open"],
             "host": {k: h.get(k) for k in ("cpu_percent", "load", "max_temp_c", "temperatures",
-                                           "throttled", "gpu_load_percent")}
+                                           "throttled", "gpu_percent")}
             | {"memory_percent": (h.get("memory") or {}).get("percent"),
                "disk_free_mb": (h.get("disk") or {}).get("free_mb")},
-            "agent": {"rss_mb": h.get("rss_mb"), "cpu_percent": h.get("process_cpu_percent")},
+            "agent": h.get("process") or {},
             "queues": {"store": store_stats.get("queue_depth"), "dropped": store_stats.get("dropped"),
                        "write_errors": store_stats.get("write_errors"),
                        "last_error": store_stats.get("last_error")},

@@ -1,0 +1,525 @@
+"""Per-frame confidence summary of a vision model's raw outputs.
+
+``make_decoder`` picks a decoder from the interpreter's output details (or from the output
+arrays themselves) once; calling the decoder on each frame's outputs writes the
+``CONFIDENCE_FEATURES`` values into a preallocated row. Kinds:
+
+* ``classification``: one ``[1, C]`` output, probabilities or logits (softmaxed), int8/uint8
+  dequantised with the tensor's (scale, zero_point).
+* ``ssd``: the TFLite detection post-process outputs (boxes, classes, scores, count).
+* ``yolo``: one ``[1, 4+C, N]`` or ``[1, N, 4+C]`` output (cx, cy, w, h, class scores).
+* ``anchors``: raw anchor scores and regressors such as BlazeFace's ``[1, 896, 16]`` and
+  ``[1, 896, 1]`` (score logits).
+* ``generic``: anything else, summarised from the flattened first output.
+
+Raw detector outputs (``yolo``, ``anchors``) have no non-maximum suppression, so the
+decoder applies a vectorised "fast NMS" (a candidate is dropped when a higher-scoring one
+overlaps it by more than ``nms_iou``) to at most ``max_candidates`` candidates above the
+score threshold: a fixed, small cost.
+
+Features that do not apply are NaN (e.g. ``det_count`` for a classifier, ``mean_score`` for
+a frame without detections).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ModelError
+
+CONFIDENCE_FEATURES: tuple[str, ...] = (
+    "top_score",
+    "margin",
+    "entropy",
+    "det_count",
+    "mean_score",
+    "low_conf_frac",
+    "box_area_mean",
+    "box_area_std",
+    "pred_class",
+)
+
+CONFIDENCE_SPECS: tuple[tuple[str, str, str], ...] = (
+    ("top_score", "highest class probability / candidate score", "0-1"),
+    ("margin", "classification: top1 - top2 probability; detection: top_score - threshold",
+     "-1..1"),
+    ("entropy", "classification: softmax entropy / log(C); detection: mean binary entropy of "
+     "the detections' scores", "0-1"),
+    ("det_count", "detections at or above the score threshold (after NMS); NaN for classifiers",
+     ">= 0"),
+    ("mean_score", "mean score of the detections (NaN when none)", "0-1"),
+    ("low_conf_frac", "detection: share of candidates >= low_conf that are below the threshold; "
+     "classification: 1 when top_score < threshold", "0-1"),
+    ("box_area_mean", "mean detection box area as a fraction of the image", "0-1"),
+    ("box_area_std", "standard deviation of the detection box areas", "0-0.5"),
+    ("pred_class", "class index of the top prediction (NaN when no detection)", ">= 0"),
+)
+
+KINDS = ("auto", "classification", "ssd", "yolo", "anchors", "generic")
+_NAN = float("nan")
+_LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """What the decoder knows about one output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+    scale: float
+    zero_point: int
+
+
+def output_infos(outputs_spec: Sequence[Any]) -> list[OutputInfo]:
+    """OutputInfo for each entry of get_output_details() dicts or of plain numpy arrays."""
+    infos = []
+    for i, spec in enumerate(outputs_spec):
+        if isinstance(spec, dict):
+            scale, zp = spec.get("quantization", (0.0, 0)) or (0.0, 0)
+            infos.append(OutputInfo(str(spec.get("name", f"output{i}")),
+                                    tuple(int(d) for d in spec["shape"]), np.dtype(spec["dtype"]),
+                                    float(scale), int(zp)))
+        else:
+            arr = np.asarray(spec)
+            scale, zp = 0.0, 0
+            # Without details, assume the usual TFLite quantisation of a [0, 1] output.
+            if arr.dtype == np.uint8:
+                scale, zp = 1.0 / 256.0, 0
+            elif arr.dtype == np.int8:
+                scale, zp = 1.0 / 256.0, -128
+            infos.append(OutputInfo(f"output{i}", tuple(arr.shape), arr.dtype, scale, zp))
+    if not infos:
+        raise ModelError("model has no outputs: cannot summarise confidence (check the model file)")
+    return infos
+
+
+def detect_kind(infos: Sequence[OutputInfo]) -> str:
+    """Guess the decoder kind from output shapes and names."""
+    shapes = [i.shape for i in infos]
+    sizes = [int(np.prod(s)) if s else 1 for s in shapes]
+    if len(infos) == 4 and 1 in sizes and any(len(s) == 3 and s[-1] == 4 for s in shapes):
+        return "ssd"
+    if len(infos) == 2 and all(len(s) == 3 for s in shapes) and shapes[0][1] == shapes[1][1]:
+        last = sorted(s[-1] for s in shapes)
+        if last[0] == 1 and last[1] >= 4:
+            return "anchors"
+    s = shapes[0]
+    if len(infos) == 1 and len(s) == 3 and s[0] == 1 and 5 <= min(s[1:]) <= 1024 \
+            and max(s[1:]) >= 2 * min(s[1:]):
+        return "yolo"
+    if sizes[0] >= 2 and sizes[0] == max(s or (1,)):
+        return "classification"
+    return "generic"
+
+
+def ssd_anchors(input_size: int = 128, strides: Sequence[int] = (8, 16, 16, 16),
+                per_layer: int = 2) -> np.ndarray:
+    """Normalised (cx, cy) anchor centres of a MediaPipe SSD anchor grid (BlazeFace: 896)."""
+    centres = []
+    i = 0
+    while i < len(strides):
+        j = i
+        while j < len(strides) and strides[j] == strides[i]:
+            j += 1
+        fm = int(math.ceil(input_size / strides[i]))
+        ys, xs = np.mgrid[0:fm, 0:fm]
+        grid = np.stack([(xs + 0.5) / fm, (ys + 0.5) / fm], axis=-1).reshape(-1, 1, 2)
+        centres.append(np.repeat(grid, per_layer * (j - i), axis=1).reshape(-1, 2))
+        i = j
+    return np.concatenate(centres).astype(np.float32)
+
+
+def fast_nms(boxes: np.ndarray, iou: float) -> np.ndarray:
+    """Keep-mask for x1, y1, x2, y2 boxes sorted by descending score (YOLACT's fast NMS)."""
+    k = len(boxes)
+    if k < 2:
+        return np.ones(k, bool)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    iw = np.maximum(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0)
+    ih = np.maximum(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0)
+    inter = iw * ih
+    ious = inter / np.maximum(area[:, None] + area - inter, 1e-12)
+    return np.triu(ious, 1).max(axis=0) <= iou
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return math.log(p / (1.0 - p))
+
+
+class Decoder:
+    """Base: turns one frame's outputs into CONFIDENCE_FEATURES values."""
+
+    kind = "generic"
+
+    def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
+                 num_classes: int) -> None:
+        self.infos = tuple(infos)
+        self.score_threshold = float(score_threshold)
+        self.low_conf = float(low_conf)
+        self.num_classes = int(num_classes)
+        self._scratch = [
+            np.empty(i.shape, np.float32) if i.scale > 0 else None for i in self.infos
+        ]
+
+    def _float(self, outputs: Sequence[np.ndarray], i: int) -> np.ndarray:
+        """Output i as float32, dequantised into preallocated scratch when quantised."""
+        s = self._scratch[i]
+        arr = outputs[i]
+        if s is None:
+            return arr
+        info = self.infos[i]
+        np.copyto(s, arr.reshape(s.shape), casting="unsafe")
+        s -= info.zero_point
+        s *= info.scale
+        return s
+
+    def _check(self, outputs: Sequence[np.ndarray]) -> None:
+        if len(outputs) != len(self.infos):
+            raise ModelError(
+                f"{self.kind} decoder expected {len(self.infos)} outputs, got {len(outputs)} "
+                "(pass every output tensor, in interpreter order)"
+            )
+
+    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
+                 class_hist: np.ndarray | None = None) -> None:
+        """Write the CONFIDENCE_FEATURES values for one frame into ``out``."""
+        raise NotImplementedError
+
+    def _detections(self, out: np.ndarray, top: float, n_above_low: int, n_hi: int,
+                    scores: np.ndarray, areas: np.ndarray, classes: np.ndarray | None,
+                    class_hist: np.ndarray | None) -> None:
+        """Shared detection summary over the kept detections (scores sorted or not)."""
+        out[0] = top
+        out[1] = top - self.score_threshold
+        out[3] = len(scores)
+        out[5] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
+        if len(scores) == 0:
+            out[2] = out[4] = out[6] = out[7] = out[8] = _NAN
+            return
+        p = np.clip(scores.astype(np.float64), 1e-12, 1.0 - 1e-12)
+        out[2] = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))) / _LN2
+        out[4] = float(scores.mean())
+        out[6] = float(areas.mean())
+        out[7] = float(areas.std())
+        best = int(np.argmax(scores))
+        out[8] = 0.0 if classes is None else float(classes[best])
+        if class_hist is not None:
+            if classes is None:
+                class_hist[0] += len(scores)
+            else:
+                c = classes.astype(np.intp)
+                c = c[(c >= 0) & (c < len(class_hist))]
+                np.add.at(class_hist, c, 1)
+
+
+class ClassificationDecoder(Decoder):
+    """One [1, C] output: probabilities or logits."""
+
+    kind = "classification"
+
+    def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
+                 num_classes: int | None = None) -> None:
+        c = int(np.prod(infos[0].shape))
+        super().__init__(infos, score_threshold, low_conf, num_classes or c)
+        self._p = np.empty(c, np.float64)
+        self._tmp = np.empty(c, np.float64)
+        self._log_c = math.log(c)
+
+    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
+                 class_hist: np.ndarray | None = None) -> None:
+        """Write top_score, margin, entropy, pred_class (and low_conf_frac) into ``out``."""
+        p, tmp = self._p, self._tmp
+        np.copyto(p, self._float(outputs, 0).reshape(-1))
+        total = p.sum()
+        if p.min() >= 0.0 and p.max() <= 1.0001 and 0.9 < total < 1.1:
+            p /= total
+        else:  # logits
+            p -= p.max()
+            np.exp(p, out=p)
+            p /= p.sum()
+        idx = int(p.argmax())
+        top1 = float(p[idx])
+        p[idx] = -1.0
+        top2 = float(p.max())
+        p[idx] = top1
+        np.maximum(p, 1e-300, out=tmp)
+        np.log(tmp, out=tmp)
+        out[0] = top1
+        out[1] = top1 - top2
+        out[2] = -float(np.dot(p, tmp)) / self._log_c
+        out[3] = _NAN
+        out[4] = _NAN
+        out[5] = 1.0 if top1 < self.score_threshold else 0.0
+        out[6] = out[7] = _NAN
+        out[8] = idx
+        if class_hist is not None and idx < len(class_hist):
+            class_hist[idx] += 1
+
+
+class SSDDecoder(Decoder):
+    """TFLite_Detection_PostProcess outputs: boxes [1,N,4], classes [1,N], scores [1,N], count."""
+
+    kind = "ssd"
+
+    def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
+                 num_classes: int | None = None) -> None:
+        super().__init__(infos, score_threshold, low_conf, num_classes or 91)
+        shapes = [i.shape for i in infos]
+        self._boxes = next(i for i, s in enumerate(shapes) if len(s) == 3 and s[-1] == 4)
+        self._count = next(i for i, s in enumerate(shapes) if int(np.prod(s)) == 1)
+        rest = [i for i in range(len(infos)) if i not in (self._boxes, self._count)]
+        self._pair: tuple[int, int] | None = None  # (classes, scores)
+        names = [infos[i].name.lower() for i in rest]
+        if any("class" in n for n in names) and any("score" in n for n in names):
+            c = rest[0] if "class" in names[0] else rest[1]
+            self._pair = (c, rest[1] if c == rest[0] else rest[0])
+        elif all(infos[i].name.startswith("TFLite_Detection_PostProcess") for i in rest):
+            by_suffix = {infos[i].name.rsplit(":", 1)[-1]: i for i in rest}
+            if "1" in by_suffix and "2" in by_suffix:
+                self._pair = (by_suffix["1"], by_suffix["2"])
+        self._rest = (rest[0], rest[1])
+
+    def _resolve(self, a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+        """Tell classes from scores by value: classes are integers, scores are not."""
+        ia = bool(np.all(a == np.round(a)))
+        ib = bool(np.all(b == np.round(b)))
+        if ia and not ib:
+            return self._rest
+        if ib and not ia:
+            return (self._rest[1], self._rest[0])
+        return None
+
+    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
+                 class_hist: np.ndarray | None = None) -> None:
+        """Summarise the post-processed detections of one frame into ``out``."""
+        self._check(outputs)
+        n = int(np.asarray(self._float(outputs, self._count)).reshape(-1)[0])
+        pair = self._pair
+        if pair is None:
+            a = self._float(outputs, self._rest[0]).reshape(-1)[:n]
+            b = self._float(outputs, self._rest[1]).reshape(-1)[:n]
+            pair = self._resolve(a, b)
+            if pair is not None:
+                self._pair = pair
+            else:
+                pair = self._rest
+        classes = self._float(outputs, pair[0]).reshape(-1)[:n]
+        scores = self._float(outputs, pair[1]).reshape(-1)[:n]
+        boxes = self._float(outputs, self._boxes).reshape(-1, 4)[:n]
+        n = min(n, len(scores))
+        top = float(scores.max()) if n else 0.0
+        n_above_low = int(np.count_nonzero(scores >= self.low_conf))
+        keep = scores >= self.score_threshold
+        n_hi = int(np.count_nonzero(keep))
+        kb = boxes[keep]
+        areas = np.clip(kb[:, 2] - kb[:, 0], 0, 1) * np.clip(kb[:, 3] - kb[:, 1], 0, 1)
+        self._detections(out, top, n_above_low, n_hi, scores[keep], areas, classes[keep],
+                         class_hist)
+
+
+class YoloDecoder(Decoder):
+    """One [1, 4+C, N] (or [1, N, 4+C]) output: cx, cy, w, h and per-class scores."""
+
+    kind = "yolo"
+
+    def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
+                 num_classes: int | None = None, input_size: tuple[int, int] = (640, 640),
+                 nms_iou: float = 0.5, max_candidates: int = 64) -> None:
+        s = infos[0].shape
+        self._channels_first = s[1] < s[2]
+        k = s[1] if self._channels_first else s[2]
+        n = s[2] if self._channels_first else s[1]
+        super().__init__(infos[:1], score_threshold, low_conf, num_classes or (k - 4))
+        self._best = np.empty(n, np.float32)
+        self._mask = np.empty(n, bool)
+        self._size = input_size
+        self._iou = nms_iou
+        self._cap = max_candidates
+
+    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
+                 class_hist: np.ndarray | None = None) -> None:
+        """Summarise the frame's candidates (after fast NMS) into ``out``."""
+        x = self._float(outputs, 0)[0]
+        if self._channels_first:
+            x = x.T  # a view: (N, 4+C)
+            np.max(self._float(outputs, 0)[0, 4:], axis=0, out=self._best)
+        else:
+            np.max(x[:, 4:], axis=1, out=self._best)
+        best, mask = self._best, self._mask
+        top = float(best.max())
+        np.greater_equal(best, self.low_conf, out=mask)
+        n_above_low = int(np.count_nonzero(mask))
+        np.greater_equal(best, self.score_threshold, out=mask)
+        idx = np.flatnonzero(mask)
+        n_hi = len(idx)
+        if n_hi > self._cap:
+            idx = idx[np.argpartition(best[idx], -self._cap)[-self._cap:]]
+        idx = idx[np.argsort(-best[idx])]
+        rows = np.asarray(x[idx], np.float64)
+        scores = best[idx]
+        classes = rows[:, 4:].argmax(axis=1)
+        cx, cy, w, h = rows[:, 0], rows[:, 1], np.abs(rows[:, 2]), np.abs(rows[:, 3])
+        if len(rows) and max(cx.max(), cy.max(), w.max(), h.max()) > 1.5:  # pixel units
+            cx, w = cx / self._size[0], w / self._size[0]
+            cy, h = cy / self._size[1], h / self._size[1]
+        keep = fast_nms(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1),
+                        self._iou)
+        areas = np.clip(w, 0, 1) * np.clip(h, 0, 1)
+        self._detections(out, top, n_above_low, n_hi, scores[keep], areas[keep], classes[keep],
+                         class_hist)
+
+
+class AnchorDecoder(Decoder):
+    """Raw anchor outputs, e.g. BlazeFace: regressors [1, N, 4+] and score logits [1, N, 1]."""
+
+    kind = "anchors"
+
+    def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
+                 num_classes: int | None = None, input_size: tuple[int, int] = (128, 128),
+                 anchors: np.ndarray | None = None, nms_iou: float = 0.3,
+                 max_candidates: int = 64) -> None:
+        super().__init__(infos, score_threshold, low_conf, num_classes or 1)
+        self._scores = next(i for i, inf in enumerate(infos) if inf.shape[-1] == 1)
+        self._regs = 1 - self._scores
+        n = infos[self._scores].shape[1]
+        if anchors is None and n == 896 and input_size == (128, 128):
+            anchors = ssd_anchors(128)
+        if anchors is not None and len(anchors) != n:
+            raise ModelError(f"anchor decoder: {len(anchors)} anchors for {n} model outputs "
+                             "(pass the model's anchor centres)")
+        self._anchors = anchors
+        self._size = (float(input_size[0]), float(input_size[1]))
+        self._thr = _logit(self.score_threshold)
+        self._low = _logit(self.low_conf)
+        self._mask = np.empty(n, bool)
+        self._iou = nms_iou
+        self._cap = max_candidates
+
+    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
+                 class_hist: np.ndarray | None = None) -> None:
+        """Summarise the frame's anchors (thresholded on logits, then fast NMS) into ``out``."""
+        self._check(outputs)
+        logits = self._float(outputs, self._scores).reshape(-1)
+        mask = self._mask
+        top_logit = min(max(float(logits.max()), -100.0), 100.0)
+        top = 1.0 / (1.0 + math.exp(-top_logit))
+        np.greater_equal(logits, self._low, out=mask)
+        n_above_low = int(np.count_nonzero(mask))
+        n_hi = 0
+        idx = np.empty(0, np.intp)
+        if n_above_low:
+            np.greater_equal(logits, self._thr, out=mask)
+            idx = np.flatnonzero(mask)
+            n_hi = len(idx)
+        if n_hi == 0:
+            self._detections(out, top, n_above_low, 0, idx.astype(np.float32),
+                             idx.astype(np.float32), None, class_hist)
+            return
+        if n_hi > self._cap:
+            idx = idx[np.argpartition(logits[idx], -self._cap)[-self._cap:]]
+        idx = idx[np.argsort(-logits[idx])]
+        scores = _sigmoid(logits[idx])
+        reg = np.asarray(self._float(outputs, self._regs)[0][idx], np.float64)
+        sw, sh = self._size
+        w, h = np.abs(reg[:, 2]) / sw, np.abs(reg[:, 3]) / sh
+        if self._anchors is not None:
+            cx = self._anchors[idx, 0] + reg[:, 0] / sw
+            cy = self._anchors[idx, 1] + reg[:, 1] / sh
+            keep = fast_nms(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1),
+                            self._iou)
+            scores, w, h = scores[keep], w[keep], h[keep]
+        self._detections(out, top, n_above_low, n_hi, scores,
+                         np.clip(w, 0, 1) * np.clip(h, 0, 1), None, class_hist)
+
+
+class GenericDecoder(Decoder):
+    """Anything else: max, mean, softmax entropy and argmax of the flattened first output."""
+
+    kind = "generic"
+
+    def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
+                 num_classes: int | None = None) -> None:
+        n = int(np.prod(infos[0].shape)) if infos[0].shape else 1
+        super().__init__(infos, score_threshold, low_conf, num_classes or 0)
+        self._p = np.empty(n, np.float64)
+        self._log_n = math.log(n) if n > 1 else 1.0
+
+    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
+                 class_hist: np.ndarray | None = None) -> None:
+        """Write top_score (max), margin, entropy, mean_score (mean), pred_class (argmax)."""
+        p = self._p
+        np.copyto(p, np.asarray(self._float(outputs, 0)).reshape(-1))
+        idx = int(p.argmax())
+        top1 = float(p[idx])
+        out[0] = top1
+        out[4] = float(p.mean())
+        if len(p) > 1:
+            p[idx] = -np.inf
+            out[1] = top1 - float(p.max())
+            p[idx] = top1
+        else:
+            out[1] = _NAN
+        p -= top1
+        np.exp(p, out=p)
+        total = p.sum()
+        p /= total
+        np.maximum(p, 1e-300, out=p)
+        out[2] = float(-np.dot(p, np.log(p))) / self._log_n if len(p) > 1 else 0.0
+        out[3] = out[5] = out[6] = out[7] = _NAN
+        out[8] = idx
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    w, h = size
+    return int(w), int(h)
+
+
+def make_decoder(outputs_spec: Sequence[Any], kind: str = "auto", score_threshold: float = 0.5,
+                 low_conf: float | None = None, max_classes: int | None = None,
+                 input_size: Any = None, nms_iou: float | None = None,
+                 anchors: np.ndarray | None = None) -> Decoder:
+    """A decoder for a model's outputs: get_output_details() dicts or example output arrays.
+
+    ``input_size`` is the model input (width, height) or one int, used to normalise box
+    areas; ``low_conf`` defaults to half the score threshold; ``max_classes`` sets the
+    class-histogram length (default: the model's class count; 91 for SSD).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown decoder kind {kind!r} (valid: {', '.join(KINDS)})")
+    if not 0.0 < score_threshold < 1.0:
+        raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
+    low = score_threshold / 2.0 if low_conf is None else float(low_conf)
+    if not 0.0 < low < score_threshold:
+        raise ValueError(f"low_conf must be in (0, score_threshold), got {low}")
+    infos = output_infos(outputs_spec)
+    if kind == "auto":
+        kind = detect_kind(infos)
+    try:
+        if kind == "classification":
+            return ClassificationDecoder(infos[:1], score_threshold, low, max_classes)
+        if kind == "ssd":
+            return SSDDecoder(infos, score_threshold, low, max_classes)
+        if kind == "yolo":
+            return YoloDecoder(infos, score_threshold, low, max_classes,
+                               _pair(input_size or 640), nms_iou or 0.5)
+        if kind == "anchors":
+            return AnchorDecoder(infos, score_threshold, low, max_classes,
+                                 _pair(input_size or 128), anchors, nms_iou or 0.3)
+        return GenericDecoder(infos, score_threshold, low, max_classes)
+    except (StopIteration, IndexError) as exc:
+        shapes = ", ".join(str(i.shape) for i in infos)
+        raise ModelError(f"outputs do not fit the {kind} decoder: shapes {shapes} "
+                         "(set [model] decoder to another kind, or auto)") from exc

@@ -1,0 +1,363 @@
+"""The drift reference: a compact, fixed-size summary of normal data with calibrated thresholds.
+
+A ``Reference`` keeps, per feature, a quantile sketch (at most ``sketch_size`` evenly spaced order
+statistics of the sorted data, so its ECDF is within 1/sketch_size of the full data's), summary
+statistics, PSI bins, and a KS threshold calibrated on the reference's own variability.
+
+Calibration (how ``build_reference`` sets each feature's threshold)
+-------------------------------------------------------------------
+Video frames are strongly autocorrelated, so a textbook KS test that treats a window of 4096
+consecutive frames as 4096 independent draws fires almost constantly. The detector instead
+compares the KS distance D between the current window (``window_frames`` frames, evaluated every
+``eval_stride_frames``) and the reference against a per-feature threshold chosen so that, on
+data like the reference, the expected number of false alerts per device per week stays below
+``target_false_alarms_per_week`` (default 1):
+
+1. Error budget. An alert needs P consecutive evaluations over threshold (P covers
+   ``persistence_s``), and it must fall back below the clear threshold before it can fire again,
+   so every false alert uses up at least P exceedances. With E = 604800 * fps / stride
+   evaluations per week and F features, keeping the per-evaluation, per-feature exceedance
+   probability at alpha = target * P / (F * E) bounds the expected false alerts per week by the
+   target (a Bonferroni sum over features, no independence assumed). For 16 features, 30 fps and
+   a stride of 1024 frames, alpha is about 7e-6. The matching Kolmogorov quantile is
+   c = sqrt(ln(2 / alpha) / 2), the root of 2 exp(-2 c^2) = alpha.
+2. Null distribution from the reference itself. Window-sized blocks are slid over the reference
+   sequence (stride min(eval stride, window/4), at most 400 blocks) and D(block, reference) is
+   computed for each, exactly as the detector will. These null distances carry the data's real
+   autocorrelation. Their upper tail, far beyond what a few hundred blocks can show, is
+   extrapolated by matching the null distances to a scaled Kolmogorov law (mean 0.8687 s,
+   standard deviation 0.2603 s): once from their mean and once from their mean and standard
+   deviation, keeping the larger value. Then it is corrected for each block being part of
+   the reference it is compared to.
+3. An analytic bound from the effective sample size. With the lag-1 autocorrelation rho, a window
+   of w frames carries about n_eff = w (1 - rho) / (1 + rho) independent values, giving the
+   two-sample critical value c * sqrt((n_eff_w + n_eff_ref) / (n_eff_w * n_eff_ref)).
+4. Threshold = the largest of (2), (3), 1.1 x the largest null distance seen, and a practical
+   floor ``min_ks`` (0.15), capped at 0.99. On top of that the detector requires a normalised
+   Wasserstein distance of at least ``min_wasserstein`` (0.25 robust standard deviations), so a
+   statistically clear but tiny shift does not alert. ``clear_threshold`` = 0.7 x threshold gives
+   hysteresis. The result is conservative by design: the bounds are maxima, and the error budget
+   counts every exceedance although exceedances cluster.
+A consequence to state plainly: when rho is high, a short window holds few independent values and
+the threshold is high (rho = 0.98 and a 900-frame window give n_eff of about 9 and a threshold near
+0.9). Lengthen ``window_frames`` to detect smaller shifts. The per-feature diagnostics (``rho1``,
+``n_eff``, ``null_mean``, ``null_max``) are stored so this can be explained.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from agent.drift.ks import ks_statistic_sorted
+from agent.drift.psi import PSI_FLOOR
+from agent.errors import BaselineError
+
+__all__ = ["FORMAT_VERSION", "ORIGINS", "Reference", "build_reference", "sketch"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ORIGINS = ("baseline", "warmup", "history")
+SECONDS_PER_WEEK = 604800.0
+_KOLMOGOROV_MEAN = 0.8687311606361592  # sqrt(pi/2) * ln 2
+_KOLMOGOROV_STD = 0.2603169550201340
+_MAX_NULL_BLOCKS = 400
+_THRESHOLD_CAP = 0.99
+_ARRAYS = ("sketch", "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "psi_edges",
+           "psi_ref", "threshold", "clear_threshold", "rho1", "n_eff", "null_mean", "null_max")
+
+
+def sketch(sorted_values: np.ndarray, size: int) -> np.ndarray:
+    """``size`` evenly spaced (mid-rank) order statistics of a sorted, non-empty 1-D array.
+
+    With fewer than ``size`` values, values repeat in proportion, so every feature of a reference
+    has a sketch of the same length; with exactly ``size`` values it is the data itself.
+    """
+    n = sorted_values.shape[0]
+    return sorted_values[((np.arange(size) + 0.5) * n / size).astype(np.int64)]
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """Compact per-feature reference (quantile sketch, statistics, calibrated KS thresholds)."""
+
+    names: tuple[str, ...]
+    sketch: np.ndarray  # (F, K) sorted per row; a row of NaN for a feature with no data
+    mean: np.ndarray
+    std: np.ndarray
+    median: np.ndarray
+    p05: np.ndarray
+    p95: np.ndarray
+    iqr: np.ndarray
+    mad: np.ndarray
+    scale: np.ndarray  # Wasserstein normaliser: IQR/1.349, else std, else 1.0
+    psi_edges: np.ndarray  # (F, bins-1) reference quantiles
+    psi_ref: np.ndarray  # (F, bins) reference bin fractions, floored at 1e-4
+    threshold: np.ndarray  # calibrated KS threshold; NaN for a feature with no data
+    clear_threshold: np.ndarray
+    rho1: np.ndarray  # lag-1 autocorrelation
+    n_eff: np.ndarray  # effective independent values per window
+    null_mean: np.ndarray  # mean KS distance of reference blocks
+    null_max: np.ndarray
+    model_sha256: str
+    model_path: str
+    created: float
+    origin: str
+    source: str
+    frames: int
+    fps: float
+    window_frames: int
+    eval_stride_frames: int
+    persistence_evals: int
+    target_false_alarms_per_week: float
+    alpha: float
+    min_ks: float
+    min_wasserstein: float
+    class_hist: np.ndarray | None = None
+    version: int = FORMAT_VERSION
+    _ref_cdf: np.ndarray = field(init=False, repr=False)  # #{r <= r_j} / K per sketch point
+    _ref_cdf_left: np.ndarray = field(init=False, repr=False)  # #{r < r_j} / K
+
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ValueError(f"Reference: origin must be one of {ORIGINS}, got {self.origin!r}")
+        n_features = len(self.names)
+        if self.sketch.ndim != 2 or self.sketch.shape[0] != n_features:
+            raise ValueError(
+                f"Reference: sketch shape {self.sketch.shape} does not match {n_features} names"
+            )
+        ref_cdf = np.full(self.sketch.shape, np.nan)
+        ref_cdf_left = np.full(self.sketch.shape, np.nan)
+        for f in range(n_features):
+            row = self.sketch[f]
+            if not np.isnan(row[0]):
+                ref_cdf[f] = np.searchsorted(row, row, side="right") / row.shape[0]
+                ref_cdf_left[f] = np.searchsorted(row, row, side="left") / row.shape[0]
+        object.__setattr__(self, "_ref_cdf", ref_cdf)
+        object.__setattr__(self, "_ref_cdf_left", ref_cdf_left)
+
+    def index(self, feature: str) -> int:
+        """Column index of a feature name (ValueError naming the known features)."""
+        try:
+            return self.names.index(feature)
+        except ValueError:
+            raise ValueError(
+                f"unknown feature {feature!r}; the reference has {', '.join(self.names)}"
+            ) from None
+
+    def summary(self, feature: str) -> dict[str, float]:
+        """Reference mean, std, p05, p50, p95 of one feature (for alert messages)."""
+        f = self.index(feature)
+        return {"mean": float(self.mean[f]), "std": float(self.std[f]),
+                "p05": float(self.p05[f]), "p50": float(self.median[f]),
+                "p95": float(self.p95[f])}
+
+    def to_bytes(self) -> bytes:
+        """Serialise to a compressed .npz blob (arrays plus a JSON metadata entry)."""
+        meta = {k: getattr(self, k) for k in (
+            "names", "model_sha256", "model_path", "created", "origin", "source", "frames", "fps",
+            "window_frames", "eval_stride_frames", "persistence_evals",
+            "target_false_alarms_per_week", "alpha", "min_ks", "min_wasserstein", "version")}
+        meta["names"] = list(self.names)
+        arrays: dict[str, Any] = {k: getattr(self, k) for k in _ARRAYS}
+        if self.class_hist is not None:
+            arrays["class_hist"] = self.class_hist
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, expected_sha256: str | None = None,
+                   where: str = "<bytes>") -> Reference:
+        """Rebuild from ``to_bytes`` output; BaselineError if corrupt, old or for another model."""
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta"][()]))
+                arrays = {k: np.array(npz[k]) for k in _ARRAYS}
+                class_hist = np.array(npz["class_hist"]) if "class_hist" in npz.files else None
+        except Exception as exc:  # np.load raises many types for damaged data
+            raise BaselineError(
+                f"baseline is corrupt: {where} ({type(exc).__name__}: {exc}; rebuild it with "
+                f"edgewatch baseline ... --out FILE)"
+            ) from exc
+        version = meta.get("version")
+        if version != FORMAT_VERSION:
+            raise BaselineError(
+                f"baseline format version {version} is not supported: {where} (this agent reads "
+                f"version {FORMAT_VERSION}; rebuild it with edgewatch baseline)"
+            )
+        sha = str(meta.get("model_sha256", ""))
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise BaselineError(
+                f"baseline was made for model sha256 {sha[:12]}… but the agent runs "
+                f"{expected_sha256[:12]}…: {where} (rebuild it with edgewatch baseline)"
+            )
+        meta["names"] = tuple(meta["names"])
+        try:
+            return cls(**meta, **arrays, class_hist=class_hist)
+        except (TypeError, ValueError) as exc:
+            raise BaselineError(
+                f"baseline is corrupt: {where} ({exc}; rebuild it with edgewatch baseline)"
+            ) from exc
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the reference to ``path`` atomically (temporary file, then rename)."""
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(self.to_bytes())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], expected_sha256: str | None = None) -> Reference:
+        """Read a reference saved by ``save``; BaselineError with a one-line fix on any problem."""
+        try:
+            with open(path, "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            raise BaselineError(
+                f"baseline not found: {os.fspath(path)} (create one with "
+                f"edgewatch baseline ... --out FILE)"
+            ) from None
+        except OSError as exc:
+            raise BaselineError(f"baseline cannot be read: {os.fspath(path)} ({exc})") from exc
+        return cls.from_bytes(blob, expected_sha256, where=os.fspath(path))
+
+
+def _lag1(x: np.ndarray) -> float:
+    d = x - x.mean()
+    denom = float(d @ d)
+    if x.shape[0] < 3 or denom <= 0:
+        return 0.0
+    return float(np.clip((d[:-1] @ d[1:]) / denom, 0.0, 0.999))
+
+
+def _null_distances(x: np.ndarray, ref_sketch: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """KS distance of every window-sized block of ``x`` (time order) to the reference sketch."""
+    n = x.shape[0]
+    stride = max(stride, math.ceil((n - window + 1) / _MAX_NULL_BLOCKS), 1)
+    ref_cdf = np.searchsorted(ref_sketch, ref_sketch, side="right") / ref_sketch.shape[0]
+    starts = range(0, n - window + 1, stride)
+    return np.array([ks_statistic_sorted(ref_sketch, np.sort(x[s:s + window]), ref_cdf)
+                     for s in starts])
+
+
+def _threshold(null: np.ndarray, rho: float, window: int, n: int, c_alpha: float,
+               min_ks: float) -> tuple[float, float]:
+    """Calibrated threshold (see the module docstring) and the window's effective size."""
+    frac = window / n
+    # A block is part of the reference it is compared with: undo the shrinkage (1 - frac) and
+    # add the reference's own sampling noise (variance ratio frac).
+    correction = math.sqrt(1.0 + frac) / (1.0 - frac)
+    mu = float(null.mean()) * correction
+    sd = float(null.std()) * correction
+    fit_mean = mu * c_alpha / _KOLMOGOROV_MEAN
+    fit_spread = mu + (c_alpha - _KOLMOGOROV_MEAN) / _KOLMOGOROV_STD * sd
+    shrink = (1.0 - rho) / (1.0 + rho)
+    n_eff_w = max(1.0, window * shrink)
+    n_eff_r = max(1.0, n * shrink)
+    neff_bound = c_alpha * math.sqrt((n_eff_w + n_eff_r) / (n_eff_w * n_eff_r))
+    thr = max(fit_mean, fit_spread, neff_bound, 1.1 * float(null.max()), min_ks)
+    return min(thr, _THRESHOLD_CAP), n_eff_w
+
+
+def build_reference(
+    values: np.ndarray,
+    names: Sequence[str],
+    *,
+    window_frames: int,
+    eval_stride_frames: int,
+    fps: float,
+    model_sha256: str,
+    model_path: str,
+    origin: str,
+    source: str,
+    created: float,
+    class_hist: np.ndarray | None = None,
+    target_false_alarms_per_week: float = 1.0,
+    persistence_s: float = 60.0,
+    min_ks: float = 0.15,
+    min_wasserstein: float = 0.25,
+    sketch_size: int = 2048,
+    psi_bins: int = 10,
+) -> Reference:
+    """Summarise ``values`` (frames x features, time order) and calibrate drift thresholds."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.ndim != 2 or data.shape[1] != len(names):
+        raise ValueError(f"build_reference: values shape {data.shape} does not match "
+                         f"{len(names)} feature names (expected (frames, {len(names)}))")
+    if origin not in ORIGINS:
+        raise ValueError(f"build_reference: origin must be one of {ORIGINS}, got {origin!r}")
+    for label, val in (("window_frames", window_frames), ("eval_stride_frames", eval_stride_frames),
+                       ("fps", fps), ("target_false_alarms_per_week", target_false_alarms_per_week),
+                       ("sketch_size", sketch_size)):
+        if not val > 0:
+            raise ValueError(f"build_reference: {label} must be > 0, got {val}")
+    n_frames, n_features = data.shape
+    if n_frames < 2 * window_frames:
+        raise BaselineError(
+            f"baseline too short: {n_frames} frames for a {window_frames}-frame window (record "
+            f"at least {2 * window_frames} frames, ideally 20 windows, or shorten window_frames)"
+        )
+    persistence_evals = max(1, math.ceil(persistence_s * fps / eval_stride_frames))
+    evals_per_week = SECONDS_PER_WEEK * fps / eval_stride_frames
+    valid_features = int((~np.isnan(data).all(axis=0)).sum())
+    alpha = min(0.5, target_false_alarms_per_week * persistence_evals
+                / (max(valid_features, 1) * evals_per_week))
+    c_alpha = math.sqrt(math.log(2.0 / alpha) / 2.0)
+    null_stride = max(1, min(eval_stride_frames, window_frames // 4))
+
+    k = min(sketch_size, n_frames)
+    out: dict[str, np.ndarray] = {name: np.full(n_features, np.nan) for name in (
+        "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "threshold", "rho1",
+        "n_eff", "null_mean", "null_max")}
+    sketches = np.full((n_features, k), np.nan)
+    edges = np.full((n_features, psi_bins - 1), np.nan)
+    fractions = np.full((n_features, psi_bins), np.nan)
+    for f in range(n_features):
+        col = data[:, f]
+        x = col[~np.isnan(col)]
+        if x.shape[0] == 0:
+            log.warning("feature %s has no values in the baseline; it will not be checked",
+                        names[f])
+            continue
+        xs = np.sort(x)
+        sketches[f] = sketch(xs, k)
+        q05, q25, q50, q75, q95 = np.quantile(xs, [0.05, 0.25, 0.5, 0.75, 0.95])
+        out["mean"][f], out["std"][f] = xs.mean(), xs.std()
+        out["median"][f], out["p05"][f], out["p95"][f], out["iqr"][f] = q50, q05, q95, q75 - q25
+        out["mad"][f] = float(np.median(np.abs(xs - q50)))
+        scale = (q75 - q25) / 1.349
+        scale = scale if scale > 0 else out["std"][f]
+        out["scale"][f] = scale if scale > 0 else 1.0
+        edges[f] = np.quantile(xs, np.arange(1, psi_bins) / psi_bins)
+        below = np.searchsorted(xs, edges[f], side="left")
+        counts = np.diff(np.concatenate(([0], below, [xs.shape[0]])))
+        fractions[f] = np.maximum(counts / xs.shape[0], PSI_FLOOR)
+        window = min(window_frames, x.shape[0] // 2)
+        null = _null_distances(x, sketches[f], window, null_stride)
+        rho = _lag1(x)
+        thr, n_eff = _threshold(null, rho, window, x.shape[0], c_alpha, min_ks)
+        out["threshold"][f], out["rho1"][f], out["n_eff"][f] = thr, rho, n_eff
+        out["null_mean"][f], out["null_max"][f] = float(null.mean()), float(null.max())
+        if thr > 0.8:
+            log.warning("feature %s: drift threshold %.2f is high (lag-1 autocorrelation %.3f "
+                        "leaves ~%.0f independent values per window); lengthen window_frames "
+                        "to detect smaller shifts", names[f], thr, rho, n_eff)
+    return Reference(
+        names=tuple(names), sketch=sketches, psi_edges=edges, psi_ref=fractions,
+        clear_threshold=0.7 * out["threshold"], **out,
+        model_sha256=model_sha256, model_path=model_path, created=float(created), origin=origin,
+        source=source, frames=int(n_frames), fps=float(fps), window_frames=int(window_frames),
+        eval_stride_frames=int(eval_stride_frames), persistence_evals=persistence_evals,
+        target_false_alarms_per_week=float(target_false_alarms_per_week), alpha=alpha,
+        min_ks=float(min_ks), min_wasserstein=float(min_wasserstein),
+        class_hist=None if class_hist is None else np.asarray(class_hist, dtype=np.float64),
+    )

@@ -1,0 +1,625 @@
+"""The SQLite history: one writer thread fed by bounded queues, WAL, numbered migrations.
+
+Bulk rows (windows, events, heartbeats) go through :meth:`Store.put`, which never blocks
+and counts what it drops. Alerts go through :meth:`Store.put_alert`, which never drops:
+the alert row and its MQTT outbox rows are committed in one transaction. Writes are
+batched into one transaction every ``flush_interval_s`` to spare the flash.
+
+When the disk is full or read-only the writer keeps the unwritten batch in memory, logs one
+line per fault per minute saying how to fix it, and retries until space returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import sqlite_utils
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 5.0
+RETENTION_EVERY_S = 60.0
+FAULT_LOG_EVERY_S = 60.0
+_ALERT_WAIT_S = 0.05  # the longest put_alert blocks before spilling to memory
+_SIZE_CHUNK_MIN = 10  # fewest rows per table deleted per pass over max_db_mb
+
+# Numbered migrations: (pragmas run before the first transaction, SQL run in one transaction).
+# auto_vacuum only takes effect when set before any table exists and before WAL is enabled.
+MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
+    (
+        ("PRAGMA auto_vacuum=INCREMENTAL",),
+        """
+        CREATE TABLE windows (id INTEGER PRIMARY KEY, ts_start REAL, ts_end REAL, frames INT,
+                              camera TEXT, summary TEXT);
+        CREATE TABLE events (id INTEGER PRIMARY KEY, ts REAL, kind TEXT, message TEXT, data TEXT);
+        CREATE TABLE alerts (id TEXT PRIMARY KEY, fingerprint TEXT, ts REAL, kind TEXT,
+                             severity TEXT, state TEXT, feature TEXT, metric TEXT, value REAL,
+                             threshold REAL, message TEXT, payload TEXT, camera TEXT,
+                             starts_at REAL, ends_at REAL);
+        CREATE TABLE controls (kind TEXT, target TEXT, until REAL, value REAL,
+                               PRIMARY KEY (kind, target));
+        CREATE TABLE heartbeats (seq INTEGER PRIMARY KEY, ts REAL, payload TEXT);
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL, topic TEXT,
+                             payload TEXT, qos INT, retain INT, severity TEXT);
+        CREATE TABLE reference (id INTEGER PRIMARY KEY, ts REAL, model_sha256 TEXT, origin TEXT,
+                                blob BLOB);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+        CREATE INDEX idx_windows_ts_start ON windows (ts_start);
+        CREATE INDEX idx_events_ts ON events (ts);
+        CREATE INDEX idx_alerts_state ON alerts (state);
+        CREATE INDEX idx_alerts_fingerprint ON alerts (fingerprint);
+        CREATE INDEX idx_heartbeats_ts ON heartbeats (ts);
+        CREATE INDEX idx_outbox_id ON outbox (id);
+        """,
+    ),
+    (
+        (),
+        """
+        -- commands from `edgewatch alerts ...` to the running agent, answered in place
+        CREATE TABLE commands (id INTEGER PRIMARY KEY, ts REAL, verb TEXT, payload TEXT,
+                               result TEXT, done_ts REAL);
+        CREATE INDEX idx_commands_pending ON commands (done_ts);
+        """,
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Tables put() accepts, their columns, the JSON-encoded column and the time column.
+BULK_COLUMNS: Dict[str, Tuple[str, ...]] = {
+    "windows": ("id", "ts_start", "ts_end", "frames", "camera", "summary"),
+    "events": ("id", "ts", "kind", "message", "data"),
+    "heartbeats": ("seq", "ts", "payload"),
+}
+_JSON_COLUMN = {"windows": "summary", "events": "data", "heartbeats": "payload"}
+TIME_COLUMNS = {"windows": "ts_start", "events": "ts", "heartbeats": "ts", "alerts": "ts",
+                "outbox": "ts"}
+_ALERT_COLUMNS = ("id", "fingerprint", "ts", "kind", "severity", "state", "feature", "metric",
+                  "value", "threshold", "message", "payload", "camera", "starts_at", "ends_at")
+_SQL_TYPES = (type(None), int, float, str, bytes)
+
+
+def _json_default(value: Any) -> Any:
+    """Encode numpy scalars and arrays, which json cannot."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON text of ``value`` (numpy scalars and arrays allowed)."""
+    return json.dumps(value, separators=(",", ":"), default=_json_default)
+
+
+def _sql_value(value: Any, where: str) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return to_json(value)
+    if isinstance(value, bool):
+        return int(value)
+    if not isinstance(value, _SQL_TYPES) and hasattr(value, "item"):
+        value = value.item()  # numpy scalar
+    if not isinstance(value, _SQL_TYPES):
+        raise ValueError(f"cannot store {type(value).__name__} in {where}")
+    return value
+
+
+def _mount_point(path: str) -> str:
+    path = os.path.dirname(os.path.abspath(path))
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreError(f"cannot open database: {path} (create {directory} or set [store] path)")
+    try:
+        # Legacy transaction control is what sqlite-utils expects; we BEGIN explicitly.
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database: {path}: {exc} (check [store] path)") from exc
+
+
+def migrate(conn: sqlite3.Connection, path: str = "") -> int:
+    """Apply pending migrations, each in its own transaction; return the schema version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database schema {version} is newer than this edgewatch "
+                         f"({SCHEMA_VERSION}): {path} (upgrade edgewatch)")
+    for number, (pragmas, sql) in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        if number == 1:
+            for pragma in pragmas:
+                conn.execute(pragma)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] < number:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def open_db(path: str) -> sqlite_utils.Database:
+    """Open (creating if needed) the history with WAL, synchronous=NORMAL and migrations."""
+    conn = _connect(str(path))
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        migrate(conn, str(path))
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA journal_size_limit=4194304")  # keep a checkpointed WAL small
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot open database: {path}: {exc} (check [store] path)") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return sqlite_utils.Database(conn)
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
+    if not os.path.exists(path):
+        raise StoreError(f"database not found: {path} (pass --db or set [store] path)")
+    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database: {path}: {exc} (check permissions)") from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+# Readers used by the CLI; each takes a connection from Store.read() or connect_readonly().
+def recent_windows(conn: sqlite3.Connection, since: float, until: Optional[float] = None
+                   ) -> List[sqlite3.Row]:
+    """Windows that started in [since, until], oldest first."""
+    until = float("inf") if until is None else until
+    return conn.execute("SELECT * FROM windows WHERE ts_start >= ? AND ts_start <= ? "
+                        "ORDER BY ts_start", (since, until)).fetchall()
+
+
+def open_alerts(conn: sqlite3.Connection) -> List[sqlite3.Row]:
+    """Alerts currently firing, oldest first."""
+    return conn.execute("SELECT * FROM alerts WHERE state = 'firing' ORDER BY starts_at").fetchall()
+
+
+def last_heartbeat(conn: sqlite3.Connection) -> Optional[sqlite3.Row]:
+    """The newest heartbeat row, or None."""
+    return conn.execute("SELECT * FROM heartbeats ORDER BY ts DESC LIMIT 1").fetchone()
+
+
+def events(conn: sqlite3.Connection, since: float) -> List[sqlite3.Row]:
+    """Events at or after ``since``, oldest first."""
+    return conn.execute("SELECT * FROM events WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
+
+
+def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
+    """(kind, how to fix) for a write failure."""
+    msg = str(exc).lower()
+    where = _mount_point(path)
+    if "full" in msg:
+        return "full", f"free space on {where} or lower [store] max_db_mb"
+    if "readonly" in msg or "read-only" in msg:
+        return "readonly", f"make {os.path.dirname(os.path.abspath(path))} writable " \
+                           f"(is {where} mounted read-only?)"
+    if "i/o" in msg:
+        return "io", f"check the storage device holding {where}"
+    if "malformed" in msg or "not a database" in msg:
+        return "corrupt", f"stop edgewatch and move {path} aside; it is recreated on start"
+    if "locked" in msg or "busy" in msg:
+        return "locked", "another process holds a write lock; stop it"
+    return "other", f"check {path}"
+
+
+class Store:
+    """The agent's SQLite history with a single writer thread."""
+
+    def __init__(self, path: str, *, queue_size: int = 2048, flush_interval_s: float = 2.0,
+                 retention_days: float = 30.0, max_db_mb: float = 512.0,
+                 outbox_max: int = 50000, outbox_max_age_days: float = 7.0,
+                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0) -> None:
+        if queue_size < 2:
+            raise ValueError(f"queue_size must be >= 2, got {queue_size}")
+        if flush_interval_s <= 0 or retention_days <= 0 or max_db_mb <= 0:
+            raise ValueError("flush_interval_s, retention_days and max_db_mb must be > 0")
+        self.path = str(path)
+        self._queue_size = queue_size
+        self._flush_s = flush_interval_s
+        self._retention_days = retention_days
+        self._max_db_bytes = int(max_db_mb * 1024 * 1024)
+        self._outbox_max = outbox_max
+        self._outbox_max_age_s = outbox_max_age_days * 86400.0
+        self._clock = clock
+        self._retry_s = retry_interval_s
+        self._bulk: queue.Queue = queue.Queue(maxsize=queue_size)
+        # Alerts and jobs: strictly ordered, soft-bounded; over the bound the caller waits
+        # briefly and then appends anyway (the "spill"), so nothing critical is ever lost.
+        self._critical: collections.deque = collections.deque()
+        self._critical_max = max(16, queue_size // 8)
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._listeners: List[Callable[[], None]] = []
+        self._db: Optional[sqlite_utils.Database] = None
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+        self._closed = False
+        # Writer-owned state.
+        self._pending_rows: List[Tuple[str, Tuple[str, ...], Tuple[Any, ...]]] = []
+        self._pending_alerts: List[Tuple[Tuple[Any, ...], List[Tuple[Any, ...]]]] = []
+        self._faulted_at: Dict[str, float] = {}
+        self._next_retry = 0.0
+        self._counts = {"dropped": 0, "written": 0, "write_errors": 0, "alerts_spilled": 0,
+                        "outbox_dropped": 0}
+        self._last_error: Optional[str] = None
+        self._count_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Store:
+        """Open the database (migrating it) and start the writer thread."""
+        if self._thread is not None:
+            return self
+        self._db = open_db(self.path)
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
+        self._counts["outbox_dropped"] = int(row[0]) if row else 0
+        self._thread = threading.Thread(target=self._run, name="edgewatch-store", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued, stop the writer and checkpoint the WAL; idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("store writer did not stop within %.1f s: %s", timeout, self.path)
+                return
+        self._closed = True
+
+    def __enter__(self) -> Store:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- producers ---------------------------------------------------------------------------
+    def put(self, table: str, row: Dict[str, Any]) -> bool:
+        """Queue a bulk row; never blocks. False (and counted in ``dropped``) when full."""
+        columns = BULK_COLUMNS.get(table)
+        if columns is None:
+            raise ValueError(f"put() takes a table in {sorted(BULK_COLUMNS)}, not {table!r}")
+        unknown = set(row) - set(columns)
+        if unknown:
+            raise ValueError(f"unknown columns for {table}: {sorted(unknown)} "
+                             f"(valid: {', '.join(columns)})")
+        if "ts" in columns and row.get("ts") is None:
+            row = {**row, "ts": self._clock()}
+        names = tuple(row)
+        values = tuple(_sql_value(row[n], f"{table}.{n}") for n in names)
+        if self._closing:
+            self._count("dropped")
+            return False
+        try:
+            self._bulk.put_nowait((table, names, values))
+        except queue.Full:
+            self._count("dropped")
+            return False
+        if self._bulk.qsize() >= self._queue_size // 2:
+            self._wake.set()
+        return True
+
+    def put_alert(self, alert_record: Dict[str, Any],
+                  outbox_messages: Sequence[Dict[str, Any]] = ()) -> None:
+        """Upsert an alert row and add its outbox rows in one transaction; never dropped."""
+        if not alert_record.get("id"):
+            raise ValueError("alert record has no 'id'")
+        if self._closing:
+            raise StoreError(f"alert {alert_record['id']} not stored: {self.path} is closed "
+                             "(put alerts before Store.close())")
+        alert = tuple(to_json(alert_record) if c == "payload"
+                      else _sql_value(alert_record.get(c), f"alerts.{c}") for c in _ALERT_COLUMNS)
+        now = self._clock()
+        outbox = [(_sql_value(m.get("ts", now), "outbox.ts"), str(m["topic"]),
+                   _sql_value(m["payload"], "outbox.payload"),
+                   int(m.get("qos", 1)), int(bool(m.get("retain", False))),
+                   str(m.get("severity", alert_record.get("severity", "warning"))))
+                  for m in outbox_messages]
+        self._put_critical(("alert", alert, outbox))
+
+    def submit(self, fn: Callable[[sqlite_utils.Database], Any]) -> Future:
+        """Run ``fn(db)`` in the writer thread inside its own transaction."""
+        if self._closing:
+            raise StoreError(f"store is closed: {self.path} (submit before Store.close())")
+        future: Future = Future()
+        self._put_critical(("job", fn, future))
+        return future
+
+    def _put_critical(self, item: Tuple[Any, ...]) -> None:
+        with self._cond:
+            if len(self._critical) >= self._critical_max:
+                self._cond.wait_for(lambda: len(self._critical) < self._critical_max,
+                                    timeout=_ALERT_WAIT_S)
+                if len(self._critical) >= self._critical_max:
+                    self._count("alerts_spilled")
+            self._critical.append(item)
+        self._wake.set()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._count_lock:
+            self._counts[name] += n
+
+    def add_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` from the writer thread after each commit that added outbox rows."""
+        self._listeners.append(callback)
+
+    def enforce_retention(self, now: Optional[float] = None,
+                          timeout: float = 60.0) -> Dict[str, int]:
+        """Apply retention, the size cap and the outbox bound now; return rows deleted."""
+        stamp = self._clock() if now is None else now
+        return self.submit(lambda db: self._retention(db, stamp)).result(timeout)
+
+    # -- readers -----------------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection (rows as sqlite3.Row), closed on exit."""
+        conn = connect_readonly(self.path)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def stats(self) -> Dict[str, Any]:
+        """Queue depth, drop/write/error counters, file size and outbox depth."""
+        out: Dict[str, Any] = {
+            "queue_depth": self._bulk.qsize() + len(self._critical) + len(self._pending_rows)
+            + len(self._pending_alerts),
+            **self._counts,
+            "last_error": self._last_error,
+            "db_bytes": sum(os.path.getsize(p) for p in (self.path, self.path + "-wal")
+                            if os.path.exists(p)),
+            "outbox_depth": 0,
+            "outbox_oldest_age_s": None,
+        }
+        if os.path.exists(self.path):
+            try:
+                with self.read() as conn:
+                    count, oldest = conn.execute("SELECT count(*), min(ts) FROM outbox").fetchone()
+            except (sqlite3.Error, StoreError) as exc:
+                out["last_error"] = out["last_error"] or str(exc)
+            else:
+                out["outbox_depth"] = count
+                if oldest is not None:
+                    out["outbox_oldest_age_s"] = max(0.0, self._clock() - oldest)
+        return out
+
+    # -- writer thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._db is not None
+        mono = time.monotonic
+        next_flush = mono() + self._flush_s
+        next_retention = mono()  # once at start, so a device that restarts often still prunes
+        while True:
+            now = mono()
+            deadline = min(next_flush, next_retention)
+            if self._faulted_at:
+                deadline = min(deadline, self._next_retry)
+            if not self._closing:
+                self._wake.wait(max(0.0, deadline - now))
+            self._wake.clear()
+            closing = self._closing
+            jobs = self._take_critical()
+            now = mono()
+            due = (closing or bool(self._pending_alerts) or bool(jobs) or now >= next_flush
+                   or self._bulk.qsize() >= self._queue_size // 2)
+            if self._faulted_at and not closing and now < self._next_retry:
+                due = False
+            if due:
+                self._take_bulk()
+                if self._pending_rows or self._pending_alerts:
+                    self._write_batch()
+                next_flush = now + self._flush_s
+            for fn, future in jobs:
+                self._run_job(fn, future)
+            if now >= next_retention:
+                next_retention = now + RETENTION_EVERY_S
+                self._run_job(lambda db: self._retention(db, self._clock()), None)
+            if closing and self._bulk.empty() and not self._critical:
+                break
+        self._shutdown()
+
+    def _take_critical(self) -> List[Tuple[Callable, Optional[Future]]]:
+        jobs = []
+        with self._cond:
+            while self._critical:
+                item = self._critical.popleft()
+                if item[0] == "alert":
+                    self._pending_alerts.append((item[1], item[2]))
+                else:
+                    jobs.append((item[1], item[2]))
+            self._cond.notify_all()
+        return jobs
+
+    def _take_bulk(self) -> None:
+        # During a fault, hold at most one queue's worth in memory; the queue then fills
+        # and put() counts what it drops.
+        room = self._queue_size if self._faulted_at else 4 * self._queue_size
+        room = self._bulk.qsize() + 1 if self._closing else room - len(self._pending_rows)
+        while room > 0:
+            try:
+                self._pending_rows.append(self._bulk.get_nowait())
+            except queue.Empty:
+                break
+            room -= 1
+
+    def _write_batch(self) -> None:
+        assert self._db is not None
+        conn = self._db.conn
+        rows, alerts = self._pending_rows, self._pending_alerts
+        n_outbox = sum(len(o) for _, o in alerts)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._insert(conn, rows, alerts)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:  # values are checked by put(): this is the disk or file
+            self._on_fault(exc)
+            return
+        self._counts["written"] += len(rows) + len(alerts)
+        self._pending_rows, self._pending_alerts = [], []
+        if self._faulted_at:
+            log.warning("store writes resumed: %s", self.path)
+            self._faulted_at.clear()
+            self._last_error = None
+        if n_outbox:
+            for callback in list(self._listeners):
+                try:
+                    callback()
+                except Exception:  # a listener must not stop the writer
+                    log.exception("store commit listener failed")
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list, alerts: list) -> None:
+        marks = ",".join("?" * len(_ALERT_COLUMNS))
+        for alert, outbox in alerts:
+            conn.execute(f"INSERT OR REPLACE INTO alerts ({','.join(_ALERT_COLUMNS)}) "
+                         f"VALUES ({marks})", alert)
+            conn.executemany("INSERT INTO outbox (ts, topic, payload, qos, retain, severity) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", outbox)
+        groups: Dict[Tuple[str, Tuple[str, ...]], list] = {}
+        for table, names, values in rows:
+            groups.setdefault((table, names), []).append(values)
+        for (table, names), values in groups.items():
+            conn.executemany(f"INSERT OR REPLACE INTO {table} ({','.join(names)}) "
+                             f"VALUES ({','.join('?' * len(names))})", values)
+
+    def _on_fault(self, exc: sqlite3.Error) -> None:
+        kind, fix = _fault(exc, self.path)
+        now = time.monotonic()
+        self._counts["write_errors"] += 1
+        self._last_error = f"{exc} ({fix})"
+        self._next_retry = now + self._retry_s
+        if now - self._faulted_at.get(kind, -1e18) >= FAULT_LOG_EVERY_S:
+            log.error("store write failed: %s: %s; keeping %d rows and %d alerts in memory (%s)",
+                      self.path, exc, len(self._pending_rows), len(self._pending_alerts), fix)
+            self._faulted_at[kind] = now
+
+    def _run_job(self, fn: Callable, future: Optional[Future]) -> None:
+        assert self._db is not None
+        if future is not None and not future.set_running_or_notify_cancel():
+            return
+        conn = self._db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = fn(self._db)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except BaseException as exc:  # handed to the caller through the Future
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._on_fault(exc)
+            if future is not None:
+                future.set_exception(exc)
+            elif not isinstance(exc, sqlite3.Error):
+                log.exception("store maintenance failed")
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if future is not None:
+            future.set_result(result)
+
+    def _retention(self, db: sqlite_utils.Database, now: float) -> Dict[str, int]:
+        """Delete by age, by file size and by outbox bound; runs inside a writer transaction."""
+        conn = db.conn
+        deleted = {"windows": 0, "events": 0, "heartbeats": 0, "outbox": 0}
+        cutoff = now - self._retention_days * 86400.0
+        for table in ("windows", "events", "heartbeats"):
+            cur = conn.execute(f"DELETE FROM {table} WHERE {TIME_COLUMNS[table]} < ?", (cutoff,))
+            deleted[table] += cur.rowcount
+        deleted["outbox"] = self._bound_outbox(conn, now)
+
+        def used() -> int:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            count = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return (count - free) * page
+
+        while used() > self._max_db_bytes:
+            removed = 0
+            for table in ("windows", "heartbeats", "events"):
+                col, key = TIME_COLUMNS[table], "seq" if table == "heartbeats" else "id"
+                rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                chunk = max(_SIZE_CHUNK_MIN, rows // 20)  # ~5% a pass: stop near the cap
+                cur = conn.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM "
+                                   f"{table} ORDER BY {col} LIMIT {chunk})")
+                deleted[table] += cur.rowcount
+                removed += cur.rowcount
+            if not removed:
+                log.warning("store over [store] max_db_mb with only alerts and outbox left: %s",
+                            self.path)
+                break
+        if any(deleted.values()):
+            conn.commit()
+            # executescript steps the pragma to completion (execute() frees a single page).
+            conn.executescript("PRAGMA incremental_vacuum")
+        return deleted
+
+    def _bound_outbox(self, conn: sqlite3.Connection, now: float) -> int:
+        removed = conn.execute("DELETE FROM outbox WHERE ts < ?",
+                               (now - self._outbox_max_age_s,)).rowcount
+        excess = conn.execute("SELECT count(*) FROM outbox").fetchone()[0] - self._outbox_max
+        for where in ("WHERE severity = 'warning'", ""):
+            if excess > 0:
+                n = conn.execute(f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox {where} "
+                                 f"ORDER BY id LIMIT ?)", (excess,)).rowcount
+                removed += n
+                excess -= n
+        if removed:
+            self._counts["outbox_dropped"] += removed
+            log.warning("store outbox over its bound: dropped %d messages (%d in total)",
+                        removed, self._counts["outbox_dropped"])
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('outbox_dropped', ?)",
+                         (str(self._counts["outbox_dropped"]),))
+        return removed
+
+    def _shutdown(self) -> None:
+        assert self._db is not None
+        if self._pending_rows or self._pending_alerts:
+            self._write_batch()
+        if self._pending_rows or self._pending_alerts:
+            log.error("store closing with %d rows and %d alerts unwritten: %s (%s)",
+                      len(self._pending_rows), len(self._pending_alerts), self.path,
+                      self._last_error)
+        try:
+            self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("store WAL checkpoint failed: %s: %s", self.path, exc)
+        self._db.conn.close()

@@ -1,0 +1,150 @@
+"""Alert lifecycle: pending, firing, repeat, resolve with hysteresis, controls, restart."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from agent.alerts import AlertManager, Observation, fingerprint
+from agent.errors import CommandError
+
+
+def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", for_s: float = 10,
+        clear_for_s: float = 20, threshold: float = 0.3) -> Observation:
+    return Observation(kind=kind, feature=feature, metric="ks", value=value, threshold=threshold,
+                       breach=value > threshold, clear=value < 0.7 * threshold,
+                       summary=f"{feature} drifted: KS {value:.2f}", for_s=for_s,
+                       clear_for_s=clear_for_s, window={"start": 0.0, "end": 30.0, "frames": 900})
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: List[Dict[str, Any]] = []
+        self.controls: Dict[tuple, tuple] = {}
+
+    def emit(self, rec: Dict[str, Any]) -> None:
+        self.records.append(dict(rec))
+
+    def persist(self, kind: str, target: str, until: Optional[float], value: Optional[float]) -> None:
+        if until is None and value is None:
+            self.controls.pop((kind, target), None)
+        else:
+            self.controls[(kind, target)] = (until, value)
+
+    def manager(self, repeat: float = 100.0) -> AlertManager:
+        return AlertManager(device="dev1", camera="cam0", model={"path": "m", "sha256": "abc"},
+                            emit=self.emit, repeat_interval_s=repeat, persist_control=self.persist)
+
+
+def transitions(rec: Recorder) -> List[str]:
+    return [r["transition"] for r in rec.records if r.get("notify", True)]
+
+
+def test_fires_only_after_for_duration_then_repeats_and_resolves_with_hysteresis() -> None:
+    rec = Recorder()
+    m = rec.manager(repeat=100)
+    m.update([obs(0.5)], now=0)
+    m.update([obs(0.5)], now=5)
+    assert transitions(rec) == []  # pending: for_s=10 not reached
+    m.update([obs(0.5)], now=10)
+    assert transitions(rec) == ["firing"]
+    first = rec.records[-1]
+    assert first["state"] == "firing" and first["starts_at"] == 0
+    assert "since" in first["message"] and "900 frames" in first["message"]
+    # between clear and threshold: stays firing (hysteresis), no resolve
+    m.update([obs(0.25)], now=50)
+    m.update([obs(0.25)], now=80)
+    assert transitions(rec) == ["firing"]
+    m.update([obs(0.5)], now=111)
+    assert transitions(rec) == ["firing", "repeat"]
+    m.update([obs(0.1)], now=120)
+    m.update([obs(0.1)], now=130)
+    assert transitions(rec)[-1] == "repeat"  # clear for 10 s < clear_for_s 20
+    m.update([obs(0.1)], now=140)
+    assert transitions(rec)[-1] == "resolved"
+    last = rec.records[-1]
+    assert last["state"] == "resolved" and last["ends_at"] == 140 and last["id"] == first["id"]
+    assert [r["seq"] for r in rec.records] == [1, 2, 3]
+    assert m.open_alerts() == []
+
+
+def test_blip_shorter_than_for_does_not_fire() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    for t, v in [(0, 0.5), (5, 0.5), (8, 0.1), (12, 0.5), (20, 0.5)]:
+        m.update([obs(v)], now=t)
+    assert transitions(rec) == []
+
+
+def test_one_fingerprint_per_kind_camera_feature() -> None:
+    assert fingerprint("data_drift", "cam0", "brightness") != fingerprint("data_drift", "cam0", "contrast")
+    assert fingerprint("data_drift", "cam0", "brightness") == fingerprint("data_drift", "cam0", "brightness")
+
+
+def test_camera_fault_inhibits_drift() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    fault = obs(1.0, kind="camera_fault", feature="black_frames", for_s=0)
+    m.update([fault], now=0)
+    m.update([fault, obs(0.9, for_s=0)], now=5)
+    assert [r["kind"] for r in rec.records] == ["camera_fault"]
+
+
+def test_ack_suppresses_repeats_until_resolved() -> None:
+    rec = Recorder()
+    m = rec.manager(repeat=10)
+    m.update([obs(0.5, for_s=0)], now=0)
+    alert_id = rec.records[-1]["id"]
+    m.ack(alert_id[:16] if False else alert_id)
+    m.update([obs(0.5, for_s=0)], now=50)
+    assert transitions(rec) == ["firing"]
+    assert ("ack", fingerprint("data_drift", "cam0", "brightness")) in rec.controls
+    with pytest.raises(CommandError, match="no firing alert"):
+        m.ack("nope")
+
+
+def test_snooze_delays_notification_until_it_ends() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.snooze("data_drift", until=100)
+    m.update([obs(0.5, for_s=0)], now=0)
+    assert transitions(rec) == []
+    assert rec.records and rec.records[-1]["notify"] is False  # stored, not notified
+    m.tick(now=101)
+    assert transitions(rec) == ["firing"]
+
+
+def test_disable_resolves_and_blocks_enable_restores() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.known_features = frozenset({"brightness"})
+    m.update([obs(0.5, for_s=0)], now=0)
+    m.disable("brightness", now=1)
+    assert transitions(rec) == ["firing", "resolved"]
+    m.update([obs(0.5, for_s=0)], now=2)
+    assert transitions(rec) == ["firing", "resolved"]
+    m.enable("brightness")
+    m.update([obs(0.5, for_s=0)], now=3)
+    assert transitions(rec)[-1] == "firing"
+    with pytest.raises(CommandError, match="unknown kind or feature"):
+        m.disable("nonsense", now=4)
+
+
+def test_restart_keeps_open_alerts_controls_and_sequence() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5, for_s=0)], now=0)
+    m.set_threshold("brightness", 0.4)
+    m.snooze("contrast", until=1000)
+    open_alerts = m.open_alerts()
+    controls = [{"kind": k, "target": t, "until": u, "value": v} for (k, t), (u, v) in rec.controls.items()]
+    rec2 = Recorder()
+    m2 = rec2.manager()
+    m2.restore(open_alerts, controls, seq=m.seq)
+    assert m2.threshold_override("brightness") == 0.4
+    assert m2.controls()["snoozed"] == {"contrast": 1000.0}
+    m2.update([obs(0.1, clear_for_s=0)], now=10)
+    assert [r["transition"] for r in rec2.records] == ["resolved"]
+    assert rec2.records[0]["id"] == open_alerts[0]["id"]
+    assert rec2.records[0]["seq"] == m.seq + 1
