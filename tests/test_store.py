@@ -67,11 +67,11 @@ def test_migrations_set_user_version_and_are_idempotent(tmp_path):
     path = tmp_path / "h.db"
     db = open_db(str(path))
     conn = db.conn
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     assert set(db.table_names()) >= {"windows", "events", "alerts", "controls", "heartbeats",
-                                     "outbox", "reference", "meta"}
+                                     "outbox", "reference", "meta", "commands"}
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"idx_windows_ts_start", "idx_events_ts", "idx_alerts_state",
             "idx_alerts_fingerprint", "idx_heartbeats_ts", "idx_outbox_id"} <= indexes
