@@ -17,6 +17,7 @@ import pytest
 from agent.cli import main
 from agent.errors import CommandError, StoreError
 from agent.export import EXPORT_TABLES, export_rows, export_snapshot, parse_time
+from agent.store import SCHEMA_VERSION
 from agent.store import Store, open_db
 
 NOW = 1_700_000_000.0
@@ -122,7 +123,7 @@ def test_snapshot_while_another_process_writes(tmp_path):
         total = snap.execute("SELECT count(*) FROM events").fetchone()[0]
         assert total % 100 == 0  # whole transactions only
         assert result["rows"]["events"] == total
-        assert snap.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert snap.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         snap.close()
 

@@ -79,7 +79,7 @@ def test_migrations_set_user_version_and_are_idempotent(tmp_path):
     conn.commit()
     db.close()
     db = open_db(str(path))  # reopen: no migration re-run, data kept
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert db.conn.execute("SELECT value FROM meta WHERE key='k'").fetchone()[0] == "v"
     db.conn.execute("PRAGMA user_version=99")
     db.close()
