@@ -35,7 +35,7 @@ class RingBuffer:
         self._names = names
         self._index = {n: i for i, n in enumerate(names)}
         self._capacity = int(capacity)
-        self._data = np.zeros((self._capacity, len(names)), dtype=dtype)
+        self._data: np.ndarray = np.zeros((self._capacity, len(names)), dtype=dtype)
         self._ts = np.zeros(self._capacity, dtype=np.float64)
         self._count = 0
 
@@ -77,7 +77,7 @@ class RingBuffer:
         return np.arange(end - n, end) % self._capacity
 
     def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the newest ``n`` timestamps and rows (fewer if fewer are held), oldest first."""
+        """Copies of the newest ``n`` timestamps and rows (fewer if fewer held), oldest first."""
         n = max(0, min(int(n), self.size))
         idx = self._order(n)
         return self._ts[idx], self._data[idx]

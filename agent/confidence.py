@@ -34,7 +34,7 @@ from .errors import ModelError
 CONFIDENCE_FEATURES: tuple[str, ...] = (
     "top_score",
     "margin",
-    "entropy",
+    "score_entropy",
     "det_count",
     "mean_score",
     "low_conf_frac",
@@ -47,7 +47,7 @@ CONFIDENCE_SPECS: tuple[tuple[str, str, str], ...] = (
     ("top_score", "highest class probability / candidate score", "0-1"),
     ("margin", "classification: top1 - top2 probability; detection: top_score - threshold",
      "-1..1"),
-    ("entropy", "classification: softmax entropy / log(C); detection: mean binary entropy of "
+    ("score_entropy", "classification: softmax entropy / log(C); detection: mean binary entropy of "
      "the detections' scores", "0-1"),
     ("det_count", "detections at or above the score threshold (after NMS); NaN for classifiers",
      ">= 0"),
@@ -197,30 +197,36 @@ class Decoder:
         raise NotImplementedError
 
     def _detections(self, out: np.ndarray, top: float, n_above_low: int, n_hi: int,
-                    scores: np.ndarray, areas: np.ndarray, classes: np.ndarray | None,
+                    scores: list[float], areas: list[float], classes: list[int] | None,
                     class_hist: np.ndarray | None) -> None:
-        """Shared detection summary over the kept detections (scores sorted or not)."""
+        """Shared detection summary over the kept detections (plain floats: usually few)."""
+        k = len(scores)
         out[0] = top
         out[1] = top - self.score_threshold
-        out[3] = len(scores)
+        out[3] = k
         out[5] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
-        if len(scores) == 0:
+        if k == 0:
             out[2] = out[4] = out[6] = out[7] = out[8] = _NAN
             return
-        p = np.clip(scores.astype(np.float64), 1e-12, 1.0 - 1e-12)
-        out[2] = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))) / _LN2
-        out[4] = float(scores.mean())
-        out[6] = float(areas.mean())
-        out[7] = float(areas.std())
-        best = int(np.argmax(scores))
-        out[8] = 0.0 if classes is None else float(classes[best])
+        ent = 0.0
+        for s in scores:
+            p = min(max(s, 1e-12), 1.0 - 1e-12)
+            ent -= p * math.log(p) + (1.0 - p) * math.log(1.0 - p)
+        out[2] = ent / (k * _LN2)
+        out[4] = sum(scores) / k
+        a_mu = sum(areas) / k
+        out[6] = a_mu
+        out[7] = math.sqrt(max(sum(a * a for a in areas) / k - a_mu * a_mu, 0.0))
+        best = max(range(k), key=scores.__getitem__)
+        out[8] = 0.0 if classes is None else classes[best]
         if class_hist is not None:
+            n = len(class_hist)
             if classes is None:
-                class_hist[0] += len(scores)
+                class_hist[0] += k
             else:
-                c = classes.astype(np.intp)
-                c = c[(c >= 0) & (c < len(class_hist))]
-                np.add.at(class_hist, c, 1)
+                for c in classes:
+                    if 0 <= c < n:
+                        class_hist[c] += 1
 
 
 class ClassificationDecoder(Decoder):
@@ -324,8 +330,8 @@ class SSDDecoder(Decoder):
         n_hi = int(np.count_nonzero(keep))
         kb = boxes[keep]
         areas = np.clip(kb[:, 2] - kb[:, 0], 0, 1) * np.clip(kb[:, 3] - kb[:, 1], 0, 1)
-        self._detections(out, top, n_above_low, n_hi, scores[keep], areas, classes[keep],
-                         class_hist)
+        self._detections(out, top, n_above_low, n_hi, scores[keep].tolist(), areas.tolist(),
+                         classes[keep].astype(np.intp).tolist(), class_hist)
 
 
 class YoloDecoder(Decoder):
@@ -376,8 +382,8 @@ class YoloDecoder(Decoder):
         keep = fast_nms(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1),
                         self._iou)
         areas = np.clip(w, 0, 1) * np.clip(h, 0, 1)
-        self._detections(out, top, n_above_low, n_hi, scores[keep], areas[keep], classes[keep],
-                         class_hist)
+        self._detections(out, top, n_above_low, n_hi, scores[keep].tolist(),
+                         areas[keep].tolist(), classes[keep].tolist(), class_hist)
 
 
 class AnchorDecoder(Decoder):
@@ -388,7 +394,7 @@ class AnchorDecoder(Decoder):
     def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
                  num_classes: int | None = None, input_size: tuple[int, int] = (128, 128),
                  anchors: np.ndarray | None = None, nms_iou: float = 0.3,
-                 max_candidates: int = 64) -> None:
+                 max_candidates: int = 32) -> None:
         super().__init__(infos, score_threshold, low_conf, num_classes or 1)
         self._scores = next(i for i, inf in enumerate(infos) if inf.shape[-1] == 1)
         self._regs = 1 - self._scores
@@ -398,8 +404,10 @@ class AnchorDecoder(Decoder):
         if anchors is not None and len(anchors) != n:
             raise ModelError(f"anchor decoder: {len(anchors)} anchors for {n} model outputs "
                              "(pass the model's anchor centres)")
-        self._anchors = anchors
         self._size = (float(input_size[0]), float(input_size[1]))
+        self._anchor_px: list[list[float]] | None = None
+        if anchors is not None:  # centres in input pixels, as plain floats for the NMS loop
+            self._anchor_px = (np.asarray(anchors, np.float64)[:, :2] * self._size).tolist()
         self._thr = _logit(self.score_threshold)
         self._low = _logit(self.low_conf)
         self._mask = np.empty(n, bool)
@@ -414,33 +422,54 @@ class AnchorDecoder(Decoder):
         mask = self._mask
         top_logit = min(max(float(logits.max()), -100.0), 100.0)
         top = 1.0 / (1.0 + math.exp(-top_logit))
-        np.greater_equal(logits, self._low, out=mask)
-        n_above_low = int(np.count_nonzero(mask))
-        n_hi = 0
-        idx = np.empty(0, np.intp)
-        if n_above_low:
-            np.greater_equal(logits, self._thr, out=mask)
-            idx = np.flatnonzero(mask)
-            n_hi = len(idx)
-        if n_hi == 0:
-            self._detections(out, top, n_above_low, 0, idx.astype(np.float32),
-                             idx.astype(np.float32), None, class_hist)
+        n_above_low = n_hi = 0
+        if top_logit >= self._low:
+            np.greater_equal(logits, self._low, out=mask)
+            n_above_low = int(np.count_nonzero(mask))
+        if top_logit < self._thr:
+            self._detections(out, top, n_above_low, 0, [], [], None, class_hist)
             return
+        np.greater_equal(logits, self._thr, out=mask)
+        idx = np.flatnonzero(mask)
+        n_hi = len(idx)
         if n_hi > self._cap:
             idx = idx[np.argpartition(logits[idx], -self._cap)[-self._cap:]]
-        idx = idx[np.argsort(-logits[idx])]
-        scores = _sigmoid(logits[idx])
-        reg = np.asarray(self._float(outputs, self._regs)[0][idx], np.float64)
+        lg = logits[idx].tolist()
+        order = sorted(range(len(lg)), key=lg.__getitem__, reverse=True)
+        regs = np.take(self._float(outputs, self._regs)[0], idx, axis=0)
+        regs = regs[:, :4].astype(np.float64).tolist()
         sw, sh = self._size
-        w, h = np.abs(reg[:, 2]) / sw, np.abs(reg[:, 3]) / sh
-        if self._anchors is not None:
-            cx = self._anchors[idx, 0] + reg[:, 0] / sw
-            cy = self._anchors[idx, 1] + reg[:, 1] / sh
-            keep = fast_nms(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1),
-                            self._iou)
-            scores, w, h = scores[keep], w[keep], h[keep]
-        self._detections(out, top, n_above_low, n_hi, scores,
-                         np.clip(w, 0, 1) * np.clip(h, 0, 1), None, class_hist)
+        anchors = self._anchor_px
+        il = idx.tolist()
+        scores: list[float] = []
+        areas: list[float] = []
+        boxes: list[tuple[float, float, float, float, float]] = []
+        k = 1.0 + self._iou
+        thr = self._iou
+        for i in order:  # greedy NMS in plain floats: a handful of candidates per object
+            rx, ry, rw, rh = regs[i]
+            w = rw if rw > 0.0 else -rw
+            h = rh if rh > 0.0 else -rh
+            if anchors is not None:
+                ax, ay = anchors[il[i]]
+                x1 = ax + rx - 0.5 * w
+                y1 = ay + ry - 0.5 * h
+                x2, y2, a = x1 + w, y1 + h, w * h
+                for bx1, by1, bx2, by2, ba in boxes:
+                    iw = (x2 if x2 < bx2 else bx2) - (x1 if x1 > bx1 else bx1)
+                    ih = (y2 if y2 < by2 else by2) - (y1 if y1 > by1 else by1)
+                    if iw > 0.0 and ih > 0.0 and iw * ih * k > thr * (a + ba):
+                        break  # IoU > thr with a kept box
+                else:
+                    boxes.append((x1, y1, x2, y2, a))
+                    x = lg[i]
+                    scores.append(1.0 / (1.0 + math.exp(-(x if x > -100.0 else -100.0))))
+                    areas.append((w / sw if w < sw else 1.0) * (h / sh if h < sh else 1.0))
+                continue
+            x = lg[i]
+            scores.append(1.0 / (1.0 + math.exp(-(x if x > -100.0 else -100.0))))
+            areas.append((w / sw if w < sw else 1.0) * (h / sh if h < sh else 1.0))
+        self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
 
 
 class GenericDecoder(Decoder):

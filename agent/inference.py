@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
@@ -50,6 +52,38 @@ def load_runtime(runtime: str = "auto") -> Tuple[str, Any, Optional[Callable[...
     raise ModelError(f"no TFLite runtime available ({'; '.join(errors)}) ({_INSTALL_HINT})")
 
 
+_PROBE = """
+import sys
+from {module} import Interpreter
+Interpreter(model_path=sys.argv[1]).allocate_tensors()
+"""
+
+
+def verify_model_file(path: Path, runtime: str) -> None:
+    """Refuse a file that is not a loadable TFLite model, without risking this process.
+
+    A truncated or corrupt flatbuffer can crash the TFLite runtime with a segmentation
+    fault rather than an exception, so the first load happens in a child process.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise ModelError(f"cannot load model: {path}: not a TFLite flatbuffer "
+                         "(no TFL3 identifier; is it a .tflite file?)")
+    module = _RUNTIME_MODULES[runtime]
+    if runtime == "tensorflow":
+        module = "tensorflow.lite"
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE.format(module=module), str(path)],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"cannot load model: {path}: loading took over 120 s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1] if lines and proc.returncode > 0 else f"the runtime crashed (exit {proc.returncode})"
+        raise ModelError(f"cannot load model: {path}: {why} (is the file complete and valid?)")
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, the model's identity in baselines and alerts."""
     digest = hashlib.sha256()
@@ -71,12 +105,15 @@ class Model:
         delegate: str = "",
         input_range: Tuple[float, float] = (-1.0, 1.0),
         color: str = "rgb",
+        verify: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model not found: {self.path} (set [model] path or --model FILE)")
         self.sha256 = file_sha256(self.path)
         self.runtime, interpreter_cls, load_delegate = load_runtime(runtime)
+        if verify:
+            verify_model_file(self.path, self.runtime)
         self.delegate = delegate
         delegates = []
         if delegate:

@@ -30,8 +30,7 @@ from .stats import IMAGE_FEATURES, ImageStats
 log = logging.getLogger(__name__)
 
 PERF_FEATURES = ("latency_ms", "frame_interval_ms")
-# "entropy" names both the image's luma entropy and the scores'; the latter is renamed here.
-PREDICTION_FEATURES = tuple("score_entropy" if n == "entropy" else n for n in CONFIDENCE_FEATURES)
+PREDICTION_FEATURES = tuple(CONFIDENCE_FEATURES)
 FEATURES: tuple = tuple(IMAGE_FEATURES) + PREDICTION_FEATURES + PERF_FEATURES
 # Not tested for distribution drift: motion/frames are covered by rules, the predicted
 # class is categorical, and timing belongs to the performance checks.
@@ -190,6 +189,8 @@ class Monitor:
         """Record one frame (BGR uint8) and, optionally, the model's outputs and latency."""
         if ts is None:
             ts = self._clock()
+        if self._window_start is not None and ts - self._window_start >= self.config.store.window_s:
+            self._close_window(ts)  # this frame opens the next window
         row = self._row
         self._stats.compute(frame, row[: self._n_img])
         conf = row[self._n_img: self._n_img + self._n_conf]
@@ -212,8 +213,6 @@ class Monitor:
             self._start(ts)
         if ts >= self._next_eval:  # type: ignore[operator]
             self._evaluate(ts)
-        if ts - self._window_start >= self.config.store.window_s:  # type: ignore[operator]
-            self._close_window(ts)
 
     def _start(self, ts: float) -> None:
         self.started = ts
@@ -339,7 +338,7 @@ class Monitor:
     def _close_window(self, now: float) -> None:
         start = self._window_start
         assert start is not None
-        ts, values = self.ring.since(start)
+        _, values = self.ring.last(min(self._window_frames, self.ring.size))
         row = {"ts_start": start, "ts_end": now, "frames": self._window_frames,
                "camera": self.config.device.camera,
                "summary": summarise(values, self.names)}

@@ -55,7 +55,7 @@ STAT_SPECS: tuple[tuple[str, str, str], ...] = (
     ("overexposed", "fraction of luma >= 250", "0-1"),
     ("underexposed", "fraction of luma <= 5", "0-1"),
     ("noise", "noise sigma by Immerkaer's fast method on full-resolution tiles", ">= 0 (luma)"),
-    ("edge_density", "fraction of pixels whose 3x3 luma gradient (max - min) >= 48", "0-1"),
+    ("edge_density", "fraction of pixels whose luma gradient max(|dx|, |dy|) >= 48", "0-1"),
     ("mean_b", "mean blue channel (colour cast)", "0-255"),
     ("mean_g", "mean green channel", "0-255"),
     ("mean_r", "mean red channel", "0-255"),
@@ -71,12 +71,13 @@ MOTION_LEVEL = 25
 DEFAULT_TILES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7))
 
 _IMMERKAER = math.sqrt(math.pi / 2.0) / 6.0
-_KERNEL3 = np.ones((3, 3), np.uint8)
 # Rows give (luma, (R-G)/2 + 128, ((R+G)/2 - B)/2 + 128) from BGR: halved so uint8 holds them.
 _OPPONENT = np.array(
     [[0.114, 0.587, 0.299, 0.0], [0.0, -0.5, 0.5, 128.0], [-0.5, 0.25, 0.25, 128.0]], np.float32
 )
-_OPP_TO_BGR = np.linalg.inv(_OPPONENT[:, :3].astype(np.float64))
+_OPP_TO_BGR = np.linalg.inv(_OPPONENT[:, :3].astype(np.float64)).tolist()
+_IMMERKAER_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+_RGYB = np.array([[0.0, -1.0, 1.0], [-1.0, 0.5, 0.5]], np.float32)  # R-G, (R+G)/2-B from BGR
 
 
 # --- reference definitions over a whole image -------------------------------------------
@@ -89,35 +90,35 @@ def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
 
 def brightness(gray: np.ndarray) -> float:
     """Mean luma, 0-255."""
-    return float(np.mean(gray))
+    return float(cv2.mean(gray)[0])
 
 
 def contrast(gray: np.ndarray) -> float:
     """Standard deviation of luma."""
-    return float(np.std(gray))
+    return float(cv2.meanStdDev(gray)[1][0, 0])
 
 
 def laplacian_variance(gray: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian: the classic blur detector (low = blurred)."""
-    return float(np.var(cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1]))
+    sd = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1])[1][0, 0]
+    return float(sd * sd)
 
 
 def saturation(frame_bgr: np.ndarray) -> float:
     """Mean HSV saturation, 0-1."""
-    return float(np.mean(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2HSV)[..., 1])) / 255.0
+    return float(cv2.mean(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2HSV))[1]) / 255.0
 
 
 def colorfulness(frame_bgr: np.ndarray) -> float:
     """Hasler & Suesstrunk (2003) colourfulness: sigma_rgyb + 0.3 * mu_rgyb."""
-    f = frame_bgr.astype(np.float64)
-    rg = f[..., 2] - f[..., 1]
-    yb = 0.5 * (f[..., 2] + f[..., 1]) - f[..., 0]
-    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+    opp = cv2.transform(frame_bgr.astype(np.float32), _RGYB)
+    mu, sd = cv2.meanStdDev(opp)
+    return float(math.hypot(sd[0, 0], sd[1, 0]) + 0.3 * math.hypot(mu[0, 0], mu[1, 0]))
 
 
 def luma_entropy(gray: np.ndarray) -> float:
     """Shannon entropy in bits of the 256-bin luma histogram, 0-8."""
-    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     p = hist[hist > 0] / gray.size
     return float(-(p * np.log2(p)).sum())
 
@@ -134,30 +135,32 @@ def underexposed(gray: np.ndarray, level: int = UNDER_LEVEL) -> float:
 
 def noise_sigma(gray: np.ndarray) -> float:
     """Immerkaer (1996) fast noise sigma: mean |[1,-2,1]x[1,-2,1] * I| * sqrt(pi/2) / 6."""
-    resp = cv2.Sobel(gray, cv2.CV_32F, 2, 2, ksize=3)[1:-1, 1:-1]
-    return float(np.mean(np.abs(resp))) * _IMMERKAER
+    resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER_KERNEL)[1:-1, 1:-1]
+    return float(cv2.norm(resp, cv2.NORM_L1)) / resp.size * _IMMERKAER
 
 
 def edge_density(gray: np.ndarray, level: int = EDGE_LEVEL) -> float:
-    """Fraction of pixels whose 3x3 morphological gradient (max - min) is >= level."""
-    grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, _KERNEL3)
-    return float(np.count_nonzero(grad >= level)) / gray.size
+    """Fraction of pixels whose forward-difference gradient max(|dx|, |dy|) is >= level."""
+    grad = cv2.max(cv2.absdiff(gray[:-1, 1:], gray[:-1, :-1]),
+                   cv2.absdiff(gray[1:, :-1], gray[:-1, :-1]))
+    return float(np.count_nonzero(grad >= level)) / grad.size
 
 
 def channel_means(frame_bgr: np.ndarray) -> tuple[float, float, float]:
     """Mean of the B, G and R channels."""
-    b, g, r = frame_bgr.reshape(-1, 3).mean(axis=0)
+    b, g, r, _ = cv2.mean(frame_bgr)
     return float(b), float(g), float(r)
 
 
 def mean_abs_diff(gray: np.ndarray, prev_gray: np.ndarray) -> float:
     """Mean absolute luma difference between two frames (0 for a frozen feed)."""
-    return float(np.mean(cv2.absdiff(gray, prev_gray)))
+    return float(cv2.mean(cv2.absdiff(gray, prev_gray))[0])
 
 
 def motion_fraction(gray: np.ndarray, prev_gray: np.ndarray, level: int = MOTION_LEVEL) -> float:
     """Fraction of pixels whose luma changed by >= level."""
-    return float(np.count_nonzero(cv2.absdiff(gray, prev_gray) >= level)) / gray.size
+    diff = cv2.absdiff(gray, prev_gray)
+    return float(np.count_nonzero(diff >= level)) / gray.size
 
 
 def naive_stats(frame_bgr: np.ndarray, prev_gray: np.ndarray | None) -> dict[str, float]:
@@ -194,7 +197,8 @@ class ImageStats:
     >>> s = ImageStats()
     >>> out = np.empty(len(IMAGE_FEATURES), np.float32)
     >>> s.compute(np.full((480, 640, 3), 128, np.uint8), out)
-    >>> float(out[IMAGE_FEATURES.index("brightness")]), float(out[IMAGE_FEATURES.index("sharpness")])
+    >>> i, j = IMAGE_FEATURES.index("brightness"), IMAGE_FEATURES.index("sharpness")
+    >>> float(out[i]), float(out[j])
     (128.0, 0.0)
     """
 
@@ -215,6 +219,7 @@ class ImageStats:
         if ref_width < 16:
             raise ValueError(f"ref_width must be >= 16, got {ref_width}")
         self._size = (sw, sh)
+        self._csize = (max(4, sw // 2), max(4, sh // 2))
         self._tiles = tuple((float(x), float(y)) for x, y in tiles)
         self._ref_width = int(ref_width)
         n, cell = len(self._tiles), tile_size + 2
@@ -224,8 +229,11 @@ class ImageStats:
         self._sample = np.empty((sh, sw, 3), np.uint8)
         self._gray = np.empty((sh, sw), np.uint8)
         self._prev = np.empty((sh, sw), np.uint8)
-        self._opp = np.empty((sh, sw, 3), np.uint8)
-        self._hsv = np.empty((sh, sw, 3), np.uint8)
+        self._csample = np.empty((self._csize[1], self._csize[0], 3), np.uint8)
+        self._opp = np.empty_like(self._csample)
+        self._hsv = np.empty_like(self._csample)
+        self._gx = np.empty((sh - 1, sw - 1), np.uint8)
+        self._gy = np.empty((sh - 1, sw - 1), np.uint8)
         self._work = np.empty((sh, sw), np.uint8)
         self._hist = np.empty((256, 1), np.float32)
         self._logh = np.empty((256, 1), np.float32)
@@ -237,15 +245,17 @@ class ImageStats:
         ).astype(np.float32)
         self._log2n = math.log2(npx)
         self._npx = npx
+        self._nedge = float((sh - 1) * (sw - 1))
         self._mosaic = np.empty((n * cell, cell, 3), np.uint8)
         self._mgray = np.empty((n * cell, cell), np.uint8)
-        self._lap = np.empty((n * cell, cell), np.int16)
-        self._imm = np.empty((n * cell, cell), np.int16)
-        self._mask = np.zeros((n * cell, cell), np.uint8)
+        # Laplacian and Immerkaer responses side by side; the mask zeroes each tile's border.
+        self._resp = np.empty((2, n * cell, cell), np.int16)
+        self._mask = np.zeros((n * cell, cell), np.int16)
         for i in range(n):
             self._mask[i * cell + 1 : (i + 1) * cell - 1, 1:-1] = 1
         self._n_interior = float(n * tile_size * tile_size)
         self._plan: list[tuple[np.ndarray, slice, slice]] = []
+        self._step = 1
         self._shape: tuple[int, ...] = ()
         self._has_prev = False
 
@@ -261,68 +271,84 @@ class ImageStats:
     def _plan_tiles(self, shape: tuple[int, ...]) -> None:
         h, w = shape[0], shape[1]
         step = max(1, int(round(w / self._ref_width)))
-        span = self._cell * step
-        if span > w or span > h:
+        cell = self._cell
+        if cell * step > w or cell * step > h:
             step = 1
-            span = self._cell
-        if span > w or span > h:
+        if cell > w or cell > h:
             raise ValueError(
                 f"frame too small for image statistics: {w}x{h} "
-                f"(needs at least {self._cell}x{self._cell}; lower tile_size)"
+                f"(needs at least {cell}x{cell}; lower tile_size)"
             )
+        span = cell * step
         plan = []
         for i, (cx, cy) in enumerate(self._tiles):
             x0 = min(max(int(round(cx * w - span / 2)), 0), w - span)
             y0 = min(max(int(round(cy * h - span / 2)), 0), h - span)
-            dst = self._mosaic[i * self._cell : (i + 1) * self._cell]
-            plan.append((dst, slice(y0, y0 + span, step), slice(x0, x0 + span, step)))
+            plan.append((self._mosaic[i * cell : (i + 1) * cell], slice(y0, y0 + span),
+                         slice(x0, x0 + span)))
         self._plan = plan
+        self._step = step
         self._shape = shape
 
     def compute(self, frame_bgr: np.ndarray, out: np.ndarray) -> None:
         """Write len(IMAGE_FEATURES) values for one BGR uint8 frame into ``out``."""
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(
-                f"image statistics need a BGR uint8 frame of shape (H, W, 3): got "
-                f"{frame_bgr.dtype} {frame_bgr.shape} (convert with cv2.cvtColor first)"
-            )
         if frame_bgr.shape != self._shape:
+            if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+                raise ValueError(
+                    f"image statistics need a BGR uint8 frame of shape (H, W, 3): got "
+                    f"{frame_bgr.dtype} {frame_bgr.shape} (convert with cv2.cvtColor first)"
+                )
             self._plan_tiles(frame_bgr.shape)
-        sample, gray, hist = self._sample, self._gray, self._hist
+        elif frame_bgr.dtype != np.uint8:
+            raise ValueError(f"image statistics need a uint8 frame, got {frame_bgr.dtype}")
+        sample, gray, hist, work = self._sample, self._gray, self._hist, self._work
         cv2.resize(frame_bgr, self._size, dst=sample, interpolation=cv2.INTER_NEAREST)
-        for dst, ys, xs in self._plan:
-            np.copyto(dst, frame_bgr[ys, xs])
+        cell = (self._cell, self._cell)
+        if self._step == 1:
+            for dst, ys, xs in self._plan:
+                np.copyto(dst, frame_bgr[ys, xs])
+        else:  # nearest-neighbour decimation by an exact integer step
+            for dst, ys, xs in self._plan:
+                cv2.resize(frame_bgr[ys, xs], cell, dst=dst, interpolation=cv2.INTER_NEAREST)
 
         # Luma: histogram moments give brightness, contrast, exposure and entropy at once.
         cv2.cvtColor(sample, cv2.COLOR_BGR2GRAY, dst=gray)
         cv2.calcHist([gray], [0], None, [256], [0, 256], hist=hist)
         m = np.dot(self._weights, hist, out=self._moments)
-        mean = float(m[0, 0])
-        var = max(float(m[1, 0]) - mean * mean, 0.0)
-        np.maximum(hist, 1.0, out=self._logh)
-        np.log2(self._logh, out=self._logh)
-        plogp = float(np.dot(hist[:, 0], self._logh[:, 0]))
+        logh = self._logh
+        np.maximum(hist, 1.0, out=logh)
+        np.log2(logh, out=logh)
+        plogp = float(np.dot(hist[:, 0], logh[:, 0]))
 
-        # Colour: one linear transform to (luma, rg/2, yb/2); means invert back to B, G, R.
-        cv2.transform(sample, _OPPONENT, dst=self._opp)
-        cmean, cstd = cv2.meanStdDev(self._opp)
-        rg_mu, yb_mu = 2.0 * (cmean[1, 0] - 128.0), 2.0 * (cmean[2, 0] - 128.0)
-        rg_sd, yb_sd = 2.0 * cstd[1, 0], 2.0 * cstd[2, 0]
-        bgr = _OPP_TO_BGR @ (cmean[:, 0] - _OPPONENT[:, 3])
-        cv2.cvtColor(sample, cv2.COLOR_BGR2HSV, dst=self._hsv)
+        # Colour on a half-size nested sample: one transform to (luma, rg/2, yb/2) whose
+        # means also invert back to B, G, R; HSV only for the saturation channel.
+        cs = self._csample
+        cv2.resize(sample, self._csize, dst=cs, interpolation=cv2.INTER_NEAREST)
+        cv2.transform(cs, _OPPONENT, dst=self._opp)
+        c_mu, c_sd = cv2.meanStdDev(self._opp)
+        l_mu, rg_h, yb_h = c_mu.ravel().tolist()
+        _, rg_sd, yb_sd = c_sd.ravel().tolist()
+        cv2.cvtColor(cs, cv2.COLOR_BGR2HSV, dst=self._hsv)
         sat = cv2.mean(self._hsv)[1]
 
-        work = self._work
-        cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, _KERNEL3, dst=work)
-        cv2.threshold(work, EDGE_LEVEL - 1, 1, cv2.THRESH_BINARY, dst=work)
-        edges = cv2.countNonZero(work)
+        # Edges: forward differences, max(|dx|, |dy|) >= EDGE_LEVEL.
+        gx, gy = self._gx, self._gy
+        cv2.absdiff(gray[:-1, 1:], gray[:-1, :-1], dst=gx)
+        cv2.absdiff(gray[1:, :-1], gray[:-1, :-1], dst=gy)
+        cv2.max(gx, gy, dst=gx)
+        cv2.threshold(gx, EDGE_LEVEL - 1, 1, cv2.THRESH_BINARY, dst=gx)
+        edges = cv2.countNonZero(gx)
 
-        # Tiles: Laplacian variance (blur) and Immerkaer noise over the interiors.
-        cv2.cvtColor(self._mosaic, cv2.COLOR_BGR2GRAY, dst=self._mgray)
-        cv2.Laplacian(self._mgray, cv2.CV_16S, dst=self._lap, ksize=1)
-        _, lap_sd = cv2.meanStdDev(self._lap, mask=self._mask)
-        cv2.Sobel(self._mgray, cv2.CV_16S, 2, 2, dst=self._imm, ksize=3)
-        imm_l1 = cv2.norm(self._imm, cv2.NORM_L1, mask=self._mask)
+        # Tiles: Laplacian variance (blur) and Immerkaer noise over the tile interiors.
+        mgray, resp = self._mgray, self._resp
+        cv2.cvtColor(self._mosaic, cv2.COLOR_BGR2GRAY, dst=mgray)
+        cv2.Laplacian(mgray, cv2.CV_16S, dst=resp[0], ksize=1)
+        cv2.filter2D(mgray, cv2.CV_16S, _IMMERKAER_KERNEL, dst=resp[1])
+        np.multiply(resp, self._mask, out=resp)
+        n_in = self._n_interior
+        lap_mu = cv2.sumElems(resp[0])[0] / n_in
+        lap_var = cv2.norm(resp[0], cv2.NORM_L2SQR) / n_in - lap_mu * lap_mu
+        noise = cv2.norm(resp[1], cv2.NORM_L1) / n_in * _IMMERKAER
 
         if self._has_prev:
             cv2.absdiff(gray, self._prev, dst=work)
@@ -334,16 +360,22 @@ class ImageStats:
         self._gray, self._prev = self._prev, gray
         self._has_prev = True
 
+        mean = float(m[0, 0])
+        rg_mu, yb_mu = 2.0 * rg_h - 256.0, 2.0 * yb_h - 256.0
+        inv = _OPP_TO_BGR
+        d0, d1, d2 = l_mu, rg_h - 128.0, yb_h - 128.0
         out[0] = mean
-        out[1] = math.sqrt(var)
-        out[2] = lap_sd[0, 0] * lap_sd[0, 0]
+        out[1] = math.sqrt(max(float(m[1, 0]) - mean * mean, 0.0))
+        out[2] = lap_var
         out[3] = sat / 255.0
-        out[4] = math.hypot(rg_sd, yb_sd) + 0.3 * math.hypot(rg_mu, yb_mu)
+        out[4] = 2.0 * math.hypot(rg_sd, yb_sd) + 0.3 * math.hypot(rg_mu, yb_mu)
         out[5] = self._log2n - plogp / self._npx
         out[6] = m[2, 0]
         out[7] = m[3, 0]
-        out[8] = imm_l1 / self._n_interior * _IMMERKAER
-        out[9] = edges / self._npx
-        out[10:13] = bgr
+        out[8] = noise
+        out[9] = edges / self._nedge
+        out[10] = inv[0][0] * d0 + inv[0][1] * d1 + inv[0][2] * d2
+        out[11] = inv[1][0] * d0 + inv[1][1] * d1 + inv[1][2] * d2
+        out[12] = inv[2][0] * d0 + inv[2][1] * d1 + inv[2][2] * d2
         out[13] = diff
         out[14] = motion

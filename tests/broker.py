@@ -92,6 +92,9 @@ class Broker:
             "log_type all",
             "connection_messages true",
         ]
+        if os.getuid() == 0:
+            # As root, mosquitto drops to user 'mosquitto', which cannot write the tmp dir.
+            lines.append("user root")
         if opts.persistence:
             lines += [
                 "persistence true",

@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["KSResult", "ks_2samp", "ks_pvalue", "ks_statistic_sorted", "kolmogorov_sf"]
+__all__ = ["KSResult", "kolmogorov_sf", "ks_2samp", "ks_grid", "ks_pvalue", "ks_statistic_grid",
+           "ks_statistic_sorted"]
 
 _E128 = 128
 _EP128 = float(np.ldexp(1.0, _E128))
@@ -82,7 +83,7 @@ def ks_pvalue(statistic: float, n1: float, n2: float) -> float:
 
 
 def kolmogorov_sf(n: int, x: float) -> float:
-    """Survival function P(D_n > x) of the two-sided one-sample KS statistic (scipy ``kstwo.sf``)."""
+    """P(D_n > x) for the two-sided one-sample KS statistic (scipy ``kstwo.sf(x, n)``)."""
     if math.isnan(x):
         return float("nan")
     if x <= 0.5 / n:  # scipy's kstwo support starts at 0.5/n
@@ -108,6 +109,32 @@ def ks_statistic_sorted(
               - np.searchsorted(cur_sorted, cur_sorted, side="right") / n)
     d = max(at_ref.max(), at_cur.max(), -at_ref.min(), -at_cur.min())
     return float(min(max(d, 0.0), 1.0))
+
+
+def ks_grid(ref_sorted: np.ndarray, size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid for ``ks_statistic_grid``: ``size`` evenly spaced points of a sorted reference
+    sample with the reference ECDF at each point and just below it."""
+    m = ref_sorted.shape[0]
+    # Evenly spaced ranks including the minimum and maximum, so separation still gives 1.
+    idx = np.unique(np.round(np.linspace(0, m - 1, min(size, m))).astype(np.int64))
+    grid = ref_sorted[idx]
+    return (grid, np.searchsorted(ref_sorted, grid, side="right") / m,
+            np.searchsorted(ref_sorted, grid, side="left") / m)
+
+
+def ks_statistic_grid(grid: np.ndarray, cdf_at: np.ndarray, cdf_below: np.ndarray,
+                      cur_sorted: np.ndarray) -> float:
+    """KS distance evaluated only at a grid of reference quantiles (see ``ks_grid``).
+
+    It is a lower bound of the full statistic, short of it by at most the mass of either
+    sample between two neighbouring grid points (about 1/size under no drift); with a grid of
+    512 points it is four times cheaper than ``ks_statistic_sorted`` against 2048 points.
+    Identical samples give 0 and fully separated samples give 1, as for the full statistic.
+    """
+    n = cur_sorted.shape[0]
+    at = np.abs(cdf_at - np.searchsorted(cur_sorted, grid, side="right") * (1.0 / n)).max()
+    below = np.abs(cdf_below - np.searchsorted(cur_sorted, grid, side="left") * (1.0 / n)).max()
+    return float(min(max(at, below), 1.0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,16 +51,18 @@ import json
 import logging
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from agent.drift.ks import ks_statistic_sorted
+from agent.drift.ks import ks_grid, ks_statistic_grid
 from agent.drift.psi import PSI_FLOOR
 from agent.errors import BaselineError
 
-__all__ = ["FORMAT_VERSION", "ORIGINS", "Reference", "build_reference", "sketch"]
+__all__ = ["FORMAT_VERSION", "KS_GRID", "ORIGINS", "Reference", "build_reference", "sketch"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,10 @@ SECONDS_PER_WEEK = 604800.0
 _KOLMOGOROV_MEAN = 0.8687311606361592  # sqrt(pi/2) * ln 2
 _KOLMOGOROV_STD = 0.2603169550201340
 _MAX_NULL_BLOCKS = 400
+# What np.load / json raise on a damaged or foreign file.
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 _THRESHOLD_CAP = 0.99
+KS_GRID = 512  # reference quantiles at which the detector's KS distance is evaluated
 _ARRAYS = ("sketch", "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "psi_edges",
            "psi_ref", "threshold", "clear_threshold", "rho1", "n_eff", "null_mean", "null_max")
 
@@ -123,8 +128,12 @@ class Reference:
     min_wasserstein: float
     class_hist: np.ndarray | None = None
     version: int = FORMAT_VERSION
-    _ref_cdf: np.ndarray = field(init=False, repr=False)  # #{r <= r_j} / K per sketch point
-    _ref_cdf_left: np.ndarray = field(init=False, repr=False)  # #{r < r_j} / K
+    # Derived on construction (not stored): the KS grid of sketch points with the sketch ECDF
+    # at and just below each point, shape (F, G).
+    _grid: np.ndarray = field(init=False, repr=False)
+    _grid_at: np.ndarray = field(init=False, repr=False)
+    _grid_below: np.ndarray = field(init=False, repr=False)
+    _summaries: tuple[dict[str, float], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.origin not in ORIGINS:
@@ -134,15 +143,17 @@ class Reference:
             raise ValueError(
                 f"Reference: sketch shape {self.sketch.shape} does not match {n_features} names"
             )
-        ref_cdf = np.full(self.sketch.shape, np.nan)
-        ref_cdf_left = np.full(self.sketch.shape, np.nan)
+        g = min(KS_GRID, self.sketch.shape[1])
+        grids = [np.full((n_features, g), np.nan) for _ in range(3)]
         for f in range(n_features):
-            row = self.sketch[f]
-            if not np.isnan(row[0]):
-                ref_cdf[f] = np.searchsorted(row, row, side="right") / row.shape[0]
-                ref_cdf_left[f] = np.searchsorted(row, row, side="left") / row.shape[0]
-        object.__setattr__(self, "_ref_cdf", ref_cdf)
-        object.__setattr__(self, "_ref_cdf_left", ref_cdf_left)
+            if not np.isnan(self.sketch[f, 0]):
+                for out, arr in zip(grids, ks_grid(self.sketch[f], g)):
+                    out[f] = arr
+        for name, arr in zip(("_grid", "_grid_at", "_grid_below"), grids):
+            object.__setattr__(self, name, arr)
+        table = np.stack([self.mean, self.std, self.p05, self.median, self.p95], axis=1)
+        object.__setattr__(self, "_summaries", tuple(
+            dict(zip(("mean", "std", "p05", "p50", "p95"), row)) for row in table.tolist()))
 
     def index(self, feature: str) -> int:
         """Column index of a feature name (ValueError naming the known features)."""
@@ -155,10 +166,7 @@ class Reference:
 
     def summary(self, feature: str) -> dict[str, float]:
         """Reference mean, std, p05, p50, p95 of one feature (for alert messages)."""
-        f = self.index(feature)
-        return {"mean": float(self.mean[f]), "std": float(self.std[f]),
-                "p05": float(self.p05[f]), "p50": float(self.median[f]),
-                "p95": float(self.p95[f])}
+        return dict(self._summaries[self.index(feature)])
 
     def to_bytes(self) -> bytes:
         """Serialise to a compressed .npz blob (arrays plus a JSON metadata entry)."""
@@ -181,9 +189,9 @@ class Reference:
         try:
             with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta"][()]))
-                arrays = {k: np.array(npz[k]) for k in _ARRAYS}
+                arrays: dict[str, Any] = {k: np.array(npz[k]) for k in _ARRAYS}
                 class_hist = np.array(npz["class_hist"]) if "class_hist" in npz.files else None
-        except Exception as exc:  # np.load raises many types for damaged data
+        except _DAMAGED as exc:
             raise BaselineError(
                 f"baseline is corrupt: {where} ({type(exc).__name__}: {exc}; rebuild it with "
                 f"edgewatch baseline ... --out FILE)"
@@ -243,10 +251,9 @@ def _null_distances(x: np.ndarray, ref_sketch: np.ndarray, window: int, stride: 
     """KS distance of every window-sized block of ``x`` (time order) to the reference sketch."""
     n = x.shape[0]
     stride = max(stride, math.ceil((n - window + 1) / _MAX_NULL_BLOCKS), 1)
-    ref_cdf = np.searchsorted(ref_sketch, ref_sketch, side="right") / ref_sketch.shape[0]
+    grid = ks_grid(ref_sketch, KS_GRID)
     starts = range(0, n - window + 1, stride)
-    return np.array([ks_statistic_sorted(ref_sketch, np.sort(x[s:s + window]), ref_cdf)
-                     for s in starts])
+    return np.array([ks_statistic_grid(*grid, np.sort(x[s:s + window])) for s in starts])
 
 
 def _threshold(null: np.ndarray, rho: float, window: int, n: int, c_alpha: float,
@@ -315,7 +322,7 @@ def build_reference(
     null_stride = max(1, min(eval_stride_frames, window_frames // 4))
 
     k = min(sketch_size, n_frames)
-    out: dict[str, np.ndarray] = {name: np.full(n_features, np.nan) for name in (
+    out: dict[str, Any] = {name: np.full(n_features, np.nan) for name in (
         "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "threshold", "rho1",
         "n_eff", "null_mean", "null_max")}
     sketches = np.full((n_features, k), np.nan)

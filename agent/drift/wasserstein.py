@@ -53,7 +53,17 @@ def _plan(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def wasserstein_sorted(u_sorted: np.ndarray, v_sorted: np.ndarray) -> np.ndarray | float:
     """Raw W1 between sorted samples along the last axis (1-D, or (F, m) with (F, n))."""
-    iu, iv, lengths = _plan(u_sorted.shape[-1], v_sorted.shape[-1])
+    m, n = u_sorted.shape[-1], v_sorted.shape[-1]
+    if n % m == 0 or m % n == 0:
+        # One size divides the other: each value of the smaller sample faces a block of equal
+        # length in the larger one, so no index plan (gather) is needed.
+        small, large = (u_sorted, v_sorted) if n % m == 0 else (v_sorted, u_sorted)
+        k, r = small.shape[-1], large.shape[-1] // small.shape[-1]
+        diff = large.reshape(large.shape[:-1] + (k, r)) - small[..., None]
+        np.abs(diff, out=diff)
+        out = diff.reshape(diff.shape[:-2] + (k * r,)).sum(axis=-1) / (k * r)
+        return float(out) if np.ndim(out) == 0 else out
+    iu, iv, lengths = _plan(m, n)
     diff = np.abs(u_sorted[..., iu] - v_sorted[..., iv])
     out = diff @ lengths
     return float(out) if np.ndim(out) == 0 else out

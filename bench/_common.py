@@ -1,0 +1,120 @@
+"""Helpers shared by the hook and replay benchmarks: frames, model, monitor, figures.
+
+Benchmarks print figures and PASS/FAIL beside each target; they never fail on timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Run as ``.venv/bin/python bench/bench_x.py`` from the repository root or anywhere else.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from agent.alerts import AlertManager  # noqa: E402
+from agent.config import Config, load_config  # noqa: E402
+from agent.inference import Model  # noqa: E402
+from agent.monitor import Monitor, NullSink  # noqa: E402
+from agent.samples import blazeface_model_path  # noqa: E402
+from agent.sources import open_source  # noqa: E402
+
+FPS = 30.0
+
+
+def feed_uri(width: int, height: int, seed: int = 1) -> str:
+    """The emulated stationary camera feed at ``width`` x ``height``."""
+    return f"emulated:stationary?seed={seed}&size={width}x{height}"
+
+
+def make_config(store_path: str, **sections: Dict[str, Any]) -> Config:
+    """A config like the service's: the real BlazeFace model, MQTT off, store at ``store_path``."""
+    data: Dict[str, Dict[str, Any]] = {
+        "model": {"path": str(blazeface_model_path())},
+        "store": {"path": store_path},
+        "drift": {"warmup_s": 60},
+        "mqtt": {"enabled": False},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return load_config(data)
+
+
+def load_model(config: Config) -> Model:
+    """The model as the service loads it from ``config``."""
+    m = config.model
+    return Model(m.path, runtime=m.runtime, num_threads=m.num_threads, delegate=m.delegate,
+                 input_range=m.input_range, color=m.color)
+
+
+def build_monitor(config: Config, model: Model) -> Monitor:
+    """A Monitor built as Agent.start builds it, with an AlertManager and a NullSink (no store)."""
+    info = model.info()
+    info["input_size"] = model.input_size
+    alerts = AlertManager(device=config.device.id, camera=config.device.camera, model=info,
+                          emit=lambda record: None,
+                          repeat_interval_s=config.alerts.repeat_interval_s)
+    return Monitor(config, alerts, model_info=info, sink=NullSink(),
+                   output_spec=model.output_details, expected_fps=FPS)
+
+
+def make_frames(uri: str, n: int) -> List[np.ndarray]:
+    """``n`` consecutive distinct frames of a finite-memory emulated feed."""
+    source = open_source(uri)
+    try:
+        frames = []
+        for _ in range(n):
+            frame = source.read()
+            if frame is None:
+                break
+            frames.append(frame)
+    finally:
+        source.close()
+    return frames
+
+
+def precompute_outputs(model: Model, frames: Sequence[np.ndarray]) -> List[Tuple[List[np.ndarray], float]]:
+    """``(outputs, latency_s)`` of the model for each frame (copies, safe to keep)."""
+    return [([np.array(o, copy=True) for o in outs], lat)
+            for outs, lat in (model(f) for f in frames)]
+
+
+def us_stats(ns: np.ndarray) -> Tuple[float, float]:
+    """Median and p95 in microseconds of per-call nanosecond timings."""
+    if ns.size == 0:
+        return float("nan"), float("nan")
+    med, p95 = np.percentile(ns, (50, 95))
+    return float(med) / 1e3, float(p95) / 1e3
+
+
+def verdict(ok: bool) -> str:
+    """PASS or FAIL for a printed target."""
+    return "PASS" if ok else "FAIL"
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (1e6 bytes)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def quiet(level: int = logging.WARNING, name: Optional[str] = None) -> None:
+    """Keep the agent's INFO logs out of the figures."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if name:
+        logging.getLogger(name).setLevel(level)
+
+
+def machine_line() -> str:
+    """CPU count and 1-minute load, so figures can be read against how busy the machine was."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return f"machine: {os.cpu_count()} CPUs, load average {load:.2f}"

@@ -1,0 +1,249 @@
+"""The operator side against a real Mosquitto: devices, alerts, dedup, offline, webhook, CLI."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import broker as broker_fixtures
+import pytest
+from test_commands import DictControl
+from test_mqtt import (
+    kill9,
+    link_config,
+    make_alert,
+    outbox_depth,
+    put_alerts,
+    start_link_process,
+    wait,
+)
+
+from agent.central import Central, fleet_rows, open_alerts, webhook_body
+from agent.cli import main
+from agent.commands import make_command_handler
+from agent.mqtt import MqttLink
+from agent.store import Store
+
+listeners = broker_fixtures.listeners  # the fixture, registered for this module
+
+
+def query(db: Path, sql: str, *args: Any) -> List[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def heartbeat(device: str, seq: int, interval: float = 30.0) -> Dict[str, Any]:
+    """The heartbeat fields the central relies on."""
+    return {"schema": 1, "device": device, "seq": seq, "ts": time.time(), "interval_s": interval,
+            "camera": {"state": "ok", "fps_in": 15.0, "fps_processed": 14.5},
+            "host": {"max_temp_c": 61.0, "cpu_percent": 30.0}}
+
+
+@pytest.fixture
+def central_factory(tmp_path: Path) -> Iterator:
+    made: List[Central] = []
+
+    def make(broker, **kw: Any) -> Central:
+        kw.setdefault("keepalive", 5)
+        central = Central(broker.host, broker.port, str(tmp_path / "central.db"), **kw)
+        made.append(central)
+        central.start()
+        assert central.connected.wait(5), "central did not connect"
+        time.sleep(0.2)  # SUBACK
+        return central
+
+    yield make
+    for central in made:
+        central.stop()
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that fails the first ``fail_first`` POSTs with HTTP 500."""
+
+    received: List[Dict[str, Any]] = []
+    fail_first = 0
+    attempts = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).attempts += 1
+        if type(self).attempts <= type(self).fail_first:
+            self.send_response(500)
+            self.end_headers()
+            return
+        type(self).received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[type]:
+    Hook.received, Hook.fail_first, Hook.attempts = [], 1, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Hook.url = f"http://127.0.0.1:{server.server_address[1]}/hook"  # type: ignore[attr-defined]
+    yield Hook
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.integration
+def test_two_devices_one_killed_shows_offline(broker, tmp_path, central_factory,
+                                              capsys) -> None:
+    central_factory(broker)
+    db = tmp_path / "central.db"
+    store = Store(str(tmp_path / "devA.db"), flush_interval_s=0.2).start()
+    link = MqttLink(link_config(broker, device="devA"), store)
+    proc = start_link_process(tmp_path, broker, device="devB", keepalive=2)
+    try:
+        link.start()
+        wait(lambda: link.connected, what="devA connected")
+        link.publish_heartbeat(heartbeat("devA", 1))
+        put_alerts(store, [make_alert(1, device="devA")], device="devA")
+        wait(lambda: query(db, "SELECT device_id, online FROM devices ORDER BY 1")
+             == [("devA", 1), ("devB", 1)], what="both devices online")
+        kill9(proc)
+        wait(lambda: query(db, "SELECT online, reason FROM devices WHERE device_id='devB'")
+             == [(0, "last will or clean shutdown")], what="devB offline by its last will")
+        wait(lambda: len(query(db, "SELECT * FROM alerts")) == 1, what="devA's alert stored")
+        with sqlite3.connect(db) as conn:
+            rows = {r["device"]: r for r in fleet_rows(conn, time.time())}
+        assert rows["devA"]["online"] and not rows["devB"]["online"]
+        assert rows["devA"]["fps"] == 14.5 and rows["devA"]["temperature_c"] == 61.0
+        assert rows["devA"]["open_alerts"] == 1 and rows["devB"]["heartbeat_age_s"] is None
+        assert main(["fleet", "--db", str(db)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[1].split()[:2] == ["devA", "online"] and "14.5" in out[1] and "61C" in out[1]
+        assert out[2].split()[:2] == ["devB", "offline"]
+        assert main(["fleet", "--db", str(db), "alerts"]) == 0
+        out = capsys.readouterr().out
+        assert "devA" in out and "a0001" in out and "brightness drifted #1" in out
+    finally:
+        if proc.poll() is None:
+            kill9(proc)
+        link.close()
+        store.close()
+
+
+def test_duplicates_stored_once_and_state_kept_current(broker, tmp_path, central_factory,
+                                                       listeners) -> None:
+    central = central_factory(broker)
+    db = tmp_path / "central.db"
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    firing, resolved = make_alert(1), make_alert(2, state="resolved", alert_id="a0001")
+    for record in (firing, firing, resolved, resolved, firing):  # QoS 1 redelivery, late copy
+        pub.publish("edgewatch/v1/dev1/alerts", json.dumps(record))
+    pub.publish("edgewatch/v1/dev1/heartbeat", json.dumps(heartbeat("dev1", 5)))
+    pub.publish("edgewatch/v1/dev1/heartbeat", json.dumps(heartbeat("dev1", 5)))
+    pub.publish("edgewatch/v1/dev1/alerts", b"{broken")
+    wait(lambda: central.status()["messages"] >= 8, what="all messages handled")
+    assert query(db, "SELECT id, seq, state FROM alerts") == [("a0001", 2, "resolved")]
+    assert query(db, "SELECT id, seq FROM alert_events ORDER BY seq") == [("a0001", 1),
+                                                                         ("a0001", 2)]
+    assert query(db, "SELECT device, seq FROM heartbeats") == [("dev1", 5)]
+    status = central.status()
+    assert (status["alerts"], status["alert_duplicates"], status["bad_messages"]) == (2, 3, 1)
+    with sqlite3.connect(db) as conn:
+        assert open_alerts(conn) == []
+
+
+def test_cleared_retained_state_resolves_a_missed_alert(broker, tmp_path, central_factory,
+                                                        listeners) -> None:
+    central = central_factory(broker)
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/dev1/alerts/state/00aa11bb22cc33dd", json.dumps(make_alert(1)),
+                retain=True)
+    wait(lambda: central.status()["alerts"] == 1, what="state stored")
+    pub.publish("edgewatch/v1/dev1/alerts/state/00aa11bb22cc33dd", b"", retain=True)
+    db = tmp_path / "central.db"
+    wait(lambda: query(db, "SELECT state FROM alerts") == [("resolved",)], what="resolved")
+
+
+def test_overdue_heartbeat_marks_device_offline(broker, tmp_path, central_factory,
+                                                listeners) -> None:
+    central_factory(broker, offline_after=0.8)
+    db = tmp_path / "central.db"
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/dev9/heartbeat", json.dumps(heartbeat("dev9", 1)))
+    wait(lambda: query(db, "SELECT online FROM devices") == [(1,)], what="online")
+    wait(lambda: query(db, "SELECT online FROM devices") == [(0,)], timeout=5,
+         what="offline once the heartbeat is overdue")
+    assert query(db, "SELECT reason FROM devices")[0][0] == "heartbeat overdue (> 1 s)"
+    pub.publish("edgewatch/v1/dev9/heartbeat", json.dumps(heartbeat("dev9", 2)))
+    wait(lambda: query(db, "SELECT online FROM devices") == [(1,)], what="back online")
+
+
+@pytest.mark.integration
+def test_webhook_receives_alert_after_a_retry(broker, tmp_path, central_factory,
+                                              webhook) -> None:
+    central = central_factory(broker, webhook=webhook.url)
+    store = Store(str(tmp_path / "dev1.db"), flush_interval_s=0.2).start()
+    link = MqttLink(link_config(broker), store)
+    try:
+        link.start()
+        put_alerts(store, [make_alert(1)])
+        wait(lambda: len(webhook.received) == 1, timeout=10, what="webhook delivery")
+        body = webhook.received[0]
+        assert body == webhook_body(make_alert(1))
+        assert body["text"] == "[WARNING] dev1/cam0 firing: brightness drifted #1"
+        assert webhook.attempts == 2  # the first POST got HTTP 500 and was retried
+        wait(lambda: outbox_depth(store) == 0, what="outbox drained")
+        time.sleep(0.3)
+        assert len(webhook.received) == 1  # the retained-state copy is a duplicate
+        assert central.status()["webhook_sent"] == 1
+    finally:
+        link.close()
+        store.close()
+
+
+def test_shared_subscription_mqtt5(broker, tmp_path, central_factory, listeners) -> None:
+    central = central_factory(broker, share="ops")
+    assert all(s.startswith("$share/ops/edgewatch/v1/+/") for s in central.subscriptions())
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/dev1/alerts", json.dumps(make_alert(1)))
+    wait(lambda: central.status()["alerts"] == 1, what="alert via $share")
+
+
+@pytest.mark.integration
+def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
+    api = DictControl()
+    store = Store(str(tmp_path / "dev1.db"), flush_interval_s=0.2).start()
+    link = MqttLink(link_config(broker), store, command_handler=make_command_handler(api))
+    try:
+        link.start()
+        wait(lambda: link.connected, what="device connected")
+        time.sleep(0.2)
+        common = ["--broker", broker.host, "--port", str(broker.port), "--timeout", "5"]
+        assert main(["fleet", "ack", "dev1", "a1", *common]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["ok"] and answer["result"] == {"alert": "a1", "acknowledged": True}
+        assert main(["fleet", "snooze", "dev1", "a1", "--duration", "30m", *common]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["ok"] and answer["result"]["until"] == pytest.approx(
+            time.time() + 1800, abs=10)
+        assert main(["fleet", "ack", "dev1", "nope", *common]) == 1
+        assert json.loads(capsys.readouterr().out)["error"] == "unknown alert: nope"
+        assert main(["fleet", "ack", "ghost", "a1", "--broker", broker.host, "--port",
+                     str(broker.port), "--timeout", "1"]) == 7
+        assert "no result from ghost within 1 s" in capsys.readouterr().err
+    finally:
+        link.close()
+        store.close()
+
+
+def test_fleet_without_database_is_a_clean_error(tmp_path, capsys) -> None:
+    assert main(["fleet", "--db", str(tmp_path / "none.db")]) == 5
+    assert "central database not found" in capsys.readouterr().err

@@ -1,0 +1,221 @@
+"""End to end: emulated camera -> real BlazeFace -> monitor -> alerts -> real SQLite.
+
+Replays use synthetic timestamps, so minutes of video run in seconds and every window and
+time-based rule behaves as it would live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import cv2
+import numpy as np
+import pytest
+
+from agent import Monitor, wrap
+from agent.cli import main
+from agent.config import load_config
+from agent.errors import SourceError
+from agent.inference import Model
+from agent.service import replay
+from agent.sources import open_source
+
+FAST = {"drift": {"warmup_s": 40, "window_frames": 300, "eval_interval_s": 2, "for_s": 6,
+                  "clear_for_s": 10},
+        "stats": {"capacity": 1024}, "store": {"flush_interval_s": 0.2, "window_s": 10},
+        "health": {"enabled": False}}
+
+
+def cfg_for(tmp_path: Path, model_path: Path, **extra: Any) -> Any:
+    data: Dict[str, Any] = {k: dict(v) for k, v in FAST.items()}
+    data["store"]["path"] = str(tmp_path / "h.db")
+    data["model"] = {"path": str(model_path)}
+    for section, values in extra.items():
+        data.setdefault(section, {}).update(values)
+    return load_config(data)
+
+
+def alerts(db: Path) -> List[Dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    rows = [json.loads(r[0]) for r in conn.execute("SELECT payload FROM alerts ORDER BY ts")]
+    conn.close()
+    return rows
+
+
+def test_stationary_replay_writes_history_and_raises_no_alert(tmp_path: Path, model_path: Path) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    result = replay(cfg, open_source("emulated:stationary?seed=3&size=320x240&duration=100"), fps=30)
+    assert result.frames == 3000
+    db = sqlite3.connect(cfg.store.path)
+    windows = db.execute("SELECT frames, summary FROM windows ORDER BY ts_start").fetchall()
+    assert len(windows) >= 9 and all(w[0] == 300 for w in windows[:9])
+    summary = json.loads(windows[0][1])
+    assert {"brightness", "sharpness", "det_count", "top_score", "latency_ms"} <= set(summary)
+    assert summary["det_count"]["p50"] >= 1  # the astronaut's face is found
+    kinds = [e[0] for e in db.execute("SELECT kind FROM events")]
+    assert "start" in kinds and "reference" in kinds and "stop" in kinds
+    assert db.execute("SELECT count(*) FROM reference").fetchone()[0] == 1
+    assert alerts(Path(cfg.store.path)) == []
+
+
+@pytest.mark.parametrize("scenario, kind, feature", [
+    ("night", "data_drift", "image"),
+    ("black", "camera_fault", "black_frames"),
+    ("frozen", "camera_fault", "frozen_frames"),
+    ("bumped", "prediction_drift", "predictions"),
+])
+def test_scenarios_fire_the_right_alert_soon_after_onset(tmp_path: Path, model_path: Path,
+                                                         scenario: str, kind: str, feature: str) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    onset = 60
+    start = 1_700_000_000.0
+    replay(cfg, open_source(f"emulated:{scenario}?seed=4&size=320x240&onset={onset}&duration=110"),
+           fps=30, start_ts=start)
+    fired = [a for a in alerts(Path(cfg.store.path)) if a["kind"] == kind and a["feature"] == feature]
+    assert fired, f"no {kind}/{feature} alert for {scenario}"
+    delay = fired[0]["ts"] - (start + onset)
+    assert 0 <= delay <= 30, delay
+    rec = fired[0]
+    assert rec["message"] and "since" in rec["message"]
+    assert rec["window"]["frames"] > 0 and rec["model"]["sha256"]
+    if kind == "data_drift":
+        assert "brightness" in rec["observed"]["drifted"]
+        assert "brightness" in rec["message"]
+    # nothing fired before the onset
+    assert all(a["ts"] >= start + onset for a in alerts(Path(cfg.store.path)))
+
+
+def test_warmup_reference_survives_restart(tmp_path: Path, model_path: Path) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    replay(cfg, open_source("emulated:stationary?seed=5&size=320x240&duration=50"), fps=30)
+    replay(cfg, open_source("emulated:stationary?seed=6&size=320x240&duration=20"), fps=30)
+    db = sqlite3.connect(cfg.store.path)
+    assert db.execute("SELECT count(*) FROM reference").fetchone()[0] == 1  # reused, not relearned
+    msgs = [r[0] for r in db.execute("SELECT message FROM events WHERE kind = 'start'")]
+    assert "reference: warmup" in msgs[-1]
+
+
+def test_replay_cli_json_and_status(tmp_path: Path, model_path: Path, capsys: Any) -> None:
+    db = tmp_path / "cli.db"
+    code = main(["replay", "emulated:stationary?seed=2&size=320x240&duration=5", "--model",
+                 str(model_path), "--db", str(db), "--fps", "30", "--json", "--start", "1000"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["frames"] == 150 and out["start_ts"] == 1000 and out["fps"] == 30
+    assert out["db"] == str(db) and out["seconds"] > 0
+    assert main(["status", "--db", str(db)]) == 0
+    assert "not running" in capsys.readouterr().out
+
+
+def test_video_file_written_by_the_test_is_replayed(tmp_path: Path, model_path: Path,
+                                                    astronaut: Path) -> None:
+    video = tmp_path / "clip.avi"
+    img = cv2.resize(cv2.imread(str(astronaut)), (320, 240))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(40):
+        writer.write(np.roll(img, i, axis=1))
+    writer.release()
+    cfg = cfg_for(tmp_path, model_path)
+    result = replay(cfg, open_source(str(video)), max_frames=25)
+    assert result.frames == 25 and result.fps == 10
+
+
+def test_unreadable_source_is_a_clear_error(tmp_path: Path, model_path: Path, capsys: Any) -> None:
+    with pytest.raises(SourceError, match="cannot open source"):
+        open_source(str(tmp_path / "missing.mp4"))
+    code = main(["replay", str(tmp_path / "missing.mp4"), "--model", str(model_path),
+                 "--db", str(tmp_path / "x.db")])
+    assert code == SourceError.exit_code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgewatch: error: cannot open source") and "\n" not in err
+
+
+def test_in_process_hook_and_wrap(tmp_path: Path, model_path: Path, astronaut: Path) -> None:
+    from tflite_runtime.interpreter import Interpreter
+
+    cfg = {"store": {"path": str(tmp_path / "hook.db"), "flush_interval_s": 0.2, "window_s": 1},
+           "model": {"path": str(model_path)}, "health": {"enabled": False}}
+    interp = Interpreter(model_path=str(model_path))
+    interp.allocate_tensors()
+    img = cv2.cvtColor(cv2.resize(cv2.imread(str(astronaut)), (128, 128)), cv2.COLOR_BGR2RGB)
+    x = (img.astype(np.float32) / 127.5 - 1.0)[None]
+    with Monitor.from_config(cfg) as monitor:
+        wrapped = wrap(interp, monitor)
+        assert wrapped is interp
+        for _ in range(5):
+            interp.set_tensor(interp.get_input_details()[0]["index"], x)
+            interp.invoke()
+        out = interp.get_tensor(interp.get_output_details()[1]["index"])
+        assert out.shape == (1, 896, 1)  # the application sees the same outputs
+        assert monitor.frames == 5
+        snap = monitor.snapshot()
+        assert snap["confidence"]["det_count"] >= 1
+        assert snap["stats"]["brightness"] > 20
+        # observe directly, without outputs
+        monitor.observe(np.zeros((480, 640, 3), np.uint8), ts=time.time() + 2)
+        assert monitor.frames == 6
+    db = sqlite3.connect(tmp_path / "hook.db")
+    assert db.execute("SELECT count(*) FROM windows").fetchone()[0] >= 1
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, model_path: Path) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+[model]
+path = "{model_path}"
+[source]
+uri = "emulated:stationary?seed=1&size=320x240"
+fps = 30
+[store]
+path = "{tmp_path / 'run.db'}"
+flush_interval_s = 0.5
+[service]
+status_interval_s = 1
+[health]
+enabled = false
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        seen = ""
+        while time.time() < deadline and "status: frames=" not in seen:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "status: frames=" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    db = sqlite3.connect(tmp_path / "run.db")
+    kinds = [r[0] for r in db.execute("SELECT kind FROM events")]
+    assert kinds[0] == "start" and kinds[-1] == "stop"
+
+
+def test_every_command_has_help() -> None:
+    from agent.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    names = set(sub.choices)
+    assert {"run", "replay", "baseline", "alerts", "status", "export"} <= names
+    for name, p in sub.choices.items():
+        helps = [a.help for a in sub._choices_actions if a.dest == name]
+        assert helps and helps[0], name
+        for action in p._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for sname in action.choices:
+                    assert [a.help for a in action._choices_actions if a.dest == sname][0], sname
+            elif action.dest != "help":
+                assert action.help, f"{name} {action.dest}"
