@@ -51,7 +51,7 @@ class ModelConfig:
 
     path: str = "models/face_detection_short_range.tflite"
     runtime: str = "auto"
-    num_threads: int = 2
+    num_threads: int = 1
     delegate: str = ""
     input_range: Tuple[float, float] = (-1.0, 1.0)
     color: str = "rgb"

@@ -101,7 +101,7 @@ class Model:
         path: str | Path,
         *,
         runtime: str = "auto",
-        num_threads: int = 2,
+        num_threads: int = 1,
         delegate: str = "",
         input_range: Tuple[float, float] = (-1.0, 1.0),
         color: str = "rgb",

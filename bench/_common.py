@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Run as ``.venv/bin/python bench/bench_x.py`` from the repository root or anywhere else.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from agent.alerts import AlertManager  # noqa: E402
-from agent.config import Config, load_config  # noqa: E402
-from agent.inference import Model  # noqa: E402
-from agent.monitor import Monitor, NullSink  # noqa: E402
-from agent.samples import blazeface_model_path  # noqa: E402
-from agent.sources import open_source  # noqa: E402
+from agent.alerts import AlertManager
+from agent.config import Config, load_config
+from agent.inference import Model
+from agent.monitor import Monitor, NullSink
+from agent.samples import blazeface_model_path
+from agent.sources import open_source
 
 FPS = 30.0
+# One interpreter thread: on a busy 2-core machine the 2-thread XNNPACK pool (the config
+# default) stalls at its barriers, 30-350 ms a frame instead of ~2 ms, and swamps the figures.
+THREADS = 1
 
 
 def feed_uri(width: int, height: int, seed: int = 1) -> str:
@@ -32,10 +29,10 @@ def feed_uri(width: int, height: int, seed: int = 1) -> str:
     return f"emulated:stationary?seed={seed}&size={width}x{height}"
 
 
-def make_config(store_path: str, **sections: Dict[str, Any]) -> Config:
+def make_config(store_path: str, threads: int = THREADS, **sections: Dict[str, Any]) -> Config:
     """A config like the service's: the real BlazeFace model, MQTT off, store at ``store_path``."""
     data: Dict[str, Dict[str, Any]] = {
-        "model": {"path": str(blazeface_model_path())},
+        "model": {"path": str(blazeface_model_path()), "num_threads": threads},
         "store": {"path": store_path},
         "drift": {"warmup_s": 60},
         "mqtt": {"enabled": False},
@@ -78,7 +75,8 @@ def make_frames(uri: str, n: int) -> List[np.ndarray]:
     return frames
 
 
-def precompute_outputs(model: Model, frames: Sequence[np.ndarray]) -> List[Tuple[List[np.ndarray], float]]:
+def precompute_outputs(model: Model,
+                       frames: Sequence[np.ndarray]) -> List[Tuple[List[np.ndarray], float]]:
     """``(outputs, latency_s)`` of the model for each frame (copies, safe to keep)."""
     return [([np.array(o, copy=True) for o in outs], lat)
             for outs, lat in (model(f) for f in frames)]

@@ -24,13 +24,22 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from _common import (
+    FPS,
+    THREADS,
+    feed_uri,
+    load_model,
+    machine_line,
+    make_config,
+    make_frames,
+    quiet,
+    rss_mb,
+    verdict,
+)
 
-from _common import (  # noqa: I001 (puts the repository on sys.path)
-    FPS, feed_uri, load_model, machine_line, make_config, make_frames, quiet, rss_mb, verdict)
-
-from agent.inference import Model  # noqa: E402
-from agent.service import replay  # noqa: E402
-from agent.sources import open_source  # noqa: E402
+from agent.inference import Model
+from agent.service import replay
+from agent.sources import open_source
 
 SIZE = (640, 480)
 TARGET_RATIO = 0.90
@@ -61,18 +70,18 @@ def throughput(model: Model, tmp: str, rounds: int, frames: int) -> None:
     replay_s: List[float] = []
     print(f"(a) throughput: emulated {SIZE[0]}x{SIZE[1]} feed generated per frame, BlazeFace "
           f"({model.runtime}), {rounds} rounds x {frames} frames each, alternating")
+    def run_plain(r: int) -> None:
+        plain_s.append(plain_loop(model, uri, frames))
+
+    def run_replay(r: int) -> None:
+        config = make_config(os.path.join(tmp, f"replay-{r}.db"))
+        result = replay(config, open_source(uri), fps=FPS, max_frames=frames, model=model)
+        assert result.frames == frames, result
+        replay_s.append(result.seconds)
+
     for r in range(rounds):
-        def run_plain() -> None:
-            plain_s.append(plain_loop(model, uri, frames))
-
-        def run_replay() -> None:
-            config = make_config(os.path.join(tmp, f"replay-{r}.db"))
-            result = replay(config, open_source(uri), fps=FPS, max_frames=frames, model=model)
-            assert result.frames == frames, result
-            replay_s.append(result.seconds)
-
         for run in ((run_plain, run_replay) if r % 2 == 0 else (run_replay, run_plain)):
-            run()
+            run(r)
         print(f"    round {r + 1}: plain {frames / plain_s[-1]:6.1f} fps, "
               f"replay with monitoring {frames / replay_s[-1]:6.1f} fps "
               f"({plain_s[-1] / replay_s[-1]:.1%})")
@@ -82,13 +91,15 @@ def throughput(model: Model, tmp: str, rounds: int, frames: int) -> None:
     cost_ms = (sum(replay_s) - sum(plain_s)) / (rounds * frames) * 1e3
     print(f"    all rounds: plain {plain_fps:.1f} fps, replay {replay_fps:.1f} fps; monitoring + "
           f"store cost {cost_ms:.3f} ms/frame")
-    print(f"target replay >= {TARGET_RATIO:.0%} of plain: {ratio:.1%}  {verdict(ratio >= TARGET_RATIO)}")
+    print(f"target replay >= {TARGET_RATIO:.0%} of plain: {ratio:.1%}  "
+          f"{verdict(ratio >= TARGET_RATIO)}")
 
 
 class CycleSource:
     """A finite source that repeats pre-generated frames and reads RSS at chosen frame counts."""
 
-    def __init__(self, frames: Sequence[np.ndarray], total: int, checkpoints: Sequence[int]) -> None:
+    def __init__(self, frames: Sequence[np.ndarray], total: int,
+                 checkpoints: Sequence[int]) -> None:
         self._frames = list(frames)
         self._total = total
         self._checks = sorted(set(c for c in checkpoints if 0 < c <= total))
@@ -144,10 +155,13 @@ def memory(model: Model, tmp: str, total: int, cycle: int) -> None:
     result = replay(config, source, fps=FPS, model=model)
     first = source.rss.get(FIRST_CHECK)
     last = source.rss.get(total)
-    print(f"    {result.frames:,} frames in {result.seconds:.0f} s ({result.frames / result.seconds:.0f} fps), "
-          f"{result.alerts} alert transitions, db {os.path.getsize(config.store.path) / 1e6:.2f} MB")
+    db_mb = os.path.getsize(config.store.path) / 1e6
+    print(f"    {result.frames:,} frames in {result.seconds:.0f} s "
+          f"({result.frames / result.seconds:.0f} fps), {result.alerts} alert transitions, "
+          f"db {db_mb:.2f} MB")
     if first is None or last is None:
-        print(f"fewer than {FIRST_CHECK:,} frames: no growth figure (use --frames >= {FIRST_CHECK})")
+        print(f"fewer than {FIRST_CHECK:,} frames: no growth figure "
+              f"(use --frames >= {FIRST_CHECK})")
         return
     growth = last - first
     agent_total = last - cycle_mb
@@ -166,15 +180,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cycle", type=int, default=30,
                    help="pre-generated frames the memory run cycles through (default 30)")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds (default 3; 0 skips)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help=f"interpreter threads (default {THREADS}; the config default 2 stalls on a "
+                   "busy 2-core machine)")
     p.add_argument("--round-frames", type=int, default=3000,
                    help="frames per loop per throughput round (default 3000)")
     args = p.parse_args(argv)
     quiet()
     print(machine_line())
     with tempfile.TemporaryDirectory() as tmp:
-        config = make_config(os.path.join(tmp, "unused.db"))
+        config = make_config(os.path.join(tmp, "unused.db"), threads=args.threads)
         model = load_model(config)
-        print(f"model loaded: RSS {rss_mb():.1f} MB, {config.model.num_threads} interpreter threads")
+        print(f"model loaded: RSS {rss_mb():.1f} MB, "
+              f"{config.model.num_threads} interpreter thread(s)")
         if args.rounds > 0:
             throughput(model, tmp, args.rounds, args.round_frames)
         if args.frames > 0:

@@ -194,10 +194,13 @@ enabled = false
             seen += line
         assert "status: frames=" in seen, seen
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        _, rest = proc.communicate(timeout=20)
+        assert proc.returncode == 0, rest
+        assert "stopping" in rest
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     db = sqlite3.connect(tmp_path / "run.db")
     kinds = [r[0] for r in db.execute("SELECT kind FROM events")]
     assert kinds[0] == "start" and kinds[-1] == "stop"
