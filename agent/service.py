@@ -488,7 +488,8 @@ class _Capture:
 
 
 def run(config: Config, *, notifier: Optional[Notifier] = None,
-        stop: Optional[threading.Event] = None, reload: Optional[threading.Event] = None) -> int:
+        stop: Optional[threading.Event] = None, reload: Optional[threading.Event] = None,
+        source: Optional[Source] = None) -> int:
     """The owned live loop: camera -> TFLite -> monitor until SIGINT/SIGTERM."""
     stop = stop or threading.Event()
     notifier = notifier or Notifier()
@@ -496,8 +497,10 @@ def run(config: Config, *, notifier: Optional[Notifier] = None,
                   num_threads=config.model.num_threads, delegate=config.model.delegate,
                   input_range=config.model.input_range, color=config.model.color)
     s = config.source
-    source = open_source(s.uri, loop=s.loop, size=(tuple(s.size) if all(s.size) else None),
-                         reconnect_initial_s=s.reconnect_initial_s, reconnect_max_s=s.reconnect_max_s)
+    if source is None:
+        source = open_source(s.uri, loop=s.loop, size=(tuple(s.size) if all(s.size) else None),
+                             reconnect_initial_s=s.reconnect_initial_s,
+                             reconnect_max_s=s.reconnect_max_s)
     pace = s.fps or (None if source.live else (source.fps or 30.0))
     expected = s.fps or source.fps or 30.0
     agent = Agent(config, model=model, expected_fps=expected, notifier=notifier).start()
