@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
@@ -120,6 +121,41 @@ def drain_backlog(host: str, port: int, n_alerts: int = 10000, *, workdir: Optio
             "received": got["n"], "out_of_order": got["out_of_order"], "left_in_outbox": depth}
 
 
+def replay_ratio(host: str, port: int, workdir: Path, rounds: int = 3,
+                 frames: int = 2400) -> float:
+    """Replay fps with MQTT on against MQTT off, alternating, in the same run.
+
+    The feed turns to night after 20 s so that alerts flow through the outbox while the
+    loop runs; heartbeats every second.
+    """
+    from _common import load_model, make_config
+
+    from agent.service import replay
+    from agent.sources import open_source
+
+    uri = "emulated:night?seed=3&size=640x480&onset=20"
+    section = {"drift": {"warmup_s": 15, "window_frames": 150, "eval_interval_s": 1, "for_s": 2},
+               "service": {"heartbeat_interval_s": 1.0}, "health": {"enabled": False}}
+    model = load_model(make_config(str(workdir / "m.db")))
+    times = {True: [], False: []}  # type: Dict[bool, list]
+    alerts = 0
+    for r in range(rounds):
+        for on in ((False, True) if r % 2 == 0 else (True, False)):
+            mqtt_section = {"enabled": on, "host": host, "port": port, "device_id": "bench",
+                            "heartbeat_interval_s": 1.0}
+            cfg = make_config(str(workdir / f"r{r}-{int(on)}.db"), mqtt=mqtt_section, **section)
+            res = replay(cfg, open_source(uri), fps=30, max_frames=frames, model=model)
+            times[on].append(res.seconds)
+            alerts += res.alerts if on else 0
+        print(f"    round {r + 1}: MQTT off {frames / times[False][-1]:6.1f} fps, "
+              f"on {frames / times[True][-1]:6.1f} fps")
+    off = rounds * frames / sum(times[False])
+    on_ = rounds * frames / sum(times[True])
+    print(f"replay: MQTT off {off:.1f} fps, on {on_:.1f} fps ({alerts} alert transitions "
+          f"published); ratio {on_ / off:.1%}  {'PASS' if on_ / off >= 0.95 else 'FAIL'} (>= 95%)")
+    return on_ / off
+
+
 def main() -> int:
     """Run the drain benchmark and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,6 +163,8 @@ def main() -> int:
     ap.add_argument("--max-inflight", type=int, default=20)
     ap.add_argument("--broker", help="use this broker instead of starting one")
     ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--replay-rounds", type=int, default=3,
+                    help="rounds of the MQTT on/off replay comparison (0 = skip)")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
     proc = None
@@ -138,6 +176,7 @@ def main() -> int:
             host = "127.0.0.1"
         r = drain_backlog(host, port, args.alerts, workdir=workdir,
                           max_inflight=args.max_inflight)
+        ratio = replay_ratio(host, port, workdir) if args.replay_rounds else 1.0
     finally:
         if proc is not None:
             proc.terminate()
@@ -149,7 +188,8 @@ def main() -> int:
           f"{r['messages_per_s']:.0f} msg/s  (max_inflight {args.max_inflight})")
     print(f"check:   received {r['received']} events, {r['out_of_order']} out of order, "
           f"{r['left_in_outbox']} left in outbox")
-    ok = r["drain_s"] < 30 and r["received"] >= r["alerts"] and r["left_in_outbox"] == 0
+    ok = (r["drain_s"] < 30 and r["received"] >= r["alerts"] and r["left_in_outbox"] == 0
+          and ratio >= 0.95)
     print("PASS (< 30 s)" if ok else "FAIL")
     return 0 if ok else 1
 

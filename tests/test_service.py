@@ -222,3 +222,53 @@ def test_every_command_has_help() -> None:
                     assert [a.help for a in action._choices_actions if a.dest == sname][0], sname
             elif action.dest != "help":
                 assert action.help, f"{name} {action.dest}"
+
+
+def test_sighup_reloads_or_keeps_the_old_config(tmp_path: Path, model_path: Path) -> None:
+    cfg = tmp_path / "run.toml"
+    good = f"""
+[model]
+path = "{model_path}"
+[source]
+uri = "emulated:stationary?seed=1&size=320x240"
+fps = 30
+[store]
+path = "{tmp_path / 'hup.db'}"
+[service]
+status_interval_s = 1
+[health]
+enabled = false
+"""
+    cfg.write_text(good)
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: List[str] = []
+
+    def wait_for(needle: str, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if needle in line:
+                return
+        raise AssertionError(f"{needle!r} not logged; got {''.join(seen[-20:])}")
+
+    try:
+        wait_for("status: frames=")
+        cfg.write_text(good + "\n[drift]\nwindow_frames = 'many'\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for("reload failed, keeping the old config")
+        wait_for("status: frames=")  # still running on the old config
+        cfg.write_text(good)
+        proc.send_signal(signal.SIGHUP)
+        wait_for("reloaded")
+        wait_for("status: frames=")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
