@@ -246,11 +246,11 @@ class Config:
         if self.mqtt is None:
             object.__setattr__(self, "mqtt", _mqtt_type()(device_id=self.device.id))
 
-    def replace(self, **sections: Any) -> "Config":
+    def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or single ``section.key`` values replaced."""
         return dataclasses.replace(self, **sections)
 
-    def with_values(self, **dotted: Any) -> "Config":
+    def with_values(self, **dotted: Any) -> Config:
         """A copy with ``section__key=value`` overrides applied (e.g. ``store__path='x.db'``)."""
         changes: dict[str, dict[str, Any]] = {}
         for key, value in dotted.items():
@@ -359,7 +359,8 @@ def load_config(source: Union[str, os.PathLike, Mapping[str, Any], None] = None)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config not found: {path} (pass --config FILE; see configs/default.toml)") from None
+        raise ConfigError(
+            f"config not found: {path} (pass --config FILE; see configs/default.toml)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config: {path}: {exc.strerror}") from None
     try:

@@ -174,7 +174,7 @@ class Model:
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Resize and normalise a BGR frame into the model's input tensor (preallocated)."""
         cv2.resize(frame_bgr, self.input_size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
-        src = self._resized
+        src: np.ndarray = self._resized
         if self.channels == 1:
             gray = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
             src = gray[:, :, None]

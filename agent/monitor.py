@@ -20,8 +20,8 @@ import numpy as np
 
 from .alerts import AlertManager, Observation
 from .buffers import RingBuffer
-from .config import Config
 from .confidence import CONFIDENCE_FEATURES, make_decoder
+from .config import Config
 from .drift.detector import evaluate as evaluate_drift
 from .drift.reference import Reference, build_reference
 from .rules import check_frames, check_stall
@@ -152,7 +152,7 @@ class Monitor:
 
     # ---- construction for the in-process hook ------------------------------------------
     @classmethod
-    def from_config(cls, source: Any = None) -> "Monitor":
+    def from_config(cls, source: Any = None) -> Monitor:
         """A started monitor (with SQLite history, alerts, MQTT) from a config path or dict."""
         from .config import load_config
         from .service import build_monitor
@@ -165,7 +165,7 @@ class Monitor:
         if owner is not None:
             owner.close()
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -56,7 +56,7 @@ class _StoreSink:
         """Persist a warm-up reference so a restart keeps it."""
         blob = reference.to_bytes()
         ts = reference.created
-        self.store.submit(lambda db: db["reference"].insert(
+        self.store.submit(lambda db: db.table("reference").insert(
             {"ts": ts, "model_sha256": self.sha, "origin": reference.origin, "blob": blob}))
 
 
@@ -87,10 +87,18 @@ def restore_alerts(store: Store, alerts: AlertManager, now: float) -> None:
     alerts.restore(open_rows, controls, seq or 0)
 
 
+def _answer(command_id: int, text: str) -> Callable[[Any], None]:
+    """A store job that records a command's result."""
+    def write(db: Any) -> None:
+        db.execute("UPDATE commands SET result = ?, done_ts = ? WHERE id = ? AND done_ts IS NULL",
+                   [text, time.time(), command_id])
+    return write
+
+
 class Controls:
     """The operator API behind ``edgewatch alerts`` and the MQTT commands."""
 
-    def __init__(self, agent: "Agent") -> None:
+    def __init__(self, agent: Agent) -> None:
         self._agent = agent
 
     def _monitor(self) -> Monitor:
@@ -173,7 +181,7 @@ class Agent:
         self._closed = False
 
     # ---- lifecycle -------------------------------------------------------------------
-    def start(self) -> "Agent":
+    def start(self) -> Agent:
         """Open storage, restore state, build the monitor, connect MQTT, start heartbeats."""
         cfg = self.config
         self.store = self._open_store()
@@ -201,16 +209,18 @@ class Agent:
         if not cfg.drift.enabled:
             return None
         if cfg.drift.reference:
-            ref = Reference.load(cfg.drift.reference, expected_sha256=sha)
-            log.info("reference: %s (%s, %d frames)", cfg.drift.reference, ref.origin, ref.frames)
-            return ref
+            from_file = Reference.load(cfg.drift.reference, expected_sha256=sha)
+            log.info("reference: %s (%s, %d frames)", cfg.drift.reference, from_file.origin,
+                     from_file.frames)
+            return from_file
         assert self.store is not None
-        ref = load_stored_reference(self.store, sha or "")
-        if ref is not None:
-            log.info("reference: %s, kept in %s (%d frames)", ref.origin, cfg.store.path, ref.frames)
+        stored = load_stored_reference(self.store, sha or "")
+        if stored is not None:
+            log.info("reference: %s, kept in %s (%d frames)", stored.origin, cfg.store.path,
+                     stored.frames)
         else:
             log.info("no reference: learning one from the first %.0f s (warm-up)", cfg.drift.warmup_s)
-        return ref
+        return stored
 
     def _build_alerts(self) -> AlertManager:
         assert self.store is not None
@@ -280,7 +290,7 @@ class Agent:
             if until is None and value is None:
                 db.execute("DELETE FROM controls WHERE kind = ? AND target = ?", [kind, target])
             else:
-                db["controls"].upsert({"kind": kind, "target": target, "until": until,
+                db.table("controls").upsert({"kind": kind, "target": target, "until": until,
                                        "value": value}, pk=("kind", "target"))
         self.store.submit(write)
 
@@ -315,10 +325,7 @@ class Agent:
                                 "WHERE done_ts IS NULL ORDER BY id").fetchall()
         for row in rows:
             result = handle_command(row["verb"], str(row["payload"]).encode(), self.controls)
-            text = json.dumps(result, default=str)
-            self.store.submit(lambda db, i=row["id"], t=text: db.execute(
-                "UPDATE commands SET result = ?, done_ts = ? WHERE id = ? AND done_ts IS NULL",
-                [t, time.time(), i]))
+            self.store.submit(_answer(int(row["id"]), json.dumps(result, default=str)))
 
     def _check_health(self) -> None:
         health = self._health.read_health(self.config.store.path)
@@ -498,7 +505,7 @@ def run(config: Config, *, notifier: Optional[Notifier] = None,
                   input_range=config.model.input_range, color=config.model.color)
     s = config.source
     if source is None:
-        source = open_source(s.uri, loop=s.loop, size=(tuple(s.size) if all(s.size) else None),
+        source = open_source(s.uri, loop=s.loop, size=((s.size[0], s.size[1]) if all(s.size) else None),
                              reconnect_initial_s=s.reconnect_initial_s,
                              reconnect_max_s=s.reconnect_max_s)
     pace = s.fps or (None if source.live else (source.fps or 30.0))

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.samples import blazeface_model_path, photo_path
-
 # Broker fixtures live in their own module; importing them registers them with pytest.
 from broker import broker, broker_factory  # noqa: F401,E402
+
+from agent.samples import blazeface_model_path, photo_path
 
 
 @pytest.fixture(scope="session")

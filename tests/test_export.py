@@ -17,8 +17,7 @@ import pytest
 from agent.cli import main
 from agent.errors import CommandError, StoreError
 from agent.export import EXPORT_TABLES, export_rows, export_snapshot, parse_time
-from agent.store import SCHEMA_VERSION
-from agent.store import Store, open_db
+from agent.store import SCHEMA_VERSION, Store, open_db
 
 NOW = 1_700_000_000.0
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
+import broker as broker_fixtures
 import numpy as np
 import pytest
 
-import broker as broker_fixtures
 from agent.config import load_config
 from agent.emulated import EmulatedFeed
 from agent.notify import Notifier

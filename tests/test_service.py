@@ -7,7 +7,6 @@ time-based rule behaves as it would live.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -24,7 +23,6 @@ from agent import Monitor, wrap
 from agent.cli import main
 from agent.config import load_config
 from agent.errors import SourceError
-from agent.inference import Model
 from agent.service import replay
 from agent.sources import open_source
 

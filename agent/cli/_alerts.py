@@ -37,7 +37,7 @@ def send_command(db_path: str, verb: str, payload: Dict[str, Any],
     db = open_db(db_path)
     req = {"ts": time.time(), "verb": verb, "payload": json.dumps(payload), "result": None,
            "done_ts": None}
-    cid = db["commands"].insert(req).last_pk
+    cid = db.table("commands").insert(req).last_pk
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = db.execute("SELECT result, done_ts FROM commands WHERE id = ?", [cid]).fetchone()
@@ -75,7 +75,7 @@ def apply_offline(db_path: str, verb: str, payload: Dict[str, Any]) -> Dict[str,
         control = {"kind": "threshold", "target": key, "until": None, "value": float(payload["value"])}
     else:
         raise CommandError(f"{verb} needs the running agent")
-    db["controls"].upsert(control, pk=("kind", "target"))
+    db.table("controls").upsert(control, pk=("kind", "target"))
     return {"ok": True, "result": control, "offline": True}
 
 

@@ -9,11 +9,11 @@ from typing import Any, List
 
 import numpy as np
 
+from ..alerts import AlertManager
 from ..drift.reference import build_reference
 from ..errors import BaselineError
 from ..inference import Model
-from ..monitor import FEATURES, NullSink, Monitor
-from ..alerts import AlertManager
+from ..monitor import FEATURES, Monitor, NullSink
 from ..sources import open_source
 from ._run import add_common, config_from_args
 

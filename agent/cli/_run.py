@@ -39,7 +39,7 @@ def _replay(args: argparse.Namespace) -> int:
     from ..service import replay
 
     cfg = config_from_args(args)
-    size = tuple(cfg.source.size) if all(cfg.source.size) else None
+    size = (cfg.source.size[0], cfg.source.size[1]) if all(cfg.source.size) else None
     source = open_source(args.source, loop=False, size=size)
     result = replay(cfg, source, fps=args.fps, max_frames=args.max_frames, start_ts=args.start)
     if args.json:
