@@ -90,8 +90,8 @@ class SourceConfig:
 class StatsConfig:
     """Image statistics sample size and ring-buffer capacity (fixed memory)."""
 
-    sample_width: int = 96
-    sample_height: int = 72
+    sample_width: int = 64
+    sample_height: int = 48
     capacity: int = 4096
 
     def __post_init__(self) -> None:
