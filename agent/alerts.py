@@ -138,9 +138,13 @@ class AlertManager:
         return [dict(t.record) for t in self._tracked.values() if t.record is not None]
 
     def camera_fault_firing(self) -> bool:
-        """True while any camera fault is firing (drift alerts are inhibited then)."""
+        """True while a critical camera fault is firing (drift alerts are inhibited then).
+
+        A warning-level fault (blur) does not inhibit: the model may still be degraded by
+        it, and the operator should hear about the predictions too.
+        """
         return any(t.record is not None and t.record["kind"] == "camera_fault"
-                   for t in self._tracked.values())
+                   and t.record["severity"] == "critical" for t in self._tracked.values())
 
     def threshold_override(self, feature: str, metric: str = "") -> Optional[float]:
         """A threshold set at run time for ``feature`` (or ``feature:metric``), if any."""

@@ -132,7 +132,7 @@ class DriftConfig:
     warmup_s: float = 300.0
     window_frames: int = 900
     eval_interval_s: float = 5.0
-    for_s: float = 20.0
+    for_s: float = 10.0
     clear_for_s: float = 60.0
     false_alarms_per_week: float = 1.0
     features: Tuple[str, ...] = ()
@@ -151,6 +151,7 @@ class RulesConfig:
     """Rule-based camera-fault and performance checks, each with a ``for`` duration."""
 
     enabled: bool = True
+    eval_interval_s: float = 1.0
     window_s: float = 5.0
     black_brightness: float = 10.0
     black_for_s: float = 3.0
@@ -172,7 +173,7 @@ class RulesConfig:
     def __post_init__(self) -> None:
         for name in ("black_brightness", "saturated_fraction", "frozen_diff", "blur_ratio",
                      "stall_s", "min_fps_ratio", "latency_ratio", "outlier_z", "outlier_rate",
-                     "window_s"):
+                     "window_s", "eval_interval_s"):
             _check(getattr(self, name) > 0, name, "positive")
         _check(self.saturated_fraction <= 1, "saturated_fraction", "0..1")
         _check(self.blur_ratio < 1, "blur_ratio", "0..1 (sharpness as a fraction of the reference)")

@@ -143,6 +143,7 @@ class Monitor:
         self.started: Optional[float] = None
         self.last_ts: Optional[float] = None
         self._next_eval: Optional[float] = None
+        self._next_drift = 0.0
         self._window_start: Optional[float] = None
         self._window_frames = 0
         self.last_drift: Dict[str, Any] = {}
@@ -218,11 +219,15 @@ class Monitor:
         self.started = ts
         self._warmup_start = ts
         self._window_start = ts
-        self._next_eval = ts + self.config.drift.eval_interval_s
+        self._next_eval = ts + self.config.rules.eval_interval_s
+        self._next_drift = ts + self.config.drift.eval_interval_s
 
-    # ---- periodic work (every eval_interval_s of frame time) --------------------------
+    # ---- periodic work (rules every rules.eval_interval_s, drift every drift's) --------
     def _evaluate(self, now: float) -> None:
-        self._next_eval = now + self.config.drift.eval_interval_s
+        self._next_eval = now + self.config.rules.eval_interval_s
+        run_drift = now >= self._next_drift
+        if run_drift:
+            self._next_drift = now + self.config.drift.eval_interval_s
         with self._lock:
             if self._warmup is not None and self._warmup_start is not None and (
                     now - self._warmup_start >= self.config.drift.warmup_s
@@ -234,7 +239,7 @@ class Monitor:
                 observations += check_frames(self.names, ts, values, self.config.rules,
                                              reference=self._ref_summary if self.reference else None,
                                              expected_fps=self.expected_fps)
-            if self.config.drift.enabled and self.reference is not None:
+            if run_drift and self.config.drift.enabled and self.reference is not None:
                 observations += self._drift_observations(now)
             self.alerts.update(observations, now)
             self.alerts.tick(now)

@@ -11,8 +11,9 @@ from agent.errors import CommandError
 
 
 def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", for_s: float = 10,
-        clear_for_s: float = 20, threshold: float = 0.3) -> Observation:
+        clear_for_s: float = 20, threshold: float = 0.3, severity: str = "warning") -> Observation:
     return Observation(kind=kind, feature=feature, metric="ks", value=value, threshold=threshold,
+                       severity=severity,
                        breach=value > threshold, clear=value < 0.7 * threshold,
                        summary=f"{feature} drifted: KS {value:.2f}", for_s=for_s,
                        clear_for_s=clear_for_s, window={"start": 0.0, "end": 30.0, "frames": 900})
@@ -82,13 +83,19 @@ def test_one_fingerprint_per_kind_camera_feature() -> None:
     assert fingerprint("data_drift", "cam0", "brightness") == fingerprint("data_drift", "cam0", "brightness")
 
 
-def test_camera_fault_inhibits_drift() -> None:
+def test_critical_camera_fault_inhibits_drift_warning_does_not() -> None:
     rec = Recorder()
     m = rec.manager()
-    fault = obs(1.0, kind="camera_fault", feature="black_frames", for_s=0)
+    fault = obs(1.0, kind="camera_fault", feature="black_frames", for_s=0, severity="critical")
     m.update([fault], now=0)
     m.update([fault, obs(0.9, for_s=0)], now=5)
     assert [r["kind"] for r in rec.records] == ["camera_fault"]
+    rec2 = Recorder()
+    m2 = rec2.manager()
+    blur = obs(1.0, kind="camera_fault", feature="blur", for_s=0, severity="warning")
+    m2.update([blur], now=0)
+    m2.update([blur, obs(0.9, for_s=0)], now=5)
+    assert [r["kind"] for r in rec2.records] == ["camera_fault", "data_drift"]
 
 
 def test_ack_suppresses_repeats_until_resolved() -> None:
