@@ -135,6 +135,7 @@ class DriftConfig:
     for_s: float = 10.0
     clear_for_s: float = 60.0
     false_alarms_per_week: float = 1.0
+    class_mix_js: float = 0.15
     features: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -144,6 +145,7 @@ class DriftConfig:
         _check(self.for_s >= 0, "for_s", "0 or more seconds")
         _check(self.clear_for_s >= 0, "clear_for_s", "0 or more seconds")
         _check(self.false_alarms_per_week > 0, "false_alarms_per_week", "positive")
+        _check(0 < self.class_mix_js <= 1, "class_mix_js", "0..1 (Jensen-Shannon divergence, base 2)")
 
 
 @dataclass(frozen=True)
