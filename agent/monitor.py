@@ -22,6 +22,7 @@ from .alerts import AlertManager, Observation
 from .buffers import RingBuffer
 from .confidence import CONFIDENCE_FEATURES, make_decoder
 from .config import Config
+from .drift.classmix import class_mix
 from .drift.detector import evaluate as evaluate_drift
 from .drift.reference import Reference, build_reference
 from .rules import check_frames, check_stall
@@ -130,7 +131,7 @@ class Monitor:
                               f"(valid: {', '.join(self.names)})")
         self.alerts.known_features = frozenset(self.names) | {
             "black_frames", "saturated_frames", "frozen_frames", "blur", "stalled", "fps",
-            "outlier_frames", "image", "predictions"}
+            "outlier_frames", "image", "predictions", "class_mix"}
         self.reference: Optional[Reference] = None
         self._warmup: Optional[np.ndarray] = None
         self._warmup_n = 0
@@ -302,7 +303,34 @@ class Monitor:
                                                     "wasserstein": fd.wasserstein}
                                        for fd in (drifted[:6] or [top])}},
                 window=window))
+        mix = self._class_mix_observation(values, ref, window)
+        if mix is not None:
+            out.append(mix)
         return out
+
+    def _class_mix_observation(self, values: np.ndarray, ref: Reference,
+                               window: Dict[str, Any]) -> Optional[Observation]:
+        """Prediction drift in the mix of predicted classes (multi-class models only)."""
+        if "pred_class" not in ref.names or self.alerts.is_disabled("prediction_drift", "class_mix"):
+            return None
+        col = ref.index("pred_class")
+        result = class_mix(ref.sketch[col], values[:, col])
+        if result is None:
+            return None
+        js, ref_frac, cur_frac = result
+        limit = self.alerts.threshold_override("class_mix") or self.config.drift.class_mix_js
+        top_ref, top_cur = int(np.argmax(ref_frac)), int(np.argmax(cur_frac))
+        return Observation(
+            kind="prediction_drift", feature="class_mix", metric="js_divergence", value=js,
+            threshold=limit, breach=js > limit, clear=js < 0.7 * limit,
+            severity="warning", for_s=self.config.drift.for_s,
+            clear_for_s=self.config.drift.clear_for_s,
+            summary=(f"prediction drift in class mix: JS divergence {js:.2f} > {limit:.2f} "
+                     f"(most frequent class {top_cur} at {cur_frac[top_cur]:.0%}; reference class "
+                     f"{top_ref} at {ref_frac[top_ref]:.0%})"),
+            expected={"class_fractions": [round(float(v), 4) for v in ref_frac], "max_js": limit},
+            observed={"class_fractions": [round(float(v), 4) for v in cur_frac], "js": js},
+            window=window)
 
     def _finish_warmup(self, now: float) -> None:
         assert self._warmup is not None
