@@ -419,25 +419,33 @@ class AnchorDecoder(Decoder):
         """Summarise the frame's anchors (thresholded on logits, then fast NMS) into ``out``."""
         self._check(outputs)
         logits = self._float(outputs, self._scores).reshape(-1)
-        mask = self._mask
-        top_logit = min(max(float(logits.max()), -100.0), 100.0)
-        top = 1.0 / (1.0 + math.exp(-top_logit))
-        n_above_low = n_hi = 0
-        if top_logit >= self._low:
-            np.greater_equal(logits, self._low, out=mask)
-            n_above_low = int(np.count_nonzero(mask))
-        if top_logit < self._thr:
+        # Most anchors are far below low_conf: find the few above it first and work on
+        # those as plain floats; the sigmoid is only ever taken of the kept scores.
+        idx = np.flatnonzero(logits >= self._low)
+        n_above_low = len(idx)
+        if n_above_low and n_above_low <= 4 * self._cap:
+            lg = logits[idx].tolist()
+            top_logit = max(lg)
+        else:  # none above low_conf, or degenerate outputs: stay vectorised
+            top_logit = float(logits.max())
+        top = 1.0 / (1.0 + math.exp(-min(max(top_logit, -100.0), 100.0)))
+        thr_l = self._thr
+        if top_logit < thr_l:
             self._detections(out, top, n_above_low, 0, [], [], None, class_hist)
             return
-        np.greater_equal(logits, self._thr, out=mask)
-        idx = np.flatnonzero(mask)
-        n_hi = len(idx)
-        if n_hi > self._cap:
-            idx = idx[np.argpartition(logits[idx], -self._cap)[-self._cap:]]
-        lg = logits[idx].tolist()
-        order = sorted(range(len(lg)), key=lg.__getitem__, reverse=True)
-        regs = np.take(self._float(outputs, self._regs)[0], idx, axis=0)
-        regs = regs[:, :4].astype(np.float64).tolist()
+        if n_above_low > 4 * self._cap:
+            idx = np.flatnonzero(logits >= thr_l)
+            if len(idx) > self._cap:
+                idx = idx[np.argpartition(logits[idx], -self._cap)[-self._cap:]]
+            lg = logits[idx].tolist()
+            n_hi = int(np.count_nonzero(logits >= thr_l))
+            order = sorted(range(len(lg)), key=lg.__getitem__, reverse=True)
+        else:
+            order = [j for j, x in enumerate(lg) if x >= thr_l]
+            n_hi = len(order)
+            order.sort(key=lg.__getitem__, reverse=True)
+            del order[self._cap:]
+        regs = self._float(outputs, self._regs)[0][idx, :4].tolist()
         sw, sh = self._size
         anchors = self._anchor_px
         il = idx.tolist()
