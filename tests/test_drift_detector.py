@@ -149,6 +149,32 @@ def test_nan_constant_empty_and_short_windows(ref):
     assert all(not fd.evaluated for fd in empty.features)
 
 
+def test_float32_window_matches_float64_window(ref):
+    # float32 windows (the ring buffer) are sorted by a radix sort, float64 ones by np.sort:
+    # both must give the same report, including NaN with the sign bit set (x86's default NaN,
+    # e.g. from inf - inf), signed zeros and values equal to KS grid points.
+    window = ar1(33, WINDOW)
+    window[:, 0] += 2.0
+    window[:100, 1] = np.array([0xFFC00000], dtype=np.uint32).view(np.float32)[0]
+    assert np.signbit(window[0, 1]) and np.isnan(window[0, 1])
+    window[100:200, 1] = np.nan
+    window[:50, 2], window[50:100, 2] = -0.0, 0.0
+    window[:256, 5] = ref._grid[5, ::2].astype(np.float32)  # exact grid points: ties
+    window[:, 6] = np.round(window[:, 6] * 2) / 2  # many ties
+    fast = evaluate(ref, window)
+    slow = evaluate(ref, window.astype(np.float64))
+    assert fast.drifted == slow.drifted and "f0" in fast.drifted
+    for a, b in zip(fast.features, slow.features):
+        assert (a.ks, a.frames, a.drifted, a.threshold) == (b.ks, b.frames, b.drifted, b.threshold)
+        assert a.psi == pytest.approx(b.psi, rel=1e-12)
+        assert a.wasserstein == pytest.approx(b.wasserstein, rel=1e-12)
+        assert a.current == pytest.approx(b.current, rel=1e-12)
+    assert fast.get("f1").frames == WINDOW - 200
+    f1 = window[200:, 1]
+    full = stats.ks_2samp(ref.sketch[1], f1).statistic
+    assert full - 1 / 256 <= fast.get("f1").ks <= full + 1e-12
+
+
 def test_reference_feature_without_data():
     data = np.column_stack([np.full(20000, np.nan), ar1(1, 20000, 1)[:, 0]])
     ref = build_reference(data, ["dead", "ok"], window_frames=1024, eval_stride_frames=256,

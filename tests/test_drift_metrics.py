@@ -46,7 +46,7 @@ def test_psi_constant_and_bad_input():
 
 
 @pytest.mark.parametrize("m,n", [(1, 1), (3, 7), (2048, 4096), (4096, 2048), (1000, 999),
-                                 (2048, 900)])
+                                 (2048, 900), (700, 2100), (100, 1600), (512, 512)])
 def test_wasserstein_matches_scipy(m, n):
     rng = np.random.default_rng(m * n)
     u, v = rng.gamma(2.0, size=m), rng.normal(size=n)
@@ -54,6 +54,22 @@ def test_wasserstein_matches_scipy(m, n):
         stats.wasserstein_distance(u, v), rel=1e-10, abs=1e-12)
     assert wasserstein(u, v, scale=1.0) == pytest.approx(stats.wasserstein_distance(u, v),
                                                          rel=1e-10, abs=1e-12)
+
+
+def test_wasserstein_divisible_sizes_with_ties_and_infinities():
+    # The n = 2m fast path pairs each sketch value with two window values; ties and infinite
+    # values must give what the general formula gives (inf, not NaN, for -inf and +inf).
+    rng = np.random.default_rng(3)
+    u = np.sort(np.round(rng.normal(size=64)))
+    v = np.sort(np.round(rng.normal(size=128)))
+    assert float(wasserstein_sorted(u, v)) == pytest.approx(stats.wasserstein_distance(u, v),
+                                                            rel=1e-12)
+    v_inf = np.sort(np.concatenate([v[:-2], [-np.inf, np.inf]]))
+    assert float(wasserstein_sorted(u, v_inf)) == np.inf
+    # One value facing both -inf and +inf: inf - inf must not turn the distance into NaN.
+    assert float(wasserstein_sorted(np.array([0.0]), np.array([-np.inf, np.inf]))) == np.inf
+    assert float(wasserstein_sorted(u, np.sort(v + 0.5))) == pytest.approx(
+        stats.wasserstein_distance(u, v + 0.5), rel=1e-12)
 
 
 def test_wasserstein_batched_rows():

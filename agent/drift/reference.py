@@ -133,6 +133,8 @@ class Reference:
     _grid: np.ndarray = field(init=False, repr=False)
     _grid_at: np.ndarray = field(init=False, repr=False)
     _grid_below: np.ndarray = field(init=False, repr=False)
+    # The detector's binary-search queries: the KS grid, then the PSI edges, shape (F, G + E).
+    _queries: np.ndarray = field(init=False, repr=False)
     _summaries: tuple[dict[str, float], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +153,8 @@ class Reference:
                     out[f] = arr
         for name, arr in zip(("_grid", "_grid_at", "_grid_below"), grids):
             object.__setattr__(self, name, arr)
+        edges = np.asarray(self.psi_edges, dtype=np.float64).reshape(n_features, -1)
+        object.__setattr__(self, "_queries", np.concatenate([grids[0], edges], axis=1))
         table = np.stack([self.mean, self.std, self.p05, self.median, self.p95], axis=1)
         object.__setattr__(self, "_summaries", tuple(
             dict(zip(("mean", "std", "p05", "p50", "p95"), row)) for row in table.tolist()))
