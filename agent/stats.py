@@ -1,20 +1,22 @@
 """Per-frame image statistics with a cost that does not grow with the frame size.
 
-``ImageStats.compute`` is on the per-frame hot path. It never looks at the whole frame:
+``ImageStats.compute`` is on the per-frame hot path. It reads the frame once, with one
+``cv2.remap`` (nearest neighbour) into a preallocated sample of small **patches**: 3 rows
+(``BAND_ROWS``) by ``run_length`` pixels. ``sample_size`` = (width, height) means
+``width // run_length`` runs per sampled row and ``height // 3`` bands of 3 rows, at fixed
+relative positions spread over the frame (each band's runs are staggered by a golden-ratio
+sequence so the runs do not line up in columns). Each patch row is one short contiguous run
+in memory (a cache line or two) instead of one cache line per sampled pixel.
 
-* **Global statistics** (brightness, contrast, colour, exposure, entropy, edges, frame
-  difference) come from a fixed ``sample_size`` grid taken with a nearest-neighbour
-  ``cv2.resize`` into a preallocated buffer, which reads only the sampled pixels. The grid
-  covers the same relative positions at every resolution, so these values agree across
-  frame sizes of the same scene.
-* **Sharpness and noise** need neighbouring pixels (a subsample aliases them away), so they
-  come from a few small tiles at fixed relative positions, read with a stride of
-  ``round(width / ref_width)`` pixels: at 1920 wide a tile sees the scene at about the
-  scale of a 640-wide frame, which keeps both values comparable across resolutions. Each
-  tile keeps a one-pixel frame border so that its 3x3 filters are exact; the border is
-  masked out of the sums. A tile holds ``tile_size**2`` interior pixels laid out as
-  ``TILE_ROWS`` rows (fewer when the frame is narrow): each tile row is one contiguous run
-  in memory, read straight into luma, so fewer rows means fewer trips to memory.
+Neighbours inside a patch are ``step = round(width / ref_width)`` pixels apart: at 1920 wide
+a patch sees the scene at about the scale of a 640-wide frame, which keeps the
+neighbourhood statistics (edges, sharpness, noise) comparable across resolutions.
+
+* **Global statistics** (brightness, contrast, colour, exposure, entropy, frame difference)
+  use every sample pixel.
+* **Edge density** uses forward differences inside each patch (never across two patches).
+* **Sharpness and noise** use 3x3 filters at the middle row of each patch, away from the
+  ends of its run, so every filter tap is a real neighbour.
 
 The pure functions below are the reference definitions over a full image; ``naive_stats``
 applies them to the whole frame (the benchmark's baseline).
@@ -23,7 +25,6 @@ applies them to the whole frame (the benchmark's baseline).
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -49,15 +50,19 @@ IMAGE_FEATURES: tuple[str, ...] = (
 STAT_SPECS: tuple[tuple[str, str, str], ...] = (
     ("brightness", "mean luma (BT.601)", "0-255"),
     ("contrast", "standard deviation of luma", "0-127.5"),
-    ("sharpness", "variance of the 4-neighbour Laplacian of luma on full-resolution tiles "
-     "(low = blurred)", ">= 0"),
+    ("sharpness", "variance of the 4-neighbour Laplacian of luma at the middle row of each "
+     "sample patch, neighbours step px apart (low = blurred)", ">= 0"),
     ("saturation", "mean HSV saturation", "0-1"),
     ("colorfulness", "Hasler-Suesstrunk colourfulness (rg/yb opponent spread + 0.3 mean)", ">= 0"),
     ("entropy", "Shannon entropy of the 256-bin luma histogram", "0-8 bits"),
     ("overexposed", "fraction of luma >= 250", "0-1"),
     ("underexposed", "fraction of luma <= 5", "0-1"),
-    ("noise", "noise sigma by Immerkaer's fast method on full-resolution tiles", ">= 0 (luma)"),
-    ("edge_density", "fraction of pixels whose luma gradient max(|dx|, |dy|) >= 48", "0-1"),
+    ("noise", "noise sigma by Immerkaer's fast method at the middle row of each sample patch",
+     ">= 0 (luma)"),
+    ("edge_density", "fraction of sample pixels whose forward-difference luma gradient "
+     "max(|dx|, |dy|) >= 48, differences taken inside each 3-row patch (neighbours step px "
+     "apart; a patch's last row and column have no forward neighbour and are not counted)",
+     "0-1"),
     ("mean_b", "mean blue channel (colour cast)", "0-255"),
     ("mean_g", "mean green channel", "0-255"),
     ("mean_r", "mean red channel", "0-255"),
@@ -70,8 +75,8 @@ OVER_LEVEL = 250
 UNDER_LEVEL = 5
 EDGE_LEVEL = 48
 MOTION_LEVEL = 25
-TILE_ROWS = 16  # interior rows of a tile when the frame is wide enough (tile_size**2 pixels)
-DEFAULT_TILES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7))
+BAND_ROWS = 3  # rows of a sample patch: enough for 3x3 filters at its middle row
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # per-band stagger of the runs (a low-discrepancy sequence)
 
 _IMMERKAER = math.sqrt(math.pi / 2.0) / 6.0
 # Rows give (luma, (R-G)/2 + 128, ((R+G)/2 - B)/2 + 128) from BGR: halved so uint8 holds them.
@@ -194,7 +199,7 @@ def naive_stats(frame_bgr: np.ndarray, prev_gray: np.ndarray | None) -> dict[str
 
 
 class ImageStats:
-    """Fixed-cost per-frame statistics: a nearest-neighbour sample plus full-resolution tiles.
+    """Fixed-cost per-frame statistics from one clustered sample of small 3-row patches.
 
     >>> import numpy as np
     >>> s = ImageStats()
@@ -207,41 +212,45 @@ class ImageStats:
 
     def __init__(
         self,
-        sample_size: tuple[int, int] = (96, 72),
-        tiles: Sequence[tuple[float, float]] = DEFAULT_TILES,
-        tile_size: int = 32,
+        sample_size: tuple[int, int] = (64, 48),
+        run_length: int = 4,
         ref_width: int = 640,
     ) -> None:
         sw, sh = int(sample_size[0]), int(sample_size[1])
         if sw < 8 or sh < 8:
             raise ValueError(f"sample_size must be at least (8, 8), got {sample_size!r}")
-        if not tiles or any(not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0) for x, y in tiles):
-            raise ValueError(f"tiles must be (x, y) centres in [0, 1], got {tiles!r}")
-        if tile_size < 4:
-            raise ValueError(f"tile_size must be >= 4, got {tile_size}")
+        if not 4 <= run_length <= sw:
+            raise ValueError(f"run_length must be in 4..{sw} (the sample width), got {run_length}")
         if ref_width < 16:
             raise ValueError(f"ref_width must be >= 16, got {ref_width}")
-        self._size = (sw, sh)
-        self._csize = (max(4, sw // 2), max(4, sh // 2))
-        self._tiles = tuple((float(x), float(y)) for x, y in tiles)
+        length = int(run_length)
+        runs = sw // length
+        bands = sh // BAND_ROWS
+        self._runs, self._length, self._bands = runs, length, bands
         self._ref_width = int(ref_width)
-        cell = tile_size + 2
-        self._cell = cell
-        self._tile_size = int(tile_size)
-        npx = float(sw * sh)
+        rows, cols = bands * BAND_ROWS, runs * length
+        self._size = (cols, rows)
+        npx = float(rows * cols)
         # Scratch, reused every frame.
-        self._sample = np.empty((sh, sw, 3), np.uint8)
-        self._gray = np.empty((sh, sw), np.uint8)
-        self._prev = np.empty((sh, sw), np.uint8)
-        self._csample = np.empty((self._csize[1], self._csize[0], 3), np.uint8)
-        self._opp = np.empty_like(self._csample)
-        self._hsv = np.empty_like(self._csample)
-        self._gx = np.empty((sh - 1, sw - 1), np.uint8)
-        self._gy = np.empty((sh - 1, sw - 1), np.uint8)
-        self._work = np.empty((sh, sw), np.uint8)
+        self._sample = np.empty((rows, cols, 3), np.uint8)
+        self._gray = np.empty((rows, cols), np.uint8)
+        self._prev = np.empty((rows, cols), np.uint8)
+        self._opp = np.empty_like(self._sample)
+        self._hsv = np.empty_like(self._sample)
+        self._gx = np.empty((rows, cols - 1), np.uint8)
+        self._gy = np.empty((rows - 1, cols), np.uint8)
+        self._work = np.empty((rows, cols), np.uint8)
+        self._resp = np.empty((2, rows, cols), np.int16)
         self._hist = np.empty((256, 1), np.float32)
         self._logh = np.empty((256, 1), np.float32)
         self._moments = np.empty((4, 1), np.float32)
+        # Patch geometry: which gradient and filter responses lie inside a patch.
+        r, c = np.arange(rows)[:, None], np.arange(cols)[None, :]
+        edge_mask = (r % BAND_ROWS < BAND_ROWS - 1) & (c % length < length - 1)
+        self._edge_mask = edge_mask[:-1, :-1].astype(np.uint8)
+        inner = (c % length > 0) & (c % length < length - 1)
+        self._inner_mask = np.repeat(inner, bands, axis=0).astype(np.uint8)
+        self._n_inner = float(bands * runs * (length - 2))
         levels = np.arange(256, dtype=np.float64)
         self._weights = np.stack(
             [levels / npx, levels * levels / npx, (levels >= OVER_LEVEL) / npx,
@@ -249,72 +258,63 @@ class ImageStats:
         ).astype(np.float32)
         self._log2n = math.log2(npx)
         self._npx = npx
-        self._nedge = float((sh - 1) * (sw - 1))
-        # Tile buffers are sized by _plan_tiles (the tile shape depends on the frame width).
-        self._mgray = np.empty((0, 0), np.uint8)
-        self._wide = self._mgray
-        self._resp = np.empty((2, 0, 0), np.int16)
-        self._mask = np.empty((0, 0), np.int16)
-        self._n_interior = 1.0
-        self._plan: list[tuple[np.ndarray, slice, slice]] = []
+        self._map = np.empty((rows, cols, 2), np.int16)
         self._step = 1
         self._shape: tuple[int, ...] = ()
         self._has_prev = False
 
     @property
     def sample_size(self) -> tuple[int, int]:
-        """(width, height) of the global sample."""
+        """(width, height) of the sample: pixels per sampled row, sampled rows."""
         return self._size
+
+    @property
+    def step(self) -> int:
+        """Distance in pixels between sampled neighbours for the current frame size."""
+        return self._step
 
     def reset(self) -> None:
         """Forget the previous frame (the next diff/motion is NaN)."""
         self._has_prev = False
 
-    def _tile_shape(self, w: int, h: int) -> tuple[int, int]:
-        """Interior (rows, cols) of a tile: short and wide when the frame allows it."""
-        t = self._tile_size
-        rows = min(TILE_ROWS, t)
-        while rows < t and -(-t * t // rows) + 2 > w:
-            rows *= 2
-        rows = min(rows, t)
-        return rows, -(-t * t // rows)
-
-    def _plan_tiles(self, shape: tuple[int, ...]) -> None:
-        h, w = shape[0], shape[1]
-        rows, cols = self._tile_shape(w, h)
-        ch, cw = rows + 2, cols + 2
-        if cw > w or ch > h:
-            cell = self._cell
+    def sample_coords(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(ys, xs) frame coordinates of every sample pixel for a frame of ``shape``."""
+        h, w = int(shape[0]), int(shape[1])
+        cols, rows = self._size
+        if cols > w or rows > h:
             raise ValueError(
-                f"frame too small for image statistics: {w}x{h} "
-                f"(needs at least {cell}x{cell}; lower tile_size)"
+                f"frame too small for image statistics: {w}x{h} (needs at least "
+                f"{cols}x{rows}; lower [stats] sample_width/sample_height)"
             )
+        runs, length, bands = self._runs, self._length, self._bands
         step = max(1, int(round(w / self._ref_width)))
-        if cw * step > w or ch * step > h:
-            step = 1
-        n = len(self._tiles)
-        mgray = np.empty((n * ch, cw), np.uint8)
-        self._mgray = mgray
-        # Laplacian and Immerkaer responses side by side; the mask zeroes each tile's border.
-        self._resp = np.empty((2, n * ch, cw), np.int16)
-        self._mask = np.zeros((n * ch, cw), np.int16)
-        for i in range(n):
-            self._mask[i * ch + 1 : (i + 1) * ch - 1, 1:-1] = 1
-        self._n_interior = float(n * rows * cols)
-        # Every step-th row is read whole (a contiguous run: a few cache lines) straight
-        # into luma; the columns are decimated afterwards, in cache. Few rows per tile
-        # (each row of a large frame is a separate trip to memory) and wide runs.
-        xspan, yspan = cw * step, ch * step
-        wide = mgray if step == 1 else np.empty((n * ch, xspan), np.uint8)
-        plan = []
-        for i, (cx, cy) in enumerate(self._tiles):
-            x0 = min(max(int(round(cx * w - xspan / 2)), 0), w - xspan)
-            y0 = min(max(int(round(cy * h - yspan / 2)), 0), h - yspan)
-            plan.append((wide[i * ch : (i + 1) * ch], slice(y0, y0 + yspan, step),
-                         slice(x0, x0 + xspan)))
-        self._wide = wide
-        self._plan = plan
+        while step > 1 and (cols * step > w or rows * step > h):
+            step -= 1
+        pitch, span = w / runs, length * step
+        free = pitch - span  # room left beside a run: the stagger moves runs within it
+        ys = np.empty((rows, cols), np.int64)
+        xs = np.empty((rows, cols), np.int64)
+        offs = np.arange(length) * step
+        for j in range(bands):
+            yc = (j + 0.5) * h / bands
+            y0 = min(max(int(math.floor(yc - BAND_ROWS * step / 2 + 0.5)), 0),
+                     h - BAND_ROWS * step)
+            shift = ((j * _GOLDEN) % 1.0 - 0.5) * free
+            for k in range(runs):
+                x0 = int(math.floor((k + 0.5) * pitch + shift - span / 2 + 0.5))
+                x0 = min(max(x0, 0), w - span)
+                for r in range(BAND_ROWS):
+                    ys[j * BAND_ROWS + r, k * length : (k + 1) * length] = y0 + r * step
+                    xs[j * BAND_ROWS + r, k * length : (k + 1) * length] = x0 + offs
         self._step = step
+        return ys, xs
+
+    def _plan(self, shape: tuple[int, ...]) -> None:
+        ys, xs = self.sample_coords(shape)
+        if max(shape[0], shape[1]) > 32767:  # beyond int16 remap coordinates
+            self._map = np.dstack([xs, ys]).astype(np.float32)
+        else:
+            self._map = np.dstack([xs, ys]).astype(np.int16)
         self._shape = shape
 
     def compute(self, frame_bgr: np.ndarray, out: np.ndarray) -> None:
@@ -325,19 +325,15 @@ class ImageStats:
                     f"image statistics need a BGR uint8 frame of shape (H, W, 3): got "
                     f"{frame_bgr.dtype} {frame_bgr.shape} (convert with cv2.cvtColor first)"
                 )
-            self._plan_tiles(frame_bgr.shape)
+            self._plan(frame_bgr.shape)
         elif frame_bgr.dtype != np.uint8:
             raise ValueError(f"image statistics need a uint8 frame, got {frame_bgr.dtype}")
         sample, gray, hist, work = self._sample, self._gray, self._hist, self._work
-        cv2.resize(frame_bgr, self._size, dst=sample, interpolation=cv2.INTER_NEAREST)
-        mgray = self._mgray
-        for dst, ys, xs in self._plan:
-            cv2.cvtColor(frame_bgr[ys, xs], cv2.COLOR_BGR2GRAY, dst=dst)
-        if self._step > 1:  # nearest-neighbour column decimation by an exact integer step
-            cv2.resize(self._wide, mgray.shape[::-1], dst=mgray, interpolation=cv2.INTER_NEAREST)
+        # The one read of the frame: every patch row is a short run (a cache line or two).
+        cv2.remap(frame_bgr, self._map, None, cv2.INTER_NEAREST, dst=sample)  # type: ignore[call-overload]  # stub lacks map2=None
+        cv2.cvtColor(sample, cv2.COLOR_BGR2GRAY, dst=gray)
 
         # Luma: histogram moments give brightness, contrast, exposure and entropy at once.
-        cv2.cvtColor(sample, cv2.COLOR_BGR2GRAY, dst=gray)
         cv2.calcHist([gray], [0], None, [256], [0, 256], hist=hist)
         m = np.dot(self._weights, hist, out=self._moments)
         logh = self._logh
@@ -345,34 +341,28 @@ class ImageStats:
         np.log2(logh, out=logh)
         plogp = float(np.dot(hist[:, 0], logh[:, 0]))
 
-        # Colour on a half-size nested sample: one transform to (luma, rg/2, yb/2) whose
-        # means also invert back to B, G, R; HSV only for the saturation channel.
-        cs = self._csample
-        cv2.resize(sample, self._csize, dst=cs, interpolation=cv2.INTER_NEAREST)
-        cv2.transform(cs, _OPPONENT, dst=self._opp)
+        # Colour: one transform to (luma, rg/2, yb/2) whose means also invert back to
+        # B, G, R; HSV only for the saturation channel.
+        cv2.transform(sample, _OPPONENT, dst=self._opp)
         c_mu, c_sd = cv2.meanStdDev(self._opp)
-        l_mu, rg_h, yb_h = c_mu.ravel().tolist()
-        _, rg_sd, yb_sd = c_sd.ravel().tolist()
-        cv2.cvtColor(cs, cv2.COLOR_BGR2HSV, dst=self._hsv)
+        cv2.cvtColor(sample, cv2.COLOR_BGR2HSV, dst=self._hsv)
         sat = cv2.mean(self._hsv)[1]
 
-        # Edges: forward differences, max(|dx|, |dy|) >= EDGE_LEVEL.
+        # Edges inside each patch: forward differences, max(|dx|, |dy|) >= EDGE_LEVEL.
         gx, gy = self._gx, self._gy
-        cv2.absdiff(gray[:-1, 1:], gray[:-1, :-1], dst=gx)
-        cv2.absdiff(gray[1:, :-1], gray[:-1, :-1], dst=gy)
-        cv2.max(gx, gy, dst=gx)
-        cv2.threshold(gx, EDGE_LEVEL - 1, 1, cv2.THRESH_BINARY, dst=gx)
-        edges = cv2.countNonZero(gx)
+        cv2.absdiff(gray[:, 1:], gray[:, :-1], dst=gx)
+        cv2.absdiff(gray[1:], gray[:-1], dst=gy)
+        grad = gy[:, :-1]
+        cv2.max(gx[:-1], grad, dst=grad)
+        cv2.threshold(grad, EDGE_LEVEL - 1, 1, cv2.THRESH_BINARY, dst=grad)
+        edges = cv2.mean(grad, mask=self._edge_mask)[0]
 
-        # Tiles: Laplacian variance (blur) and Immerkaer noise over the tile interiors.
-        resp = self._resp
-        cv2.Laplacian(mgray, cv2.CV_16S, dst=resp[0], ksize=1)
-        cv2.filter2D(mgray, cv2.CV_16S, _IMMERKAER_KERNEL, dst=resp[1])
-        np.multiply(resp, self._mask, out=resp)
-        n_in = self._n_interior
-        lap_mu = cv2.sumElems(resp[0])[0] / n_in
-        lap_var = cv2.norm(resp[0], cv2.NORM_L2SQR) / n_in - lap_mu * lap_mu
-        noise = cv2.norm(resp[1], cv2.NORM_L1) / n_in * _IMMERKAER
+        # Middle row of each band, inside each run: Laplacian variance and Immerkaer noise.
+        lap, imm = self._resp
+        cv2.Laplacian(gray, cv2.CV_16S, dst=lap, ksize=1)
+        cv2.filter2D(gray, cv2.CV_16S, _IMMERKAER_KERNEL, dst=imm)
+        _, lap_sd = cv2.meanStdDev(lap[1::BAND_ROWS], mask=self._inner_mask)
+        noise = cv2.norm(imm[1::BAND_ROWS], cv2.NORM_L1, self._inner_mask) / self._n_inner
 
         if self._has_prev:
             cv2.absdiff(gray, self._prev, dst=work)
@@ -384,22 +374,27 @@ class ImageStats:
         self._gray, self._prev = self._prev, gray
         self._has_prev = True
 
-        mean = float(m[0, 0])
+        mean, m2, over, under = m[:, 0].tolist()
+        l_mu, rg_h, yb_h = c_mu[:, 0].tolist()
+        _, rg_sd, yb_sd = c_sd[:, 0].tolist()
         rg_mu, yb_mu = 2.0 * rg_h - 256.0, 2.0 * yb_h - 256.0
-        inv = _OPP_TO_BGR
-        d0, d1, d2 = l_mu, rg_h - 128.0, yb_h - 128.0
-        out[0] = mean
-        out[1] = math.sqrt(max(float(m[1, 0]) - mean * mean, 0.0))
-        out[2] = lap_var
-        out[3] = sat / 255.0
-        out[4] = 2.0 * math.hypot(rg_sd, yb_sd) + 0.3 * math.hypot(rg_mu, yb_mu)
-        out[5] = self._log2n - plogp / self._npx
-        out[6] = m[2, 0]
-        out[7] = m[3, 0]
-        out[8] = noise
-        out[9] = edges / self._nedge
-        out[10] = inv[0][0] * d0 + inv[0][1] * d1 + inv[0][2] * d2
-        out[11] = inv[1][0] * d0 + inv[1][1] * d1 + inv[1][2] * d2
-        out[12] = inv[2][0] * d0 + inv[2][1] * d1 + inv[2][2] * d2
-        out[13] = diff
-        out[14] = motion
+        (b0, b1, b2), (g0, g1, g2), (r0, r1, r2) = _OPP_TO_BGR
+        d1, d2 = rg_h - 128.0, yb_h - 128.0
+        sd = float(lap_sd[0, 0])
+        out[:] = (
+            mean,
+            math.sqrt(max(m2 - mean * mean, 0.0)),
+            sd * sd,
+            sat / 255.0,
+            2.0 * math.hypot(rg_sd, yb_sd) + 0.3 * math.hypot(rg_mu, yb_mu),
+            self._log2n - plogp / self._npx,
+            over,
+            under,
+            noise * _IMMERKAER,
+            edges,
+            b0 * l_mu + b1 * d1 + b2 * d2,
+            g0 * l_mu + g1 * d1 + g2 * d2,
+            r0 * l_mu + r1 * d1 + r2 * d2,
+            diff,
+            motion,
+        )

@@ -51,19 +51,30 @@ def test_uniform_colour_frame() -> None:
 
 
 def test_frame_at_sample_size_matches_reference_functions() -> None:
-    # At exactly the sample size the nearest-neighbour sample is the frame itself.
+    # At exactly the sample size the patches tile the frame: the sample is the frame itself.
     frame = _photo("coffee.png", (96, 72))
     prev = _photo("chelsea.png", (96, 72))
-    s = ImageStats(sample_size=(96, 72), tile_size=16)
+    s = ImageStats(sample_size=(96, 72), run_length=8)
+    ys, xs = s.sample_coords(frame.shape)
+    assert sorted((ys * 96 + xs).ravel().tolist()) == list(range(96 * 72))
     _compute(prev, s)
     v = _compute(frame, s)
     gray, pgray = stats.to_gray(frame), stats.to_gray(prev)
+    # Edge density is defined per 3 x run_length patch (no gradient across two patches).
+    patches = [gray[y : y + 3, x : x + 8] for y in range(0, 72, 3) for x in range(0, 96, 8)]
     assert v["brightness"] == pytest.approx(stats.brightness(gray), abs=1e-3)
     assert v["contrast"] == pytest.approx(stats.contrast(gray), rel=1e-4)
     assert v["entropy"] == pytest.approx(stats.luma_entropy(gray), abs=1e-4)
     assert v["overexposed"] == pytest.approx(stats.overexposed(gray), abs=1e-6)
     assert v["underexposed"] == pytest.approx(stats.underexposed(gray), abs=1e-6)
-    assert v["edge_density"] == pytest.approx(stats.edge_density(gray), abs=1e-6)
+    expected = float(np.mean([stats.edge_density(p) for p in patches]))
+    assert v["edge_density"] == pytest.approx(expected, abs=1e-6)
+    # Sharpness and noise: the middle row of every patch, inside its run.
+    lap = cv2.Laplacian(gray, cv2.CV_64F, ksize=1)[1::3].reshape(24, 12, 8)[:, :, 1:-1]
+    assert v["sharpness"] == pytest.approx(float(lap.var()), rel=1e-4)
+    imm = cv2.filter2D(gray, cv2.CV_64F, stats._IMMERKAER_KERNEL)[1::3].reshape(24, 12, 8)
+    assert v["noise"] == pytest.approx(float(np.abs(imm[:, :, 1:-1]).mean()) * stats._IMMERKAER,
+                                       rel=1e-4)
     assert v["diff"] == pytest.approx(stats.mean_abs_diff(gray, pgray), abs=1e-3)
     assert v["motion"] == pytest.approx(stats.motion_fraction(gray, pgray), abs=1e-6)
 
@@ -143,7 +154,7 @@ def test_frame_size_change_and_bad_frames() -> None:
     with pytest.raises(ValueError, match="too small"):
         _compute(np.zeros((20, 20, 3), np.uint8), s)
     with pytest.raises(ValueError):
-        ImageStats(tiles=((1.5, 0.5),))
+        ImageStats(run_length=2)
 
 
 def test_writes_into_a_row_view() -> None:
