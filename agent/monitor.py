@@ -31,6 +31,9 @@ from .stats import IMAGE_FEATURES, ImageStats
 log = logging.getLogger(__name__)
 
 PERF_FEATURES = ("latency_ms", "frame_interval_ms")
+# Bumped whenever a feature's definition changes, so that a reference learned by an older
+# agent (whose numbers mean something else) is not compared with the new ones.
+FEATURES_VERSION = 2
 PREDICTION_FEATURES = tuple(CONFIDENCE_FEATURES)
 FEATURES: tuple = tuple(IMAGE_FEATURES) + PREDICTION_FEATURES + PERF_FEATURES
 # Not tested for distribution drift: motion/frames are covered by rules, the predicted

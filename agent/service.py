@@ -27,7 +27,7 @@ from .drift.reference import Reference
 from .errors import AgentError, BaselineError, CommandError, SourceError
 from .health import HealthLimits, HealthReader, health_checks
 from .inference import Model
-from .monitor import Monitor
+from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
 from .notify import Notifier
 from .sources import Source, open_source
@@ -57,15 +57,16 @@ class _StoreSink:
         blob = reference.to_bytes()
         ts = reference.created
         self.store.submit(lambda db: db.table("reference").insert(
-            {"ts": ts, "model_sha256": self.sha, "origin": reference.origin, "blob": blob}))
+            {"ts": ts, "model_sha256": self.sha, "origin": reference.origin, "blob": blob,
+             "features_version": FEATURES_VERSION}))
 
 
 def load_stored_reference(store: Store, model_sha256: str) -> Optional[Reference]:
     """The newest reference in the database made for this model, if any."""
     with store.read() as conn:
         row = conn.execute(
-            "SELECT blob FROM reference WHERE model_sha256 = ? ORDER BY id DESC LIMIT 1",
-            (model_sha256,)).fetchone()
+            "SELECT blob FROM reference WHERE model_sha256 = ? AND features_version = ? "
+            "ORDER BY id DESC LIMIT 1", (model_sha256, FEATURES_VERSION)).fetchone()
     if row is None:
         return None
     try:

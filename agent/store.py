@@ -73,6 +73,13 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         CREATE INDEX idx_commands_pending ON commands (done_ts);
         """,
     ),
+    (
+        (),
+        """
+        -- which definition of the per-frame features a stored reference was learned with
+        ALTER TABLE reference ADD COLUMN features_version INTEGER NOT NULL DEFAULT 1;
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

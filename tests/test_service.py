@@ -99,6 +99,11 @@ def test_warmup_reference_survives_restart(tmp_path: Path, model_path: Path) -> 
     assert db.execute("SELECT count(*) FROM reference").fetchone()[0] == 1  # reused, not relearned
     msgs = [r[0] for r in db.execute("SELECT message FROM events WHERE kind = 'start'")]
     assert "reference: warmup" in msgs[-1]
+    # a reference learned with an older definition of the features is not reused
+    db.execute("UPDATE reference SET features_version = 1")
+    db.commit()
+    replay(cfg, open_source("emulated:stationary?seed=7&size=320x240&duration=50"), fps=30)
+    assert db.execute("SELECT count(*) FROM reference").fetchone()[0] == 2
 
 
 def test_replay_cli_json_and_status(tmp_path: Path, model_path: Path, capsys: Any) -> None:
