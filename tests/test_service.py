@@ -275,3 +275,63 @@ enabled = false
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_baseline_cli_builds_a_reference_that_replay_uses(tmp_path: Path, model_path: Path,
+                                                           capsys: Any) -> None:
+    cfg = tmp_path / "b.toml"
+    ref = tmp_path / "ref.npz"
+    cfg.write_text(f"""
+[model]
+path = "{model_path}"
+[drift]
+window_frames = 300
+reference = "{ref}"
+[store]
+path = "{tmp_path / 'b.db'}"
+[health]
+enabled = false
+""")
+    assert main(["baseline", "emulated:stationary?seed=1&size=320x240&duration=40", "--config",
+                 str(cfg), "--out", str(ref), "--fps", "30"]) == 0
+    assert "1200 frames" in capsys.readouterr().out and ref.stat().st_size < 1_000_000
+    assert main(["replay", "emulated:night?seed=2&size=320x240&onset=10&duration=50",
+                 "--config", str(cfg), "--json", "--start", "0"]) == 0
+    found = alerts(tmp_path / "b.db")
+    assert any(a["kind"] == "data_drift" for a in found)  # no warm-up needed: the file is used
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "baseline"),                       # missing file
+    (b"not a baseline", "corrupt"),           # corrupt file
+])
+def test_bad_baseline_file_is_one_clear_line(tmp_path: Path, model_path: Path, capsys: Any,
+                                             content: Any, needle: str) -> None:
+    ref = tmp_path / "ref.npz"
+    if content is not None:
+        ref.write_bytes(content)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[drift]\nreference = "{ref}"\n[health]\nenabled = false\n')
+    code = main(["replay", "emulated:stationary?seed=1&size=320x240&duration=2", "--config",
+                 str(cfg), "--model", str(model_path), "--db", str(tmp_path / "c.db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 6, err
+    assert err.startswith("edgewatch: error:") and needle in err.lower() and "\n" not in err
+
+
+def test_baseline_for_another_model_is_refused(tmp_path: Path, model_path: Path, capsys: Any) -> None:
+    other = tmp_path / "other.tflite"
+    other.write_bytes(model_path.read_bytes() + b"\0")  # same model, different file hash
+    ref = tmp_path / "ref.npz"
+    base = f'[model]\npath = "{other}"\n[drift]\nwindow_frames = 300\n[health]\nenabled = false\n'
+    (tmp_path / "o.toml").write_text(base)
+    assert main(["baseline", "emulated:stationary?seed=1&size=320x240&duration=25", "--config",
+                 str(tmp_path / "o.toml"), "--out", str(ref)]) == 0
+    (tmp_path / "m.toml").write_text(f'[model]\npath = "{model_path}"\n[drift]\nwindow_frames = 300\n'
+                                     f'reference = "{ref}"\n[health]\nenabled = false\n')
+    capsys.readouterr()
+    code = main(["replay", "emulated:stationary?seed=1&size=320x240&duration=2", "--config",
+                 str(tmp_path / "m.toml"), "--db", str(tmp_path / "m.db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 6, err
+    assert "sha256" in err and "edgewatch baseline" in err and "\n" not in err
