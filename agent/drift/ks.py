@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._clean import finite_values
+
 __all__ = ["KSResult", "kolmogorov_sf", "ks_2samp", "ks_grid", "ks_pvalue", "ks_statistic_grid",
            "ks_statistic_sorted"]
 
@@ -50,11 +52,7 @@ class KSResult(NamedTuple):
 
 
 def _clean(values: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    arr = arr[~np.isnan(arr)]
-    if arr.size == 0:
-        raise ValueError(f"ks_2samp: {name} is empty after dropping NaN (pass at least one value)")
-    return arr
+    return finite_values(values, name, "ks_2samp")
 
 
 def ks_2samp(reference: np.ndarray, current: np.ndarray) -> KSResult:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._clean import finite_values
+
 __all__ = ["PSI_FLOOR", "psi", "psi_edges", "psi_sorted"]
 
 PSI_FLOOR = 1e-4
 
 
 def _clean(values: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    arr = arr[~np.isnan(arr)]
-    if arr.size == 0:
-        raise ValueError(f"psi: {name} is empty after dropping NaN (pass at least one value)")
-    return arr
+    return finite_values(values, name, "psi")
 
 
 def psi_edges(reference: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:

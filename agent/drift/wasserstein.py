@@ -13,19 +13,15 @@ import functools
 
 import numpy as np
 
+from ._clean import finite_values
+
 __all__ = ["robust_scale", "wasserstein", "wasserstein_sorted"]
 
 _IQR_TO_SIGMA = 1.349
 
 
 def _clean(values: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    arr = arr[~np.isnan(arr)]
-    if arr.size == 0:
-        raise ValueError(
-            f"wasserstein: {name} is empty after dropping NaN (pass at least one value)"
-        )
-    return arr
+    return finite_values(values, name, "wasserstein")
 
 
 def robust_scale(values: np.ndarray) -> float:
