@@ -91,7 +91,7 @@ class StatsConfig:
     """Image statistics sample size and ring-buffer capacity (fixed memory)."""
 
     sample_width: int = 64
-    sample_height: int = 48
+    sample_height: int = 36
     capacity: int = 4096
 
     def __post_init__(self) -> None:
