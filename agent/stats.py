@@ -125,10 +125,14 @@ def colorfulness(frame_bgr: np.ndarray) -> float:
 
 
 def luma_entropy(gray: np.ndarray) -> float:
-    """Shannon entropy in bits of the 256-bin luma histogram, 0-8."""
+    """Shannon entropy in bits of the 256-bin luma histogram, 0-8.
+
+    With the Miller-Madow correction ((bins used - 1) / (2 N ln 2)), which removes most of
+    the downward bias of a histogram entropy from a few thousand sampled pixels.
+    """
     hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     p = hist[hist > 0] / gray.size
-    return float(-(p * np.log2(p)).sum())
+    return min(8.0, float(-(p * np.log2(p)).sum() + (p.size - 1) / (2 * gray.size * math.log(2))))
 
 
 def overexposed(gray: np.ndarray, level: int = OVER_LEVEL) -> float:
@@ -212,7 +216,7 @@ class ImageStats:
 
     def __init__(
         self,
-        sample_size: tuple[int, int] = (64, 48),
+        sample_size: tuple[int, int] = (64, 36),
         run_length: int = 4,
         ref_width: int = 640,
     ) -> None:
@@ -387,7 +391,8 @@ class ImageStats:
             sd * sd,
             sat / 255.0,
             2.0 * math.hypot(rg_sd, yb_sd) + 0.3 * math.hypot(rg_mu, yb_mu),
-            self._log2n - plogp / self._npx,
+            min(8.0, self._log2n - plogp / self._npx
+                + (np.count_nonzero(hist) - 1) / (2 * self._npx * math.log(2))),
             over,
             under,
             noise * _IMMERKAER,
