@@ -106,6 +106,8 @@ class AlertManager:
         self._acked: set[str] = set()
         self._disabled: set[str] = set()
         self._thresholds: Dict[str, float] = {}
+        # Features known to the detectors; the monitor fills it so controls can be checked.
+        self.known_features: frozenset = frozenset()
 
     # ---- state restored from SQLite -------------------------------------------------
     def restore(self, open_alerts: Iterable[Dict[str, Any]], controls: Iterable[Dict[str, Any]],
@@ -348,9 +350,6 @@ class AlertManager:
         self._thresholds[key] = float(value)
         self._persist("threshold", key, None, float(value))
         return {"feature": feature, "metric": metric or None, "threshold": float(value)}
-
-    # Features known to detectors; the service fills it so controls can be checked.
-    known_features: frozenset = frozenset()
 
     def _check_kind_or_feature(self, target: str) -> None:
         if target in KINDS or not self.known_features or target in self.known_features:

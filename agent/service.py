@@ -165,6 +165,7 @@ class Agent:
         self.clock = clock
         self.live = live
         self.store: Optional[Store] = None
+        self.sink: Optional[_StoreSink] = None
         self.alerts: Optional[AlertManager] = None
         self.monitor: Optional[Monitor] = None
         self.mqtt: Optional[MqttLink] = None
@@ -188,8 +189,8 @@ class Agent:
         self.store = self._open_store()
         reference = self._load_reference()
         self.alerts = self._build_alerts()
-        self.monitor = Monitor(cfg, self.alerts, model_info=self.model_info,
-                               sink=_StoreSink(self.store, self.model_info.get("sha256", "")),
+        self.sink = _StoreSink(self.store, self.model_info.get("sha256", ""))
+        self.monitor = Monitor(cfg, self.alerts, model_info=self.model_info, sink=self.sink,
                                reference=reference, output_spec=self.output_spec,
                                expected_fps=self.expected_fps, clock=self.clock)
         self.mqtt = self._start_mqtt()
@@ -266,10 +267,11 @@ class Agent:
 
     # ---- outputs -----------------------------------------------------------------------
     def event(self, kind: str, message: str, data: Optional[Dict[str, Any]] = None) -> None:
-        """Log and store one event."""
-        log.info("%s: %s", kind, message)
-        if self.store is not None:
-            self.store.put("events", {"kind": kind, "message": message, "data": data or {}})
+        """Log and store one event (through the same sink the monitor uses)."""
+        if self.sink is not None:
+            self.sink.event(kind, message, data)
+        else:
+            log.info("%s: %s", kind, message)
 
     def _on_alert(self, record: Dict[str, Any]) -> None:
         assert self.store is not None

@@ -14,26 +14,14 @@ from agent.cli import main
 from agent.store import open_db
 
 
-def test_alerts_cli_talks_to_the_running_agent(tmp_path: Path, model_path: Path, capsys: Any) -> None:
+def test_alerts_cli_talks_to_the_running_agent(tmp_path: Path, write_config: Any,
+                                               capsys: Any) -> None:
     db = tmp_path / "live.db"
-    cfg = tmp_path / "live.toml"
-    cfg.write_text(f"""
-[model]
-path = "{model_path}"
-[source]
-uri = "emulated:black?seed=1&size=320x240&onset=0"
-fps = 30
-[store]
-path = "{db}"
-flush_interval_s = 0.2
-[rules]
-black_for_s = 0.5
-window_s = 1.0
-[drift]
-eval_interval_s = 0.5
-[health]
-enabled = false
-""")
+    cfg = write_config(tmp_path / "live.toml",
+                       source={"uri": "emulated:black?seed=1&size=320x240&onset=0", "fps": 30},
+                       store={"path": db, "flush_interval_s": 0.2},
+                       rules={"black_for_s": 0.5, "window_s": 1.0},
+                       drift={"eval_interval_s": 0.5})
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -169,22 +169,15 @@ def test_in_process_hook_and_wrap(tmp_path: Path, model_path: Path, astronaut: P
     assert db.execute("SELECT count(*) FROM windows").fetchone()[0] >= 1
 
 
-def test_run_stops_cleanly_on_sigterm(tmp_path: Path, model_path: Path) -> None:
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
-[model]
-path = "{model_path}"
-[source]
-uri = "emulated:stationary?seed=1&size=320x240"
-fps = 30
-[store]
-path = "{tmp_path / 'run.db'}"
-flush_interval_s = 0.5
-[service]
-status_interval_s = 1
-[health]
-enabled = false
-""")
+RUN_SECTIONS: Dict[str, Dict[str, Any]] = {
+    "source": {"uri": "emulated:stationary?seed=1&size=320x240", "fps": 30},
+    "service": {"status_interval_s": 1},
+}
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, write_config: Any) -> None:
+    cfg = write_config(tmp_path / "run.toml", **RUN_SECTIONS,
+                       store={"path": tmp_path / "run.db", "flush_interval_s": 0.5})
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -227,22 +220,9 @@ def test_every_command_has_help() -> None:
                 assert action.help, f"{name} {action.dest}"
 
 
-def test_sighup_reloads_or_keeps_the_old_config(tmp_path: Path, model_path: Path) -> None:
-    cfg = tmp_path / "run.toml"
-    good = f"""
-[model]
-path = "{model_path}"
-[source]
-uri = "emulated:stationary?seed=1&size=320x240"
-fps = 30
-[store]
-path = "{tmp_path / 'hup.db'}"
-[service]
-status_interval_s = 1
-[health]
-enabled = false
-"""
-    cfg.write_text(good)
+def test_sighup_reloads_or_keeps_the_old_config(tmp_path: Path, write_config: Any) -> None:
+    cfg = write_config(tmp_path / "run.toml", **RUN_SECTIONS, store={"path": tmp_path / "hup.db"})
+    good = cfg.read_text()
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: List[str] = []
@@ -277,21 +257,11 @@ enabled = false
             proc.communicate()
 
 
-def test_baseline_cli_builds_a_reference_that_replay_uses(tmp_path: Path, model_path: Path,
+def test_baseline_cli_builds_a_reference_that_replay_uses(tmp_path: Path, write_config: Any,
                                                            capsys: Any) -> None:
-    cfg = tmp_path / "b.toml"
     ref = tmp_path / "ref.npz"
-    cfg.write_text(f"""
-[model]
-path = "{model_path}"
-[drift]
-window_frames = 300
-reference = "{ref}"
-[store]
-path = "{tmp_path / 'b.db'}"
-[health]
-enabled = false
-""")
+    cfg = write_config(tmp_path / "b.toml", drift={"window_frames": 300, "reference": ref},
+                       store={"path": tmp_path / "b.db"})
     assert main(["baseline", "emulated:stationary?seed=1&size=320x240&duration=40", "--config",
                  str(cfg), "--out", str(ref), "--fps", "30"]) == 0
     assert "1200 frames" in capsys.readouterr().out and ref.stat().st_size < 1_000_000

@@ -13,22 +13,12 @@ import sqlite3
 import time
 from typing import Any, Dict
 
+from ..commands import parse_duration
 from ..errors import CommandError, StoreError
 from ..store import connect_readonly, open_db
 from ._run import config_from_args
 
 ANSWER_TIMEOUT_S = 5.0
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``90``, ``30s``, ``15m``, ``2h`` or ``1d``."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text[-1:] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise CommandError(f"bad duration {text!r} (use e.g. 90, 30s, 15m, 2h, 1d)") from None
 
 
 def send_command(db_path: str, verb: str, payload: Dict[str, Any],
