@@ -130,7 +130,7 @@ class Worker:
             self._unlogged += 1
         if self.critical and consecutive >= self._sup.max_consecutive:
             self._sup.give_up(self, self.last_error or "")
-        return min(self._backoff * (2 ** min(consecutive - 1, 6)), self._sup.max_backoff_s)
+        return float(min(self._backoff * 2.0 ** min(consecutive - 1, 6), self._sup.max_backoff_s))
 
 
 class Supervisor:
