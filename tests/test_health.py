@@ -226,3 +226,21 @@ def test_memory_check_and_custom_limits():
         health_checks(hot, {"temperature": 70}, now=NOW)
     with pytest.raises(ValueError, match="temp_critical_c"):
         HealthLimits(temp_c=90.0, temp_critical_c=80.0)
+
+
+def test_health_alert_fires_then_resolves_once_healthy_for_for_s():
+    """95 °C fires; ten minutes at 40 °C later the alert has resolved."""
+    from agent.alerts import AlertManager
+
+    sent = []
+    alerts = AlertManager(device="d", camera="c", model={}, emit=sent.append)
+    hot = {**HEALTHY, "max_temp_c": 95.0, "temperatures": {"cpu-thermal": 95.0}}
+    cool = {**HEALTHY, "max_temp_c": 40.0, "temperatures": {"cpu-thermal": 40.0}}
+    for t in range(0, 120, 30):
+        alerts.update(health_checks(hot, now=t, for_s=60.0), now=t)
+    assert [(r.transition, r.feature, r.severity) for r in sent] == [
+        ("firing", "temperature", "critical")]
+    for t in range(120, 720 + 1, 30):
+        alerts.update(health_checks(cool, now=t, for_s=60.0), now=t)
+    assert [r.transition for r in sent] == ["firing", "resolved"]
+    assert sent[-1].ends_at == 180 and alerts.open_alerts() == []
