@@ -156,3 +156,39 @@ def test_restart_keeps_open_alerts_controls_and_sequence() -> None:
     assert [r["transition"] for r in rec2.records] == ["resolved"]
     assert rec2.records[0]["id"] == open_alerts[0]["id"]
     assert rec2.records[0]["seq"] == m.seq + 1
+
+
+def test_disable_drops_a_pending_condition_so_enable_waits_the_full_for() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5, for_s=10)], now=0)  # pending since 0
+    assert m.pending() == {("data_drift", "brightness"): 0}
+    m.disable("brightness", now=5)
+    assert m.pending() == {}
+    m.enable("brightness")
+    m.update([obs(0.5, for_s=10)], now=12)  # the old wait (since 0) must not count
+    assert transitions(rec) == []
+    m.update([obs(0.5, for_s=10)], now=22)
+    assert transitions(rec) == ["firing"] and rec.records[-1]["starts_at"] == 12
+
+
+def test_disabling_a_kind_drops_its_pending_conditions_only() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5), obs(0.5, kind="anomaly", feature="outlier_frames")], now=0)
+    m.disable("data_drift", now=1)
+    assert m.pending() == {("anomaly", "outlier_frames"): 0}
+
+
+def test_transition_record_is_the_readme_json() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5, for_s=0)], now=0)
+    record = m.open_alerts()[0].to_dict()
+    assert list(record) == [
+        "schema", "id", "fingerprint", "seq", "transition", "state", "ts", "starts_at",
+        "ends_at", "device", "camera", "kind", "severity", "feature", "metric", "value",
+        "threshold", "expected", "observed", "window", "model", "message", "acknowledged",
+        "snoozed_until"]
+    assert record["window"] == {"start": 0.0, "end": 30.0, "frames": 900}
+    assert AlertTransition.from_dict(record).to_dict() == record
