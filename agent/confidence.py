@@ -43,6 +43,17 @@ CONFIDENCE_FEATURES: tuple[str, ...] = (
     "pred_class",
 )
 
+# Positions in the confidence row, named: the decoders write them by name.
+_TOP_SCORE = CONFIDENCE_FEATURES.index("top_score")
+_MARGIN = CONFIDENCE_FEATURES.index("margin")
+_SCORE_ENTROPY = CONFIDENCE_FEATURES.index("score_entropy")
+_DET_COUNT = CONFIDENCE_FEATURES.index("det_count")
+_MEAN_SCORE = CONFIDENCE_FEATURES.index("mean_score")
+_LOW_CONF_FRAC = CONFIDENCE_FEATURES.index("low_conf_frac")
+_BOX_AREA_MEAN = CONFIDENCE_FEATURES.index("box_area_mean")
+_BOX_AREA_STD = CONFIDENCE_FEATURES.index("box_area_std")
+_PRED_CLASS = CONFIDENCE_FEATURES.index("pred_class")
+
 CONFIDENCE_SPECS: tuple[tuple[str, str, str], ...] = (
     ("top_score", "highest class probability / candidate score", "0-1"),
     ("margin", "classification: top1 - top2 probability; detection: top_score - threshold",
@@ -205,24 +216,24 @@ class Decoder:
                     class_hist: np.ndarray | None) -> None:
         """Shared detection summary over the kept detections (plain floats: usually few)."""
         k = len(scores)
-        out[0] = top
-        out[1] = top - self.score_threshold
-        out[3] = k
-        out[5] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
+        out[_TOP_SCORE] = top
+        out[_MARGIN] = top - self.score_threshold
+        out[_DET_COUNT] = k
+        out[_LOW_CONF_FRAC] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
         if k == 0:
-            out[2] = out[4] = out[6] = out[7] = out[8] = _NAN
+            out[_SCORE_ENTROPY] = out[_MEAN_SCORE] = out[_BOX_AREA_MEAN] = out[_BOX_AREA_STD] = out[_PRED_CLASS] = _NAN
             return
         ent = 0.0
         for s in scores:
             p = min(max(s, 1e-12), 1.0 - 1e-12)
             ent -= p * math.log(p) + (1.0 - p) * math.log(1.0 - p)
-        out[2] = ent / (k * _LN2)
-        out[4] = sum(scores) / k
+        out[_SCORE_ENTROPY] = ent / (k * _LN2)
+        out[_MEAN_SCORE] = sum(scores) / k
         a_mu = sum(areas) / k
-        out[6] = a_mu
-        out[7] = math.sqrt(max(sum(a * a for a in areas) / k - a_mu * a_mu, 0.0))
+        out[_BOX_AREA_MEAN] = a_mu
+        out[_BOX_AREA_STD] = math.sqrt(max(sum(a * a for a in areas) / k - a_mu * a_mu, 0.0))
         best = max(range(k), key=scores.__getitem__)
-        out[8] = 0.0 if classes is None else classes[best]
+        out[_PRED_CLASS] = 0.0 if classes is None else classes[best]
         if class_hist is not None:
             n = len(class_hist)
             if classes is None:
@@ -267,14 +278,14 @@ class ClassificationDecoder(Decoder):
         p[idx] = top1
         np.maximum(p, 1e-300, out=tmp)
         np.log(tmp, out=tmp)
-        out[0] = top1
-        out[1] = top1 - top2
-        out[2] = -float(np.dot(p, tmp)) / self._log_c
-        out[3] = _NAN
-        out[4] = _NAN
-        out[5] = 1.0 if top1 < self.score_threshold else 0.0
-        out[6] = out[7] = _NAN
-        out[8] = idx
+        out[_TOP_SCORE] = top1
+        out[_MARGIN] = top1 - top2
+        out[_SCORE_ENTROPY] = -float(np.dot(p, tmp)) / self._log_c
+        out[_DET_COUNT] = _NAN
+        out[_MEAN_SCORE] = _NAN
+        out[_LOW_CONF_FRAC] = 1.0 if top1 < self.score_threshold else 0.0
+        out[_BOX_AREA_MEAN] = out[_BOX_AREA_STD] = _NAN
+        out[_PRED_CLASS] = idx
         if class_hist is not None and idx < len(class_hist):
             class_hist[idx] += 1
         return True
@@ -525,22 +536,22 @@ class GenericDecoder(Decoder):
             return False
         idx = int(p.argmax())
         top1 = float(p[idx])
-        out[0] = top1
-        out[4] = float(p.mean())
+        out[_TOP_SCORE] = top1
+        out[_MEAN_SCORE] = float(p.mean())
         if len(p) > 1:
             p[idx] = -np.inf
-            out[1] = top1 - float(p.max())
+            out[_MARGIN] = top1 - float(p.max())
             p[idx] = top1
         else:
-            out[1] = _NAN
+            out[_MARGIN] = _NAN
         p -= top1
         np.exp(p, out=p)
         total = p.sum()
         p /= total
         np.maximum(p, 1e-300, out=p)
-        out[2] = float(-np.dot(p, np.log(p))) / self._log_n if len(p) > 1 else 0.0
-        out[3] = out[5] = out[6] = out[7] = _NAN
-        out[8] = idx
+        out[_SCORE_ENTROPY] = float(-np.dot(p, np.log(p))) / self._log_n if len(p) > 1 else 0.0
+        out[_DET_COUNT] = out[_LOW_CONF_FRAC] = out[_BOX_AREA_MEAN] = out[_BOX_AREA_STD] = _NAN
+        out[_PRED_CLASS] = idx
         return True
 
 

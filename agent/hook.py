@@ -9,12 +9,28 @@ whatever happens to the observation, and a failure is counted in ``monitor.error
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
-from .monitor import Monitor
+from .config import Config
+
+
+class Observer(Protocol):
+    """What ``wrap`` needs of a monitor: its config, ``observe`` and ``hook_error``."""
+
+    @property
+    def config(self) -> Config:
+        """The agent's configuration (for the input's colour order)."""
+
+    def observe(self, frame: Optional[npt.NDArray[np.uint8]],
+                outputs: Optional[Sequence[npt.NDArray[Any]]] = None,
+                latency_s: Optional[float] = None, ts: Optional[float] = None) -> None:
+        """Record one frame (None: no measurable image) and the model's outputs."""
+
+    def hook_error(self, exc: BaseException) -> None:
+        """Count an observation that failed."""
 
 
 def tensor_to_bgr(tensor: npt.NDArray[Any], *, quantization: Tuple[float, int] = (0.0, 0),
@@ -43,7 +59,7 @@ def tensor_to_bgr(tensor: npt.NDArray[Any], *, quantization: Tuple[float, int] =
     return out[..., ::-1] if color == "rgb" else out
 
 
-def wrap(interpreter: Any, monitor: Monitor) -> Any:
+def wrap(interpreter: Any, monitor: Observer) -> Any:
     """Return ``interpreter`` with every ``invoke()`` observed by ``monitor``."""
     original = interpreter.invoke
     inp = interpreter.get_input_details()[0]

@@ -210,3 +210,43 @@ def test_generic_and_errors() -> None:
     anchors = make_decoder([np.zeros((1, 896, 16), np.float32), np.zeros((1, 896, 1), np.float32)])
     with pytest.raises(ModelError, match="expected 2 outputs"):
         anchors([np.zeros((1, 896, 16), np.float32)], np.empty(9, np.float32))
+
+
+def _spoilt(arrays, index, where, value):  # type: ignore[no-untyped-def]
+    out = [a.copy() for a in arrays]
+    out[index].reshape(-1)[where] = value
+    return out
+
+
+def _cases():  # type: ignore[no-untyped-def]
+    b, c, s, n = _ssd_outputs([0.9, 0.7], [17, 1], [[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.2, 0.1]], 2)
+    probs = np.full((1, 10), 0.1, np.float32)
+    yolo = _yolo(True, False)
+    return [
+        ("classification", [probs], [(0, 3)]),
+        ("ssd", [b, c, s, n], [(2, 0), (0, 1), (3, 0)]),  # a score, a box, the count
+        ("yolo", [yolo], [(0, 4 * 8400 + 5 * 8400)]),  # a class score
+        ("generic", [np.zeros((1, 8, 8, 3), np.float32)], [(0, 17)]),
+    ]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize(("kind", "outputs", "spots"), _cases())
+def test_non_finite_outputs_are_reported_not_raised(kind, outputs, spots, value):  # type: ignore[no-untyped-def]
+    dec = make_decoder(outputs, input_size=(640, 640))
+    assert dec.kind == kind
+    out = np.zeros(len(CONFIDENCE_FEATURES), np.float32)
+    assert dec(outputs, out) is True
+    for index, where in spots:
+        assert dec(_spoilt(outputs, index, where, value), out) is False
+
+
+def test_anchor_decoder_all_nan_logits(blazeface):  # type: ignore[no-untyped-def]
+    """The old decoder raised UnboundLocalError: NaN never clears low_conf, nor the max."""
+    details, infer = blazeface
+    dec = make_decoder(details)
+    outputs = infer(cv2.imread(str(photo_path("astronaut.png"))))
+    scores = next(i for i, o in enumerate(outputs) if o.shape[-1] == 1)
+    spoilt = [o.copy() for o in outputs]
+    spoilt[scores][...] = np.nan
+    assert dec(spoilt, np.zeros(len(CONFIDENCE_FEATURES), np.float32)) is False
