@@ -53,6 +53,8 @@ _LOW_CONF_FRAC = CONFIDENCE_FEATURES.index("low_conf_frac")
 _BOX_AREA_MEAN = CONFIDENCE_FEATURES.index("box_area_mean")
 _BOX_AREA_STD = CONFIDENCE_FEATURES.index("box_area_std")
 _PRED_CLASS = CONFIDENCE_FEATURES.index("pred_class")
+# Features without meaning when nothing is detected.
+_NO_DETECTION = (_SCORE_ENTROPY, _MEAN_SCORE, _BOX_AREA_MEAN, _BOX_AREA_STD, _PRED_CLASS)
 
 CONFIDENCE_SPECS: tuple[tuple[str, str, str], ...] = (
     ("top_score", "highest class probability / candidate score", "0-1"),
@@ -221,7 +223,8 @@ class Decoder:
         out[_DET_COUNT] = k
         out[_LOW_CONF_FRAC] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
         if k == 0:
-            out[_SCORE_ENTROPY] = out[_MEAN_SCORE] = out[_BOX_AREA_MEAN] = out[_BOX_AREA_STD] = out[_PRED_CLASS] = _NAN
+            for i in _NO_DETECTION:
+                out[i] = _NAN
             return
         ent = 0.0
         for s in scores:
