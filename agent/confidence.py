@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import ModelError
+
+Array = npt.NDArray[Any]
 
 CONFIDENCE_FEATURES: tuple[str, ...] = (
     "top_score",
@@ -131,7 +134,7 @@ def detect_kind(infos: Sequence[OutputInfo]) -> str:
 
 
 def ssd_anchors(input_size: int = 128, strides: Sequence[int] = (8, 16, 16, 16),
-                per_layer: int = 2) -> np.ndarray:
+                per_layer: int = 2) -> Array:
     """Normalised (cx, cy) anchor centres of a MediaPipe SSD anchor grid (BlazeFace: 896)."""
     centres = []
     i = 0
@@ -144,10 +147,11 @@ def ssd_anchors(input_size: int = 128, strides: Sequence[int] = (8, 16, 16, 16),
         grid = np.stack([(xs + 0.5) / fm, (ys + 0.5) / fm], axis=-1).reshape(-1, 1, 2)
         centres.append(np.repeat(grid, per_layer * (j - i), axis=1).reshape(-1, 2))
         i = j
-    return np.concatenate(centres).astype(np.float32)
+    out: Array = np.concatenate(centres).astype(np.float32)
+    return out
 
 
-def fast_nms(boxes: np.ndarray, iou: float) -> np.ndarray:
+def fast_nms(boxes: Array, iou: float) -> Array:
     """Keep-mask for x1, y1, x2, y2 boxes sorted by descending score (YOLACT's fast NMS)."""
     k = len(boxes)
     if k < 2:
@@ -158,10 +162,11 @@ def fast_nms(boxes: np.ndarray, iou: float) -> np.ndarray:
     ih = np.maximum(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0)
     inter = iw * ih
     ious = inter / np.maximum(area[:, None] + area - inter, 1e-12)
-    return np.triu(ious, 1).max(axis=0) <= iou
+    keep: Array = np.triu(ious, 1).max(axis=0) <= iou
+    return keep
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
+def _sigmoid(logits: Array) -> Array:
     return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
 
 
@@ -185,7 +190,7 @@ class Decoder:
             np.empty(i.shape, np.float32) if i.scale > 0 else None for i in self.infos
         ]
 
-    def _float(self, outputs: Sequence[np.ndarray], i: int) -> np.ndarray:
+    def _float(self, outputs: Sequence[Array], i: int) -> Array:
         """Output i as float32, dequantised into preallocated scratch when quantised."""
         s = self._scratch[i]
         arr = outputs[i]
@@ -197,15 +202,15 @@ class Decoder:
         s *= info.scale
         return s
 
-    def _check(self, outputs: Sequence[np.ndarray]) -> None:
+    def _check(self, outputs: Sequence[Array]) -> None:
         if len(outputs) != len(self.infos):
             raise ModelError(
                 f"{self.kind} decoder expected {len(self.infos)} outputs, got {len(outputs)} "
                 "(pass every output tensor, in interpreter order)"
             )
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> bool:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Write the CONFIDENCE_FEATURES values for one frame into ``out``.
 
         Returns False, leaving ``out`` to the caller, when the outputs hold NaN or infinite
@@ -213,9 +218,9 @@ class Decoder:
         """
         raise NotImplementedError
 
-    def _detections(self, out: np.ndarray, top: float, n_above_low: int, n_hi: int,
+    def _detections(self, out: Array, top: float, n_above_low: int, n_hi: int,
                     scores: list[float], areas: list[float], classes: list[int] | None,
-                    class_hist: np.ndarray | None) -> None:
+                    class_hist: Array | None) -> None:
         """Shared detection summary over the kept detections (plain floats: usually few)."""
         k = len(scores)
         out[_TOP_SCORE] = top
@@ -260,8 +265,8 @@ class ClassificationDecoder(Decoder):
         self._tmp = np.empty(c, np.float64)
         self._log_c = math.log(c)
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> bool:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Write top_score, margin, entropy, pred_class (and low_conf_frac) into ``out``."""
         p, tmp = self._p, self._tmp
         np.copyto(p, self._float(outputs, 0).reshape(-1))
@@ -317,7 +322,7 @@ class SSDDecoder(Decoder):
                 self._pair = (by_suffix["1"], by_suffix["2"])
         self._rest = (rest[0], rest[1])
 
-    def _resolve(self, a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+    def _resolve(self, a: Array, b: Array) -> tuple[int, int] | None:
         """Tell classes from scores by value: classes are integers, scores are not."""
         ia = bool(np.all(a == np.round(a)))
         ib = bool(np.all(b == np.round(b)))
@@ -327,8 +332,8 @@ class SSDDecoder(Decoder):
             return (self._rest[1], self._rest[0])
         return None
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> bool:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Summarise the post-processed detections of one frame into ``out``."""
         self._check(outputs)
         count = float(np.asarray(self._float(outputs, self._count)).reshape(-1)[0])
@@ -380,8 +385,8 @@ class YoloDecoder(Decoder):
         self._iou = nms_iou
         self._cap = max_candidates
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> bool:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Summarise the frame's candidates (after fast NMS) into ``out``."""
         x = self._float(outputs, 0)[0]
         if self._channels_first:
@@ -425,7 +430,7 @@ class AnchorDecoder(Decoder):
 
     def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
                  num_classes: int | None = None, input_size: tuple[int, int] = (128, 128),
-                 anchors: np.ndarray | None = None, nms_iou: float = 0.3,
+                 anchors: Array | None = None, nms_iou: float = 0.3,
                  max_candidates: int = 32) -> None:
         super().__init__(infos, score_threshold, low_conf, num_classes or 1)
         self._scores = next(i for i, inf in enumerate(infos) if inf.shape[-1] == 1)
@@ -446,8 +451,8 @@ class AnchorDecoder(Decoder):
         self._iou = nms_iou
         self._cap = max_candidates
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> bool:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Summarise the frame's anchors (thresholded on logits, then fast NMS) into ``out``."""
         self._check(outputs)
         logits = self._float(outputs, self._scores).reshape(-1)
@@ -530,8 +535,8 @@ class GenericDecoder(Decoder):
         self._p = np.empty(n, np.float64)
         self._log_n = math.log(n) if n > 1 else 1.0
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> bool:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Write top_score (max), margin, entropy, mean_score (mean), pred_class (argmax)."""
         p = self._p
         np.copyto(p, np.asarray(self._float(outputs, 0)).reshape(-1))
@@ -568,7 +573,7 @@ def _pair(size: Any) -> tuple[int, int]:
 def make_decoder(outputs_spec: Sequence[Any], kind: str = "auto", score_threshold: float = 0.5,
                  low_conf: float | None = None, max_classes: int | None = None,
                  input_size: Any = None, nms_iou: float | None = None,
-                 anchors: np.ndarray | None = None) -> Decoder:
+                 anchors: Array | None = None) -> Decoder:
     """A decoder for a model's outputs: get_output_details() dicts or example output arrays.
 
     ``input_size`` is the model input (width, height) or one int, used to normalise box

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.drift.ks import ks_pvalue
 from agent.drift.psi import PSI_FLOOR
 from agent.drift.reference import CLEAR_RATIO, THRESHOLD_CAP, Reference
 from agent.drift.wasserstein import wasserstein_sorted
+
+Array = npt.NDArray[Any]
 
 __all__ = ["DriftReport", "FeatureDrift", "evaluate"]
 
@@ -93,7 +96,7 @@ def _skipped(name: str, reason: str, frames: int, ref: Reference, threshold: flo
                         frames, None, ref.summary(name), {}, reason)
 
 
-def _summaries(cur: np.ndarray) -> list[dict[str, float]]:
+def _summaries(cur: Array) -> list[dict[str, float]]:
     """mean, std, p05, p50, p95 of each row of a sorted (rows, m) array, m >= 1."""
     m = cur.shape[1]
     mean = cur.mean(axis=1)
@@ -108,8 +111,8 @@ def _summaries(cur: np.ndarray) -> list[dict[str, float]]:
     return [dict(zip(("mean", "std", "p05", "p50", "p95"), row)) for row in table]
 
 
-def _measures(reference: Reference, feats: np.ndarray,
-              cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _measures(reference: Reference, feats: Array,
+              cur: Array) -> tuple[Array, Array, Array]:
     """Grid KS distance, PSI and raw Wasserstein-1 of sorted NaN-free window rows, vectorised.
 
     One binary search per feature gives #{c <= q} at the KS grid and the PSI edges at once;
@@ -118,10 +121,10 @@ def _measures(reference: Reference, feats: np.ndarray,
     """
     rows, n = cur.shape
     if rows == len(reference.names) and np.array_equal(feats, np.arange(rows)):
-        def take(arr: np.ndarray) -> np.ndarray:
+        def take(arr: Array) -> Array:
             return arr  # every feature in reference order: no copies
     else:
-        def take(arr: np.ndarray) -> np.ndarray:
+        def take(arr: Array) -> Array:
             return arr[feats]
     queries = take(reference._queries)  # (rows, G + E): KS grid, then PSI edges
     g = reference._grid.shape[1]
@@ -149,7 +152,7 @@ def _measures(reference: Reference, feats: np.ndarray,
     return ks, psi, np.atleast_1d(wass)
 
 
-def _radix_sort_rows(rows: np.ndarray) -> np.ndarray:
+def _radix_sort_rows(rows: Array) -> Array:
     """Each row of a C-contiguous float32 (R, N) array sorted: a two-pass LSD radix sort.
 
     numpy's comparison sort costs about 70 us per 4096 float32 values on the target machines
@@ -170,14 +173,15 @@ def _radix_sort_rows(rows: np.ndarray) -> np.ndarray:
     order += offsets
     second = np.argsort(high.reshape(-1)[order], axis=1, kind="stable")
     second += offsets
-    return rows.reshape(-1)[order.reshape(-1)[second]]
+    out: Array = rows.reshape(-1)[order.reshape(-1)[second]]
+    return out
 
 
 # Below this many frames np.sort is as fast as the radix sort.
 _RADIX_MIN_FRAMES = 512
 
 
-def _sorted_rows(win: np.ndarray, selected: np.ndarray | None) -> np.ndarray:
+def _sorted_rows(win: Array, selected: Array | None) -> Array:
     """The selected columns of ``win`` as C-contiguous rows, each sorted (NaN last)."""
     if selected is None:
         rows = np.empty((win.shape[1], win.shape[0]), dtype=win.dtype)
@@ -195,7 +199,7 @@ def _sorted_rows(win: np.ndarray, selected: np.ndarray | None) -> np.ndarray:
 
 def evaluate(
     reference: Reference,
-    window: np.ndarray,
+    window: Array,
     *,
     features: Sequence[str] | None = None,
     thresholds_override: Mapping[str, float] | None = None,
