@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from .boxes import fast_nms, ssd_anchors
 from .errors import ModelError
 
 Array = npt.NDArray[Any]
@@ -131,43 +132,6 @@ def detect_kind(infos: Sequence[OutputInfo]) -> str:
     if sizes[0] >= 2 and sizes[0] == max(s or (1,)):
         return "classification"
     return "generic"
-
-
-def ssd_anchors(input_size: int = 128, strides: Sequence[int] = (8, 16, 16, 16),
-                per_layer: int = 2) -> Array:
-    """Normalised (cx, cy) anchor centres of a MediaPipe SSD anchor grid (BlazeFace: 896)."""
-    centres = []
-    i = 0
-    while i < len(strides):
-        j = i
-        while j < len(strides) and strides[j] == strides[i]:
-            j += 1
-        fm = int(math.ceil(input_size / strides[i]))
-        ys, xs = np.mgrid[0:fm, 0:fm]
-        grid = np.stack([(xs + 0.5) / fm, (ys + 0.5) / fm], axis=-1).reshape(-1, 1, 2)
-        centres.append(np.repeat(grid, per_layer * (j - i), axis=1).reshape(-1, 2))
-        i = j
-    out: Array = np.concatenate(centres).astype(np.float32)
-    return out
-
-
-def fast_nms(boxes: Array, iou: float) -> Array:
-    """Keep-mask for x1, y1, x2, y2 boxes sorted by descending score (YOLACT's fast NMS)."""
-    k = len(boxes)
-    if k < 2:
-        return np.ones(k, bool)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    iw = np.maximum(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0)
-    ih = np.maximum(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0)
-    inter = iw * ih
-    ious = inter / np.maximum(area[:, None] + area - inter, 1e-12)
-    keep: Array = np.triu(ious, 1).max(axis=0) <= iou
-    return keep
-
-
-def _sigmoid(logits: Array) -> Array:
-    return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
 
 
 def _logit(p: float) -> float:
@@ -487,10 +451,15 @@ class AnchorDecoder(Decoder):
         kept_regs = self._float(outputs, self._regs)[0][idx, :4]
         if not math.isfinite(float(np.add.reduce(kept_regs, axis=None))):
             return False
-        regs = kept_regs.tolist()
+        scores, areas = self._nms(order, lg, kept_regs.tolist(), idx.tolist())
+        self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
+        return True
+
+    def _nms(self, order: list[int], lg: list[float], regs: list[list[float]],
+             il: list[int]) -> tuple[list[float], list[float]]:
+        """Greedy NMS of the ordered candidates in plain floats: their scores and box areas."""
         sw, sh = self._size
         anchors = self._anchor_px
-        il = idx.tolist()
         scores: list[float] = []
         areas: list[float] = []
         boxes: list[tuple[float, float, float, float, float]] = []
@@ -519,8 +488,7 @@ class AnchorDecoder(Decoder):
             x = lg[i]
             scores.append(1.0 / (1.0 + math.exp(-(x if x > -100.0 else -100.0))))
             areas.append((w / sw if w < sw else 1.0) * (h / sh if h < sh else 1.0))
-        self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
-        return True
+        return scores, areas
 
 
 class GenericDecoder(Decoder):

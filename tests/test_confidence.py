@@ -13,8 +13,8 @@ from agent.confidence import (
     CONFIDENCE_SPECS,
     ModelError,
     make_decoder,
-    ssd_anchors,
 )
+from agent.boxes import ssd_anchors
 from agent.samples import blazeface_model_path, photo_path
 
 IDX = {n: i for i, n in enumerate(CONFIDENCE_FEATURES)}
