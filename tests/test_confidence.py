@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.boxes import ssd_anchors
 from agent.confidence import (
     CONFIDENCE_FEATURES,
     CONFIDENCE_SPECS,
     ModelError,
     make_decoder,
 )
-from agent.boxes import ssd_anchors
 from agent.samples import blazeface_model_path, photo_path
 
 IDX = {n: i for i, n in enumerate(CONFIDENCE_FEATURES)}
