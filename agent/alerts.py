@@ -26,7 +26,7 @@ from .errors import CommandError
 from .records import KINDS, SCHEMA, SEVERITIES, AlertTransition, Observation
 
 __all__ = ["INHIBITED_BY_CAMERA_FAULT", "KINDS", "SCHEMA", "SEVERITIES", "AlertManager",
-           "AlertTransition", "Observation", "fingerprint", "format_duration"]
+           "AlertTransition", "Observation", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def fingerprint(kind: str, camera: str, feature: str) -> str:
     return hashlib.sha1(f"{kind}|{camera}|{feature}".encode()).hexdigest()[:16]
 
 
-def format_duration(seconds: float) -> str:
+def _format_duration(seconds: float) -> str:
     """Human duration: ``45 s``, ``10 min``, ``2.5 h``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -230,7 +230,7 @@ class AlertManager:
     def _fire(self, key: _Key, obs: Observation, since: float, now: float) -> AlertTransition:
         window = obs.window
         span = window.end - window.start
-        timeframe = f" over {format_duration(max(span, 0.0))}"
+        timeframe = f" over {_format_duration(max(span, 0.0))}"
         if window.frames:
             timeframe += f" ({window.frames:,} frames)"
         timeframe += " since " + time.strftime("%H:%M:%S", time.localtime(since))

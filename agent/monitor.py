@@ -115,7 +115,6 @@ class Monitor:
         self.sink: MonitorSink = sink or NullSink()
         self._clock = clock
         self._lock = threading.Lock()  # evaluation, commands, heartbeats; never held over I/O
-        self.names = FEATURES
         self.ring = RingBuffer(FEATURES, config.stats.capacity)
         warmup = Warmup(FEATURES, config.drift, self.model_info)
         self._evaluator = Evaluator(config, alerts, self.ring, warmup, events=self._event,
@@ -221,11 +220,6 @@ class Monitor:
     def last_evaluation(self) -> Optional[Evaluation]:
         """The result of the last periodic evaluation, if any."""
         return self._last_eval
-
-    @property
-    def drift_names(self) -> tuple[str, ...]:
-        """The features tested for drift."""
-        return self._evaluator.drift_names
 
     # ---- the hot path ----------------------------------------------------------------
     def observe(self, frame: Optional[Frame], outputs: Optional[Sequence[npt.NDArray[Any]]] = None,
