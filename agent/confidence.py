@@ -420,8 +420,10 @@ class AnchorDecoder(Decoder):
         """Summarise the frame's anchors (thresholded on logits, then fast NMS) into ``out``."""
         self._check(outputs)
         logits = self._float(outputs, self._scores).reshape(-1)
-        if not math.isfinite(float(np.add.reduce(logits))):
-            return False  # NaN never clears low_conf: it would hide among the low scores
+        # NaN never clears low_conf and would hide among the low scores: look for it (and
+        # inf) with a dot product, where both propagate, at a third of a reduction's cost.
+        if not math.isfinite(logits.dot(logits)):
+            return False
         # Most anchors are far below low_conf: find the few above it first and work on
         # those as plain floats; the sigmoid is only ever taken of the kept scores.
         idx = np.flatnonzero(logits >= self._low)
@@ -448,16 +450,20 @@ class AnchorDecoder(Decoder):
             n_hi = len(order)
             order.sort(key=lg.__getitem__, reverse=True)
             del order[self._cap:]
-        kept_regs = self._float(outputs, self._regs)[0][idx, :4]
-        if not math.isfinite(float(np.add.reduce(kept_regs, axis=None))):
+        regs = self._float(outputs, self._regs)[0][idx, :4].tolist()
+        kept = self._nms(order, lg, regs, idx.tolist())
+        if kept is None:
             return False
-        scores, areas = self._nms(order, lg, kept_regs.tolist(), idx.tolist())
+        scores, areas = kept
         self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
         return True
 
     def _nms(self, order: list[int], lg: list[float], regs: list[list[float]],
-             il: list[int]) -> tuple[list[float], list[float]]:
-        """Greedy NMS of the ordered candidates in plain floats: their scores and box areas."""
+             il: list[int]) -> tuple[list[float], list[float]] | None:
+        """Greedy NMS of the ordered candidates in plain floats: their scores and box areas.
+
+        None when a candidate's box holds NaN or inf.
+        """
         sw, sh = self._size
         anchors = self._anchor_px
         scores: list[float] = []
@@ -467,6 +473,8 @@ class AnchorDecoder(Decoder):
         thr = self._iou
         for i in order:  # greedy NMS in plain floats: a handful of candidates per object
             rx, ry, rw, rh = regs[i]
+            if not math.isfinite(rx + ry + rw + rh):
+                return None
             w = rw if rw > 0.0 else -rw
             h = rh if rh > 0.0 else -rh
             if anchors is not None:
