@@ -227,6 +227,8 @@ class Monitor:
         """Record one frame (BGR uint8; None when unusable) and, optionally, outputs and latency."""
         if ts is None:
             ts = self._clock()
+        elif not math.isfinite(ts):  # it would stop every later evaluation
+            raise ValueError(f"observe: ts must be a finite unix time in seconds, got {ts!r}")
         if ts >= self._next_window:
             self._close_window(ts)  # this frame opens the next window
         self._observer.observe(frame, outputs, latency_s, ts)

@@ -220,3 +220,11 @@ def test_layout_names_every_column_once() -> None:
     assert LAYOUT.names == FEATURES
     assert FEATURES[LAYOUT.perf] == ("latency_ms", "frame_interval_ms")
     assert FEATURES[LAYOUT.image][0] == "brightness" and FEATURES[LAYOUT.confidence][0] == "top_score"
+
+
+def test_a_non_finite_timestamp_is_refused_with_its_value() -> None:
+    mon = make_monitor([])
+    frame = EmulatedFeed("stationary", seed=1, size=(160, 120)).frame_at(0)
+    with pytest.raises(ValueError, match="ts must be a finite unix time.*nan"):
+        mon.observe(frame, ts=float("nan"))
+    assert mon.frames == 0
