@@ -93,6 +93,10 @@ def test_warmup_learns_a_reference_then_rebaseline_learns_another() -> None:
     snap = mon.snapshot()
     assert snap["warmup"] is None and snap["reference"]["origin"] == "warmup"
     assert mon.nbytes == mon.ring.nbytes  # the warm-up buffer is freed
+    evaluation = mon.last_evaluation
+    assert evaluation is not None and evaluation.reference.state == "ready"
+    assert {"black_frames", "frozen_frames"} <= {o.feature for o in evaluation.observations}
+    assert not any(o.breach for o in evaluation.observations)
     first = mon.reference
     mon.restart_warmup()
     assert mon.reference is None and mon.reference_status.state == "warming_up"

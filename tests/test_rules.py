@@ -80,3 +80,16 @@ def test_stall() -> None:
     stalled = check_stall(100.0, 0.0, 106.0, CFG)
     assert stalled.breach and stalled.severity == "critical" and "6 s ago" in stalled.summary
     assert check_stall(None, 0.0, 10.0, CFG).breach  # no frame since start
+
+
+def test_every_feature_reported_is_exported() -> None:
+    """The rules' observations name only RULE_FEATURES (what controls may name)."""
+    from agent.rules import RULE_FEATURES
+
+    seen = set()
+    for cols, fps in [({}, 30), ({"brightness": 3.0, "sharpness": 40.0}, 10)]:
+        ts, v = window(fps=fps, **cols)
+        seen |= {o.feature for o in check_frames(FEATURES, ts, v, CFG, reference=ref,
+                                                 expected_fps=30)}
+    seen.add(check_stall(None, 0.0, 1.0, CFG).feature)
+    assert seen == set(RULE_FEATURES)
