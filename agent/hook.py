@@ -18,19 +18,22 @@ from .config import Config
 
 
 class Observer(Protocol):
-    """What ``wrap`` needs of a monitor: its config, ``observe`` and ``hook_error``."""
+    """What ``wrap`` needs: the monitor's config (the input's colour order), observe, errors.
+
+    Both :class:`agent.monitor.Monitor` and the in-process ``agent.Monitor`` are one.
+    """
 
     @property
     def config(self) -> Config:
-        """The agent's configuration (for the input's colour order)."""
+        """The agent's configuration."""
 
     def observe(self, frame: Optional[npt.NDArray[np.uint8]],
                 outputs: Optional[Sequence[npt.NDArray[Any]]] = None,
                 latency_s: Optional[float] = None, ts: Optional[float] = None) -> None:
-        """Record one frame (None: no measurable image) and the model's outputs."""
+        """Record one frame and the model's outputs."""
 
     def hook_error(self, exc: BaseException) -> None:
-        """Count an observation that failed."""
+        """Count an observation that failed in the hook."""
 
 
 def tensor_to_bgr(tensor: npt.NDArray[Any], *, quantization: Tuple[float, int] = (0.0, 0),
