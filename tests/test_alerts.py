@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -23,7 +23,7 @@ def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", 
 class Recorder:
     def __init__(self) -> None:
         self.records: List[Dict[str, Any]] = []
-        self.controls: Dict[tuple, tuple] = {}
+        self.controls: Dict[Tuple[str, str], Tuple[Optional[float], Optional[float]]] = {}
 
     def emit(self, rec: AlertTransition) -> None:
         self.records.append({**rec.to_dict(), "notify": rec.notify})

@@ -193,7 +193,7 @@ def test_the_references_clear_threshold_sets_the_hysteresis(ref):
 
     assert np.allclose(ref.clear_threshold, CLEAR_RATIO * ref.threshold)
     wide = dataclasses.replace(ref, clear_threshold=0.5 * ref.threshold)
-    window = ar1(31, WINDOW)
+    window = ar1(31, WINDOW, FEATURES)
     fd = evaluate(wide, window, features=["f3"]).get("f3")
     assert fd.clear_threshold == pytest.approx(0.5 * fd.threshold)
     assert fd.above_clear == (fd.ks >= 0.5 * fd.threshold)

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from agent.alerts import AlertManager
@@ -21,6 +22,8 @@ from agent.monitor import FEATURES, Monitor
 from agent.observe import LAYOUT
 
 MODEL = {"path": "m", "sha256": "s"}
+Array = npt.NDArray[Any]
+Outputs = Tuple[npt.NDArray[np.uint8], List[Array]]
 
 
 class Sink:
@@ -54,7 +57,7 @@ def make_monitor(records: List[Dict[str, Any]], sink: Optional[Sink] = None,
     return Monitor(cfg, alerts, model_info=MODEL, sink=sink, output_spec=output_spec)
 
 
-def probs(rng: np.random.Generator, weights: List[float]) -> np.ndarray:
+def probs(rng: np.random.Generator, weights: List[float]) -> npt.NDArray[np.float32]:
     c = rng.choice(len(weights), p=weights)
     p = np.full(len(weights), 0.02, np.float32)
     p[c] = 1 - 0.02 * (len(weights) - 1)
@@ -153,15 +156,15 @@ def test_health_features_can_be_disabled_snoozed_and_given_a_threshold(feature: 
 
 # ---- NaN robustness, with the real BlazeFace model ---------------------------------------
 @pytest.fixture(scope="module")
-def blazeface(model_path: Path, astronaut: Path) -> Tuple[np.ndarray, List[np.ndarray]]:
+def blazeface(model_path: Path, astronaut: Path) -> Outputs:
     """A real photo and the real model's outputs for it."""
     model = Model(model_path)
-    frame = cv2.imread(str(astronaut))
+    frame = np.asarray(cv2.imread(str(astronaut)), np.uint8)
     outputs, _ = model(frame)
     return frame, [np.array(o) for o in outputs]
 
 
-def spoil(outputs: List[np.ndarray], which: str, value: float) -> List[np.ndarray]:
+def spoil(outputs: List[Array], which: str, value: float) -> List[Array]:
     out = [o.copy() for o in outputs]
     scores = next(i for i, o in enumerate(out) if o.shape[-1] == 1)
     if which == "all_scores":
@@ -177,7 +180,7 @@ def spoil(outputs: List[np.ndarray], which: str, value: float) -> List[np.ndarra
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("which", ["all_scores", "one_score", "regressors"])
 def test_nan_outputs_are_counted_and_marked_missing(
-        blazeface: Tuple[np.ndarray, List[np.ndarray]], which: str, value: float) -> None:
+        blazeface: Outputs, which: str, value: float) -> None:
     frame, outputs = blazeface
     mon = make_monitor([], output_spec=outputs)
     mon.observe(frame, outputs, 0.004, ts=1_000.0)
@@ -191,7 +194,7 @@ def test_nan_outputs_are_counted_and_marked_missing(
 
 
 def test_wrapped_invoke_never_raises_into_the_application(
-        model_path: Path, blazeface: Tuple[np.ndarray, List[np.ndarray]]) -> None:
+        model_path: Path, blazeface: Outputs) -> None:
     _, interpreter_cls, _ = load_runtime()
     interpreter = interpreter_cls(model_path=str(model_path))
     interpreter.allocate_tensors()
