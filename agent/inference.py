@@ -15,14 +15,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
+
+# An output tensor: its dtype is the model's (float32, or uint8/int8 when quantised).
+Tensor = npt.NDArray[Any]
+# A tensor's details as the runtime reports them: name, index, shape, dtype, quantization, ...
+TensorDetails = Dict[str, Any]
+
+
+class Interpreter(Protocol):
+    """The part of a TFLite ``Interpreter`` (any of the three runtimes) that edgewatch uses."""
+
+    def allocate_tensors(self) -> None: ...
+    def get_input_details(self) -> List[TensorDetails]: ...
+    def get_output_details(self) -> List[TensorDetails]: ...
+    def set_tensor(self, tensor_index: int, value: Tensor) -> None: ...
+    def invoke(self) -> None: ...
+    def get_tensor(self, tensor_index: int) -> Tensor: ...
+
 
 _RUNTIME_MODULES = {
     "tflite_runtime": "tflite_runtime.interpreter",
@@ -34,10 +52,12 @@ _INSTALL_HINT = (
 )
 
 
-def load_runtime(runtime: str = "auto") -> Tuple[str, Any, Optional[Callable[..., Any]]]:
+def load_runtime(
+    runtime: str = "auto",
+) -> Tuple[str, Callable[..., Interpreter], Optional[Callable[[str], object]]]:
     """Return ``(name, Interpreter class, load_delegate)`` for the chosen or first available runtime."""
     names = list(_RUNTIME_MODULES) if runtime == "auto" else [runtime]
-    errors = []
+    errors: List[str] = []
     for name in names:
         if name not in _RUNTIME_MODULES:
             raise ModelError(f"unknown runtime: {name} (use auto, {', '.join(_RUNTIME_MODULES)})")
@@ -115,7 +135,7 @@ class Model:
         if verify:
             verify_model_file(self.path, self.runtime)
         self.delegate = delegate
-        delegates = []
+        delegates: List[object] = []
         if delegate:
             if load_delegate is None:
                 raise ModelError(f"runtime {self.runtime} cannot load delegates ([model] delegate)")
@@ -126,7 +146,7 @@ class Model:
                     f"cannot load delegate {delegate}: {exc} (install it or clear [model] delegate)"
                 ) from None
         try:
-            self.interpreter = interpreter_cls(
+            self.interpreter: Interpreter = interpreter_cls(
                 model_path=str(self.path),
                 num_threads=num_threads,
                 experimental_delegates=delegates or None,
@@ -143,7 +163,7 @@ class Model:
         shape = [int(v) for v in detail["shape"]]
         if len(shape) != 4 or shape[3] not in (1, 3):
             raise ModelError(f"unsupported input shape {shape} in {self.path} (need [1, H, W, 1|3])")
-        self.input_index = detail["index"]
+        self.input_index = int(detail["index"])
         self.input_dtype = np.dtype(detail["dtype"])
         self.input_size = (shape[2], shape[1])  # (width, height)
         self.channels = shape[3]
@@ -163,21 +183,22 @@ class Model:
         w, h = self.input_size
         self._resized = np.empty((h, w, 3), np.uint8)
         self._rgb = np.empty((h, w, 3), np.uint8)
+        self._gray = np.empty((h, w), np.uint8)
         self._tensor = np.empty((1, h, w, self.channels), self.input_dtype)
         self._work = np.empty((h, w, self.channels), np.float32)
 
     @property
     def output_names(self) -> List[str]:
         """Names of the model's outputs, in the interpreter's order."""
-        return [d["name"] for d in self.output_details]
+        return [str(d["name"]) for d in self.output_details]
 
-    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def prepare(self, frame_bgr: npt.NDArray[np.uint8]) -> Tensor:
         """Resize and normalise a BGR frame into the model's input tensor (preallocated)."""
         cv2.resize(frame_bgr, self.input_size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
-        src: np.ndarray = self._resized
+        src: npt.NDArray[np.uint8] = self._resized
         if self.channels == 1:
-            gray = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
-            src = gray[:, :, None]
+            cv2.cvtColor(src, cv2.COLOR_BGR2GRAY, dst=self._gray)
+            src = self._gray[:, :, None]
         elif self.color == "rgb":
             cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=self._rgb)
             src = self._rgb
@@ -192,20 +213,20 @@ class Model:
             self._tensor[0] = self._work
         return self._tensor
 
-    def invoke(self) -> List[np.ndarray]:
+    def invoke(self) -> List[Tensor]:
         """Run the interpreter on the prepared input and return copies of its outputs."""
         self.interpreter.set_tensor(self.input_index, self._tensor)
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(d["index"]) for d in self.output_details]
 
-    def __call__(self, frame_bgr: np.ndarray) -> Tuple[List[np.ndarray], float]:
+    def __call__(self, frame_bgr: npt.NDArray[np.uint8]) -> Tuple[List[Tensor], float]:
         """Prepare, invoke, and return ``(outputs, latency_s)`` for one frame."""
         t0 = time.perf_counter()
         self.prepare(frame_bgr)
         outputs = self.invoke()
         return outputs, time.perf_counter() - t0
 
-    def info(self) -> dict:
+    def info(self) -> Dict[str, Any]:
         """The model's identity for heartbeats, alerts and baselines."""
         return {
             "path": str(self.path),
