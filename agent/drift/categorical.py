@@ -35,7 +35,15 @@ def _counts(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike, name: str) -> tupl
 
 
 def js_divergence(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike) -> float:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) between two count vectors; NaN counts = 0."""
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two count vectors; NaN counts = 0.
+
+    >>> js_divergence([10, 10, 0], [5, 5, 0])  # same proportions
+    0.0
+    >>> js_divergence([1, 0], [0, 1])  # disjoint support
+    1.0
+    >>> round(js_divergence([50, 30, 20], [20, 30, 50]), 4)
+    0.0958
+    """
     p, q = _counts(p_counts, q_counts, "js_divergence")
     p = p / p.sum()
     q = q / q.sum()
@@ -93,7 +101,12 @@ def chi2_sf(statistic: float, dof: float) -> float:
 
 
 def chi2_test(ref_counts: npt.ArrayLike, cur_counts: npt.ArrayLike) -> tuple[float, float]:
-    """Chi-square homogeneity test of two count vectors -> (statistic, p-value)."""
+    """Chi-square homogeneity test of two count vectors -> (statistic, p-value).
+
+    >>> stat, p = chi2_test([50, 30, 20], [20, 30, 50])
+    >>> round(stat, 3), f"{p:.2e}"
+    (25.714, '2.61e-06')
+    """
     r, c = _counts(ref_counts, cur_counts, "chi2_test")
     keep = (r + c) > 0
     table = np.vstack([r[keep], c[keep]])

@@ -88,7 +88,17 @@ def wasserstein_sorted(u_sorted: Samples, v_sorted: Samples) -> Union[Samples, f
 
 
 def wasserstein(reference: npt.ArrayLike, current: npt.ArrayLike, scale: Optional[float] = None) -> float:
-    """W1(reference, current) / scale (default ``robust_scale(reference)``); NaN dropped."""
+    """W1(reference, current) / scale (default ``robust_scale(reference)``); NaN dropped.
+
+    >>> wasserstein([0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0], scale=1.0)  # shifted by 1
+    1.0
+    >>> rng = np.random.default_rng(0)
+    >>> ref = rng.normal(size=2000)
+    >>> round(wasserstein(ref, ref + 0.5), 3)  # half a (robust) standard deviation
+    0.496
+    >>> round(wasserstein(ref, rng.normal(size=1000)), 3)  # sampling noise only
+    0.043
+    """
     ref = np.sort(_clean(reference, "reference"))
     cur = np.sort(_clean(current, "current"))
     if scale is None:
