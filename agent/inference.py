@@ -187,11 +187,6 @@ class Model:
         self._tensor = np.empty((1, h, w, self.channels), self.input_dtype)
         self._work = np.empty((h, w, self.channels), np.float32)
 
-    @property
-    def output_names(self) -> List[str]:
-        """Names of the model's outputs, in the interpreter's order."""
-        return [str(d["name"]) for d in self.output_details]
-
     def prepare(self, frame_bgr: npt.NDArray[np.uint8]) -> Tensor:
         """Resize and normalise a BGR frame into the model's input tensor (preallocated)."""
         cv2.resize(frame_bgr, self.input_size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
