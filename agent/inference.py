@@ -113,6 +113,52 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open_interpreter(path: Path, interpreter_cls: Callable[..., Interpreter],
+                      load_delegate: Optional[Callable[[str], object]], *, runtime: str,
+                      delegate: str, num_threads: int) -> Interpreter:
+    """The interpreter for ``path`` with its tensors allocated, on ``delegate`` if one is named."""
+    delegates: List[object] = []
+    if delegate:
+        if load_delegate is None:
+            raise ModelError(f"runtime {runtime} cannot load delegates ([model] delegate)")
+        try:
+            delegates.append(load_delegate(delegate))
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise ModelError(
+                f"cannot load delegate {delegate}: {exc} (install it or clear [model] delegate)"
+            ) from None
+    try:
+        interpreter = interpreter_cls(
+            model_path=str(path),
+            num_threads=num_threads,
+            experimental_delegates=delegates or None,
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model: {path}: {first} (is it a valid .tflite file?)"
+        ) from None
+    return interpreter
+
+
+def _input_transform(dtype: np.dtype[Any], quantization: Optional[Tuple[float, int]],
+                     input_range: Tuple[float, float]) -> Tuple[float, float]:
+    """``(mul, add)`` such that ``pixel * mul + add`` is the input tensor's value."""
+    scale, zero = quantization or (0.0, 0)
+    lo, hi = input_range
+    if dtype == np.float32:
+        # pixel 0..255 -> [lo, hi]
+        return (hi - lo) / 255.0, lo
+    if scale:
+        # quantised input: q = real / scale + zero, real in [lo, hi] as for float
+        mul, add = (hi - lo) / 255.0 / scale, lo / scale + zero
+        if dtype == np.uint8 and abs(mul - 1) < 1e-3 and abs(add) < 0.5:
+            return 1.0, 0.0
+        return mul, add
+    return 1.0, 0.0 if dtype == np.uint8 else -128.0
+
+
 class Model:
     """A loaded TFLite model that turns BGR frames into output arrays."""
 
@@ -135,28 +181,9 @@ class Model:
         if verify:
             verify_model_file(self.path, self.runtime)
         self.delegate = delegate
-        delegates: List[object] = []
-        if delegate:
-            if load_delegate is None:
-                raise ModelError(f"runtime {self.runtime} cannot load delegates ([model] delegate)")
-            try:
-                delegates.append(load_delegate(delegate))
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise ModelError(
-                    f"cannot load delegate {delegate}: {exc} (install it or clear [model] delegate)"
-                ) from None
-        try:
-            self.interpreter: Interpreter = interpreter_cls(
-                model_path=str(self.path),
-                num_threads=num_threads,
-                experimental_delegates=delegates or None,
-            )
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"cannot load model: {self.path}: {first} (is it a valid .tflite file?)"
-            ) from None
+        self.interpreter = _open_interpreter(self.path, interpreter_cls, load_delegate,
+                                             runtime=self.runtime, delegate=delegate,
+                                             num_threads=num_threads)
         self.input_details = self.interpreter.get_input_details()
         self.output_details = self.interpreter.get_output_details()
         detail = self.input_details[0]
@@ -168,18 +195,8 @@ class Model:
         self.input_size = (shape[2], shape[1])  # (width, height)
         self.channels = shape[3]
         self.color = color
-        scale, zero = detail.get("quantization", (0.0, 0))
-        lo, hi = input_range
-        if self.input_dtype == np.float32:
-            # pixel 0..255 -> [lo, hi]
-            self._mul, self._add = (hi - lo) / 255.0, lo
-        elif scale:
-            # quantised input: q = real / scale + zero, real in [lo, hi] as for float
-            self._mul, self._add = (hi - lo) / 255.0 / scale, lo / scale + zero
-            if self.input_dtype == np.uint8 and abs(self._mul - 1) < 1e-3 and abs(self._add) < 0.5:
-                self._mul, self._add = 1.0, 0.0
-        else:
-            self._mul, self._add = 1.0, 0.0 if self.input_dtype == np.uint8 else -128.0
+        self._mul, self._add = _input_transform(self.input_dtype, detail.get("quantization"),
+                                                input_range)
         w, h = self.input_size
         self._resized = np.empty((h, w, 3), np.uint8)
         self._rgb = np.empty((h, w, 3), np.uint8)
