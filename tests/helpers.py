@@ -130,7 +130,7 @@ def start_link_process(tmp_path: Path, broker: Broker, *, first: int = 0, last: 
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("ready"):
         proc.kill()
-        _, err = proc.communicate(5)
+        _, err = proc.communicate(timeout=5)
         raise AssertionError(f"link process did not start: {line!r} {err[-2000:]}")
     return proc
 
