@@ -10,8 +10,7 @@ In-process use::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .config import Config, load_config  # noqa: E402
 from .errors import (  # noqa: E402
     AgentError,

@@ -43,3 +43,9 @@ class CommandError(AgentError):
     """A run-time command (CLI or MQTT) is malformed or names something unknown."""
 
     exit_code = 7
+
+
+class UsageError(AgentError):
+    """The command line is wrong (a missing or conflicting option): exit 2, like argparse."""
+
+    exit_code = 2

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .alerts import AlertManager, Observation
 from .config import Config, load_config
 from .drift.reference import Reference
