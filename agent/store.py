@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import sqlite_utils
 
@@ -222,6 +222,115 @@ def events(conn: sqlite3.Connection, since: float) -> List[sqlite3.Row]:
     return conn.execute("SELECT * FROM events WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
 
 
+class OutboxRow(NamedTuple):
+    """One MQTT message waiting in the outbox."""
+
+    id: int
+    topic: str
+    payload: Optional[str]
+    qos: int
+    retain: bool
+
+
+def _decode(text: Optional[str]) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+class Reader:
+    """Named reads of the agent's database over one read-only connection (thread-safe)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._reader: Optional[sqlite3.Connection] = None
+        self._reader_lock = threading.Lock()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = connect_readonly(self.path)
+            return self._reader.execute(sql, params).fetchall()
+
+    def close_reader(self) -> None:
+        """Close the read connection (reopened on the next read)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def load_reference(self, model_sha256: str, features_version: int) -> Optional[bytes]:
+        """The newest stored reference blob for this model and feature layout, if any."""
+        rows = self._query("SELECT blob FROM reference WHERE model_sha256 = ? AND "
+                           "features_version = ? ORDER BY id DESC LIMIT 1",
+                           (model_sha256, features_version))
+        return bytes(rows[0][0]) if rows else None
+
+    def open_alert_records(self) -> List[Dict[str, Any]]:
+        """The full records (payloads) of the alerts firing now, oldest first."""
+        rows = self._query("SELECT payload FROM alerts WHERE state = 'firing' ORDER BY starts_at")
+        return [_decode(r[0]) for r in rows]
+
+    def alerts(self, state: Optional[str] = None, limit: int = 50) -> List[Dict[str, Any]]:
+        """Alert rows (``payload`` decoded), newest first; only ``state`` ones when given."""
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        rows = self._query(f"SELECT * FROM alerts {where} ORDER BY ts DESC LIMIT ?",
+                           [*params, int(limit)])
+        return [{**dict(r), "payload": _decode(r["payload"])} for r in rows]
+
+    def firing_alert_ids(self, prefix: str) -> List[str]:
+        """Ids of firing alerts that start with ``prefix``."""
+        rows = self._query("SELECT id FROM alerts WHERE state = 'firing' AND "
+                           "substr(id, 1, length(?)) = ?", (prefix, prefix))
+        return [r[0] for r in rows]
+
+    def find_firing_alert(self, alert: str) -> Optional[Dict[str, Any]]:
+        """The firing alert with this id or fingerprint (``payload`` decoded), if any."""
+        rows = self._query("SELECT * FROM alerts WHERE state = 'firing' AND "
+                           "(id = ? OR fingerprint = ?) LIMIT 1", (alert, alert))
+        return {**dict(rows[0]), "payload": _decode(rows[0]["payload"])} if rows else None
+
+    def max_alert_seq(self) -> int:
+        """The highest alert transition sequence number stored (0 when none)."""
+        rows = self._query("SELECT max(CAST(json_extract(payload, '$.seq') AS INTEGER)) "
+                           "FROM alerts")
+        return int(rows[0][0] or 0)
+
+    def controls(self) -> List[Dict[str, Any]]:
+        """The operator controls stored: ``{"kind", "target", "until", "value"}`` each."""
+        return [dict(r) for r in self._query("SELECT kind, target, until, value FROM controls "
+                                             "ORDER BY kind, target")]
+
+    def outbox_after(self, last_id: int, limit: int) -> List[OutboxRow]:
+        """Up to ``limit`` outbox messages with id above ``last_id``, oldest first."""
+        rows = self._query("SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? "
+                           "ORDER BY id LIMIT ?", (last_id, int(limit)))
+        return [OutboxRow(int(r[0]), str(r[1]), r[2], int(r[3]), bool(r[4])) for r in rows]
+
+    def outbox_summary(self) -> Tuple[int, Optional[float]]:
+        """(messages in the outbox, ts of the oldest)."""
+        count, oldest = self._query("SELECT count(*), min(ts) FROM outbox")[0]
+        return int(count), oldest
+
+    def latest_heartbeat(self) -> Optional[Dict[str, Any]]:
+        """The newest heartbeat as ``{"seq", "ts", "payload"}`` (payload decoded), or None."""
+        rows = self._query("SELECT seq, ts, payload FROM heartbeats ORDER BY ts DESC, seq DESC "
+                           "LIMIT 1")
+        if not rows:
+            return None
+        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])}
+
+    def last_event(self) -> Optional[Dict[str, Any]]:
+        """The newest event as ``{"ts", "kind", "message"}``, or None."""
+        rows = self._query("SELECT ts, kind, message FROM events ORDER BY id DESC LIMIT 1")
+        return dict(rows[0]) if rows else None
+
+    def oldest_window_ts(self) -> Optional[float]:
+        """Start of the oldest summary window kept, or None."""
+        return self._query("SELECT min(ts_start) FROM windows")[0][0]  # type: ignore[no-any-return]
+
+
 def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     """(kind, how to fix) for a write failure."""
     msg = str(exc).lower()
@@ -240,7 +349,7 @@ def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     return "other", f"check {path}"
 
 
-class Store:
+class Store(Reader):
     """The agent's SQLite history with a single writer thread."""
 
     def __init__(self, path: str, *, queue_size: int = 2048, flush_interval_s: float = 2.0,
@@ -251,7 +360,7 @@ class Store:
             raise ValueError(f"queue_size must be >= 2, got {queue_size}")
         if flush_interval_s <= 0 or retention_days <= 0 or max_db_mb <= 0:
             raise ValueError("flush_interval_s, retention_days and max_db_mb must be > 0")
-        self.path = str(path)
+        super().__init__(path)
         self._queue_size = queue_size
         self._flush_s = flush_interval_s
         self._retention_days = retention_days
@@ -305,6 +414,7 @@ class Store:
             if self._thread.is_alive():
                 log.error("store writer did not stop within %.1f s: %s", timeout, self.path)
                 return
+        self.close_reader()
         self._closed = True
 
     def __enter__(self) -> Store:
@@ -365,6 +475,40 @@ class Store:
         self._put_critical(("job", fn, future))
         return future
 
+    # -- named writes (each one job in the writer thread) ------------------------------------
+    def save_reference(self, *, ts: float, model_sha256: str, origin: str, blob: bytes,
+                       features_version: int) -> Future:
+        """Keep a learned reference so that a restart finds it (:meth:`load_reference`)."""
+        row = (ts, model_sha256, origin, blob, features_version)
+        return self.submit(lambda db: db.execute(
+            "INSERT INTO reference (ts, model_sha256, origin, blob, features_version) "
+            "VALUES (?, ?, ?, ?, ?)", row))
+
+    def set_control(self, kind: str, target: str, until: Optional[float],
+                    value: Optional[float]) -> Future:
+        """Store an operator control; with ``until`` and ``value`` both None, delete it."""
+        if until is None and value is None:
+            return self.submit(lambda db: db.execute(
+                "DELETE FROM controls WHERE kind = ? AND target = ?", (kind, target)))
+        return self.submit(lambda db: db.execute(
+            "INSERT OR REPLACE INTO controls (kind, target, until, value) VALUES (?, ?, ?, ?)",
+            (kind, target, until, value)))
+
+    def delete_outbox(self, ids: Sequence[int]) -> Future:
+        """Delete outbox messages the broker acknowledged."""
+        marks, params = ",".join("?" * len(ids)), [int(i) for i in ids]
+        return self.submit(lambda db: db.execute(
+            f"DELETE FROM outbox WHERE id IN ({marks})", params))
+
+    def record_command(self, verb: str, payload: Dict[str, Any], result: Dict[str, Any],
+                       ts: Optional[float] = None) -> Future:
+        """Keep the agent's own record of an operator command it ran and its answer."""
+        stamp = self._clock() if ts is None else ts
+        row = (stamp, verb, to_json(payload), to_json(result), self._clock())
+        return self.submit(lambda db: db.execute(
+            "INSERT INTO commands (ts, verb, payload, result, done_ts) VALUES (?, ?, ?, ?, ?)",
+            row))
+
     def _put_critical(self, item: Tuple[Any, ...]) -> None:
         with self._cond:
             if len(self._critical) >= self._critical_max:
@@ -413,8 +557,7 @@ class Store:
         }
         if os.path.exists(self.path):
             try:
-                with self.read() as conn:
-                    count, oldest = conn.execute("SELECT count(*), min(ts) FROM outbox").fetchone()
+                count, oldest = self.outbox_summary()
             except (sqlite3.Error, StoreError) as exc:
                 out["last_error"] = out["last_error"] or str(exc)
             else:
