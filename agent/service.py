@@ -22,6 +22,7 @@ import numpy as np
 from ._version import __version__
 from .alerts import AlertManager, Observation
 from .config import Config, load_config
+from .control import ControlServer, socket_path
 from .drift.reference import Reference
 from .errors import AgentError, BaselineError, CommandError, SourceError
 from .health import HealthLimits, HealthReader, health_checks
@@ -149,6 +150,7 @@ class Agent:
         self.alerts: Optional[AlertManager] = None
         self.monitor: Optional[Monitor] = None
         self.mqtt: Optional[MqttLink] = None
+        self.control: Optional[ControlServer] = None
         self.controls = Controls(self)
         self.camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "dropped": 0}
         self._health = HealthReader(config.store.path, thermal_root=config.health.thermal_root)
@@ -174,6 +176,9 @@ class Agent:
                                reference=reference, output_spec=self.output_spec,
                                expected_fps=self.expected_fps, clock=self.clock)
         self.mqtt = self._start_mqtt()
+        self.control = ControlServer(socket_path(cfg), self.controls,
+                                     record=self.store.record_command).start()
+        self.store.advertise(control_socket=self.control.path)
         self._start_thread("edgewatch-heartbeat", self._heartbeat_loop)
         self.event("start", f"edgewatch {__version__} started (model {self.model_info.get('path')}, "
                    f"reference: {'none, warm-up' if reference is None else reference.origin})")
@@ -236,6 +241,8 @@ class Agent:
             return
         self._closed = True
         self._stop.set()
+        if self.control is not None:
+            self.control.close()
         for t in self._threads:
             t.join(timeout=5)
         if self.store is not None and self.monitor is not None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import sqlite_utils
 
+from ._dblock import LOCK_WAIT_S, DbLock
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     (
         (),
         """
-        -- commands from `edgewatch alerts ...` to the running agent, answered in place
+        -- the operator commands the agent ran and its answers (written by the agent only)
         CREATE TABLE commands (id INTEGER PRIMARY KEY, ts REAL, verb TEXT, payload TEXT,
                                result TEXT, done_ts REAL);
         CREATE INDEX idx_commands_pending ON commands (done_ts);
@@ -142,6 +143,9 @@ def _connect(path: str) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection, path: str = "") -> int:
     """Apply pending migrations, each in its own transaction; return the schema version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise StoreError(f"not an edgewatch database: {path} (it holds other tables; "
+                         "check --db or [store] path)")
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this edgewatch "
                          f"({SCHEMA_VERSION}): {path} (upgrade edgewatch)")
@@ -185,11 +189,29 @@ def open_db(path: str) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    for where in (path, directory):
+        if os.path.exists(where) and not os.access(where, os.W_OK):
+            raise StoreError(f"database is read-only: {path} ({_fault_readonly(path)})")
+
+
+def _fault_readonly(path: str) -> str:
+    return f"is {_mount_point(path)} mounted read-only? else make " \
+           f"{os.path.dirname(os.path.abspath(path))} writable by this user"
+
+
 def connect_readonly(path: str) -> sqlite3.Connection:
     """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
     if not os.path.exists(path):
-        raise StoreError(f"database not found: {path} (pass --db or set [store] path)")
+        raise StoreError(f"database not found: {path} (check --db or [store] path; "
+                         "the agent creates it on its first run)")
     uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and \
+            not os.path.exists(path + "-shm"):
+        # WAL needs a -shm file it cannot create here (a read-only mount or a copy): nobody
+        # can be writing, so read the file as it is.
+        uri += "&immutable=1"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -222,6 +244,24 @@ def events(conn: sqlite3.Connection, since: float) -> List[sqlite3.Row]:
     return conn.execute("SELECT * FROM events WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
 
 
+def _checked_reader(path: str) -> sqlite3.Connection:
+    """A read connection to an edgewatch database of a schema this version knows."""
+    conn = connect_readonly(path)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"not an edgewatch database: {path}: {exc} "
+                         "(check --db or [store] path)") from None
+    if not 1 <= version <= SCHEMA_VERSION:
+        conn.close()
+        why = "no edgewatch tables" if version == 0 else f"schema {version} is newer than " \
+            f"this edgewatch ({SCHEMA_VERSION}; upgrade edgewatch)"
+        raise StoreError(f"not an edgewatch database: {path} ({why}; check --db or "
+                         "[store] path)")
+    return conn
+
+
 class OutboxRow(NamedTuple):
     """One MQTT message waiting in the outbox."""
 
@@ -249,9 +289,13 @@ class Reader:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
         with self._reader_lock:
-            if self._reader is None:
-                self._reader = connect_readonly(self.path)
-            return self._reader.execute(sql, params).fetchall()
+            try:
+                if self._reader is None:
+                    self._reader = _checked_reader(self.path)
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read database: {self.path}: {exc} "
+                                 f"({_fault(exc, self.path)[1]})") from None
 
     def close_reader(self) -> None:
         """Close the read connection (reopened on the next read)."""
@@ -338,8 +382,7 @@ def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     if "full" in msg:
         return "full", f"free space on {where} or lower [store] max_db_mb"
     if "readonly" in msg or "read-only" in msg:
-        return "readonly", f"make {os.path.dirname(os.path.abspath(path))} writable " \
-                           f"(is {where} mounted read-only?)"
+        return "readonly", _fault_readonly(path)
     if "i/o" in msg:
         return "io", f"check the storage device holding {where}"
     if "malformed" in msg or "not a database" in msg:
@@ -349,13 +392,20 @@ def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     return "other", f"check {path}"
 
 
+def fault_fix(exc: sqlite3.Error, path: str) -> str:
+    """How to fix a failed write of ``path`` (free space only when space is the problem)."""
+    return _fault(exc, path)[1]
+
+
 class Store(Reader):
     """The agent's SQLite history with a single writer thread."""
 
     def __init__(self, path: str, *, queue_size: int = 2048, flush_interval_s: float = 2.0,
                  retention_days: float = 30.0, max_db_mb: float = 512.0,
                  outbox_max: int = 50000, outbox_max_age_days: float = 7.0,
-                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0,
+                 create: bool = True, maintain: bool = True,
+                 lock_wait_s: float = LOCK_WAIT_S) -> None:
         if queue_size < 2:
             raise ValueError(f"queue_size must be >= 2, got {queue_size}")
         if flush_interval_s <= 0 or retention_days <= 0 or max_db_mb <= 0:
@@ -369,6 +419,10 @@ class Store(Reader):
         self._outbox_max_age_s = outbox_max_age_days * 86400.0
         self._clock = clock
         self._retry_s = retry_interval_s
+        self._create = create  # False: a missing file is an error (the CLI: a typo'd --db)
+        self._maintain = maintain  # False: no retention pass (the CLI writing offline)
+        self._lock = DbLock(self.path)
+        self._lock_wait_s = lock_wait_s
         self._bulk: queue.Queue = queue.Queue(maxsize=queue_size)
         # Alerts and jobs: strictly ordered, soft-bounded; over the bound the caller waits
         # briefly and then appends anyway (the "spill"), so nothing critical is ever lost.
@@ -396,8 +450,19 @@ class Store(Reader):
         """Open the database (migrating it) and start the writer thread."""
         if self._thread is not None:
             return self
-        self._db = open_db(self.path)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
+        if not self._create:  # the CLI: a typo'd --db or a foreign file is an error
+            _checked_reader(self.path).close()
+        _check_writable(self.path)
+        self._lock.acquire(self._lock_wait_s)
+        try:
+            self._db = open_db(self.path)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'"
+                                   ).fetchone()
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+            self._lock.release()
+            raise
         self._counts["outbox_dropped"] = int(row[0]) if row else 0
         self._thread = threading.Thread(target=self._run, name="edgewatch-store", daemon=True)
         self._thread.start()
@@ -415,7 +480,12 @@ class Store(Reader):
                 log.error("store writer did not stop within %.1f s: %s", timeout, self.path)
                 return
         self.close_reader()
+        self._lock.release()
         self._closed = True
+
+    def advertise(self, **info: Any) -> None:
+        """Tell the CLI, through the lock file, how to reach this process (control socket)."""
+        self._lock.advertise(**info)
 
     def __enter__(self) -> Store:
         return self.start()
@@ -571,7 +641,8 @@ class Store(Reader):
         assert self._db is not None
         mono = time.monotonic
         next_flush = mono() + self._flush_s
-        next_retention = mono()  # once at start, so a device that restarts often still prunes
+        # Once at start, so a device that restarts often still prunes.
+        next_retention = mono() if self._maintain else float("inf")
         while True:
             now = mono()
             deadline = min(next_flush, next_retention)
