@@ -154,8 +154,8 @@ def open_db(path: str) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
-def _checked_reader(path: str) -> sqlite3.Connection:
-    """A read connection to an edgewatch database of a schema this version knows."""
+def connect_history(path: str) -> sqlite3.Connection:
+    """A read-only connection to an edgewatch database of a schema this version knows."""
     conn = connect_readonly(path)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -170,6 +170,41 @@ def _checked_reader(path: str) -> sqlite3.Connection:
         raise StoreError(f"not an edgewatch database: {path} ({why}; check --db or "
                          "[store] path)")
     return conn
+
+
+def _time_condition(table: str, since: Optional[float],
+                    until: Optional[float]) -> Tuple[str, List[float]]:
+    """SQL condition on the table's time column ("" for none) and its parameters."""
+    col = TIME_COLUMNS[table]
+    clauses = [c for c, v in ((f"{col} >= ?", since), (f"{col} <= ?", until)) if v is not None]
+    return " AND ".join(clauses), [v for v in (since, until) if v is not None]
+
+
+def select_rows(conn: sqlite3.Connection, table: str, since: Optional[float] = None,
+                until: Optional[float] = None) -> sqlite3.Cursor:
+    """Rows of ``table`` (one of TIME_COLUMNS) in [since, until], oldest first (export)."""
+    cond, params = _time_condition(table, since, until)
+    where = f" WHERE {cond}" if cond else ""
+    return conn.execute(f"SELECT * FROM {table}{where} ORDER BY {TIME_COLUMNS[table]}, rowid",
+                        params)
+
+
+def prune_copy(conn: sqlite3.Connection, tables: Sequence[str], keep: Sequence[str],
+               since: Optional[float], until: Optional[float]) -> Dict[str, int]:
+    """In a copy of the history: empty ``tables`` not in ``keep``, filter the rest by time.
+
+    Returns the rows left in each kept table (export's filtered snapshots).
+    """
+    rows = {}
+    for table in tables:
+        if table not in keep:
+            conn.execute(f"DELETE FROM {table}")
+            continue
+        if since is not None or until is not None:
+            cond, params = _time_condition(table, since, until)
+            conn.execute(f"DELETE FROM {table} WHERE NOT coalesce({cond}, 0)", params)
+        rows[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return rows
 
 
 class OutboxRow(NamedTuple):
@@ -201,7 +236,7 @@ class Reader:
         with self._reader_lock:
             try:
                 if self._reader is None:
-                    self._reader = _checked_reader(self.path)
+                    self._reader = connect_history(self.path)
                 return self._reader.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read database: {self.path}: {exc} "
@@ -329,7 +364,7 @@ class Store(Reader):
         if self._started:
             return self
         if not self._create:  # the CLI: a typo'd --db or a foreign file is an error
-            _checked_reader(self.path).close()
+            connect_history(self.path).close()
         check_writable(self.path)
         self._lock.acquire(self._lock_wait_s)
         db: Optional[sqlite_utils.Database] = None
