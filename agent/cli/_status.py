@@ -72,7 +72,7 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
         f"model:     {_num(model.get('path'))}, sha256 {sha}, runtime "
         f"{_num(model.get('runtime'))}, latency {_pairs(model.get('latency_ms'), ' ms')}",
         f"camera:    {_num(cam.get('name'))}, {_num(cam.get('state'))}, frames "
-        f"{_num(cam.get('frames'))}, {_num(cam.get('fps_processed'), ' fps')}, dropped "
+        f"{_num(cam.get('frames'))}, fps {_num(cam.get('fps_processed'))}, dropped "
         f"{_num(cam.get('dropped'))}, reconnects {_num(cam.get('reconnects'))}",
         f"host:      cpu {_num(host.get('cpu_percent'), '%')}, memory "
         f"{_num(host.get('memory_percent'), '%')}, disk free {_num(host.get('disk_free_mb'), ' MB')}"
