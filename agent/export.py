@@ -16,7 +16,7 @@ import re
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import CommandError, StoreError
 from .store import connect_history, fault_fix, prune_copy, select_rows
@@ -100,7 +100,8 @@ def _failed(what: str, db_path: str, out_path: str, exc: sqlite3.Error) -> Store
 
 
 def export_snapshot(db_path: str, out_path: str, tables: Optional[Sequence[str]] = None,
-                    since: Optional[float] = None, until: Optional[float] = None) -> Dict:
+                    since: Optional[float] = None, until: Optional[float] = None
+                    ) -> Dict[str, Any]:
     """Copy the database consistently into ``out_path`` (replaced atomically).
 
     With ``tables``/``since``/``until`` the copy keeps only those rows of the exported tables
@@ -139,7 +140,7 @@ def export_snapshot(db_path: str, out_path: str, tables: Optional[Sequence[str]]
 
 def export_rows(db_path: str, out_path: str, tables: Optional[Sequence[str]] = None,
                 since: Optional[float] = None, until: Optional[float] = None,
-                fmt: str = "jsonl") -> Dict:
+                fmt: str = "jsonl") -> Dict[str, Any]:
     """Write rows as CSV (``<stem>_<table>.csv`` each) or JSON Lines, from one read snapshot.
 
     Returns {"paths": [...], "rows": {table: count}}.

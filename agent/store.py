@@ -36,7 +36,7 @@ from ._sqlite import (
     connect_readonly,
     connect_writer,
 )
-from ._writer import Writer, sql_value, to_json
+from ._writer import AlertItem, Row, Writer, sql_value, to_json
 from .errors import StoreError
 from .supervise import Supervisor
 
@@ -133,7 +133,7 @@ def migrate(conn: sqlite3.Connection, path: str = "") -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return conn.execute("PRAGMA user_version").fetchone()[0]
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def open_db(path: str) -> sqlite_utils.Database:
@@ -528,19 +528,20 @@ class Store(Reader):
 
     # -- SQL run by the writer thread ------------------------------------------------------------
     @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: list, alerts: list) -> None:
+    def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
+                alerts: Sequence[AlertItem]) -> None:
         marks = ",".join("?" * len(_ALERT_COLUMNS))
         for alert, outbox in alerts:
             conn.execute(f"INSERT OR REPLACE INTO alerts ({','.join(_ALERT_COLUMNS)}) "
                          f"VALUES ({marks})", alert)
             conn.executemany("INSERT INTO outbox (ts, topic, payload, qos, retain, severity) "
                              "VALUES (?, ?, ?, ?, ?, ?)", outbox)
-        groups: Dict[Tuple[str, Tuple[str, ...]], list] = {}
+        groups: Dict[Tuple[str, Tuple[str, ...]], List[Tuple[Any, ...]]] = {}
         for table, names, values in rows:
             groups.setdefault((table, names), []).append(values)
-        for (table, names), values in groups.items():
+        for (table, names), batch in groups.items():
             conn.executemany(f"INSERT OR REPLACE INTO {table} ({','.join(names)}) "
-                             f"VALUES ({','.join('?' * len(names))})", values)
+                             f"VALUES ({','.join('?' * len(names))})", batch)
 
     def _retention(self, db: sqlite_utils.Database, now: float) -> Dict[str, int]:
         """Delete by age, by file size and by outbox bound; runs inside a writer transaction."""
@@ -556,7 +557,7 @@ class Store(Reader):
             page = conn.execute("PRAGMA page_size").fetchone()[0]
             count = conn.execute("PRAGMA page_count").fetchone()[0]
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            return (count - free) * page
+            return int((count - free) * page)
 
         while used() > self._max_db_bytes:
             removed = 0

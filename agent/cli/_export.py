@@ -9,7 +9,7 @@ from ..export import EXPORT_TABLES, FORMATS, check_tables, export_rows, export_s
 from ._run import config_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``export`` command."""
     p = sub.add_parser(
         "export",
