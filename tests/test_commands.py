@@ -8,7 +8,6 @@ CommandError for unknown alerts and targets.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -209,10 +208,18 @@ def test_commands_through_the_broker(broker, tmp_path: Path, listeners) -> None:
     try:
         listener.wait_connected()
         link.start()
-        deadline = time.monotonic() + 5
-        while not link.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)  # the link's cmd/+ SUBACK
+        # The link answers once its cmd/+ subscription is in place: ping until it does.
+        for attempt in range(100):
+            listener.publish("edgewatch/v1/dev1/cmd/ping", json.dumps({"id": f"warm{attempt}"}))
+            try:
+                listener.wait_for(lambda ms: bool(ms), timeout=0.2)
+                break
+            except AssertionError:
+                continue
+        listener.wait_for(lambda ms: any(json.loads(m.payload)["id"] == f"warm{attempt}"
+                                         for m in ms))
+        with listener.cond:
+            listener.messages.clear()
         sent = [
             ("ack", {"id": "1", "alert": "a1"}),
             ("snooze", {"id": "2", "target": "blur", "duration": "1h"}),
@@ -244,7 +251,8 @@ def test_commands_through_the_broker(broker, tmp_path: Path, listeners) -> None:
         assert answers[12]["error"] == "unknown alert: missing"
         assert api.alerts["a1"]["acknowledged"] and api.thresholds == {("blur", "psi"): 0.5}
         assert api.rebaselines == 1 and "anomaly" not in api.disabled
-        assert link.status()["connected"] and link.status()["commands"] == len(sent)
+        assert link.status()["connected"]
+        assert len(sent) < link.status()["commands"] <= len(sent) + attempt + 1  # + warm-ups
     finally:
         link.close()
         store.close()
