@@ -70,6 +70,8 @@ def test_alerts_cli_talks_to_the_running_agent(tmp_path: Path, write_config: Any
         assert fired, "the black camera should have fired camera_fault/black_frames"
         alert_id = fired[0]["id"]
         assert holder_info(str(db)) == {"pid": proc.pid, "control_socket": f"{db}.sock"}
+        assert main(["status", "--db", str(db)]) == 0
+        assert capsys.readouterr().out.startswith(f"agent:     running (pid {proc.pid}), ")
         _WATCH["on"] = True
         assert main(["alerts", "list", "--db", str(db)]) == 0
         out = capsys.readouterr().out

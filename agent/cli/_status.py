@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
+from .._sqlite import holder_info
 from ..store import Reader
 from ._format import ago, duration, local_time, safe_text, table
 from ._run import config_from_args
@@ -27,10 +28,13 @@ def device_status(db_path: str, now: float) -> Dict[str, Any]:
     interval = float(payload.get("interval_s") or 30.0)
     age = None if hb is None else now - float(hb["ts"])
     size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
-    running = hb is not None and age is not None and age < 3 * interval and (
-        last_event is None or last_event["kind"] != "stop" or last_event["ts"] < hb["ts"])
+    holder = holder_info(db_path)  # the running agent holds <db>.lock
+    running = holder is not None or (hb is not None and age is not None and age < 3 * interval
+                                     and (last_event is None or last_event["kind"] != "stop"
+                                          or last_event["ts"] < hb["ts"]))
     return {
         "db": db_path, "running": bool(running),
+        "pid": (holder or {}).get("pid"),
         "last_heartbeat_ts": None if hb is None else hb["ts"],
         "last_heartbeat_age_s": None if age is None else round(age, 1),
         "model": payload.get("model"), "camera": payload.get("camera"),
@@ -66,8 +70,9 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
     host, ref, outbox = st["host"] or {}, st["reference"] or {}, st["outbox"] or {}
     sha = str(model.get("sha256") or "")[:12] or "-"
     since = st["history_since"]
+    pid = f" (pid {st['pid']})" if st["pid"] else ""
     return [
-        f"agent:     {'running' if st['running'] else 'not running'}, last heartbeat "
+        f"agent:     {'running' if st['running'] else 'not running'}{pid}, last heartbeat "
         + (f"{ago(hb_ts, now)} ({local_time(hb_ts)})" if hb_ts is not None else "never"),
         f"model:     {_num(model.get('path'))}, sha256 {sha}, runtime "
         f"{_num(model.get('runtime'))}, latency {_pairs(model.get('latency_ms'), ' ms')}",
