@@ -233,28 +233,28 @@ def send(config: Config, verb: str, payload: Dict[str, Any],
     """
     db = config.store.path
     deadline = time.monotonic() + timeout
-    for _ in range(2):
+    while True:
         holder = holder_info(db)
-        if holder is None and verb not in OFFLINE_VERBS:
-            raise AgentUnavailable(f"no agent is running on {db} ({verb} needs the running "
-                                   "agent: start it, then retry)")
         if holder is None:
+            if verb not in OFFLINE_VERBS:
+                raise AgentUnavailable(f"no agent is running on {db} ({verb} needs the "
+                                       "running agent: start it, then retry)")
             from ._offline import apply_offline
 
             try:
                 return apply_offline(config, verb, payload)
             except AgentLockedError:
+                if time.monotonic() >= deadline:
+                    raise
                 continue  # an agent took the database just now: ask it
+        # Re-read each round: an agent that is starting advertises its socket a moment later.
         path = str(holder.get("control_socket") or socket_path(config))
-        while True:
-            try:
-                return control_request(path, verb, payload, max(0.1, deadline - time.monotonic()))
-            except AgentUnavailable:
-                if time.monotonic() >= deadline or holder_info(db) is None:
-                    break
-                time.sleep(0.1)  # the agent holds the database but is not listening yet
-        if holder_info(db) is not None:
-            pid = f" (pid {holder['pid']})" if holder.get("pid") else ""
-            raise CommandError(f"the agent{pid} holds {db} but does not answer on {path} "
-                               "(is it starting or hung? see journalctl -u edgewatch)")
-    raise CommandError(f"the agent on {db} could not be reached (retry)")
+        try:
+            return control_request(path, verb, payload, max(0.1, deadline - time.monotonic()))
+        except AgentUnavailable:
+            if time.monotonic() >= deadline:
+                pid = f" (pid {holder['pid']})" if holder.get("pid") else ""
+                raise CommandError(f"the agent{pid} holds {db} but does not answer on {path} "
+                                   "(is it starting or hung? see journalctl -u edgewatch)"
+                                   ) from None
+            time.sleep(0.1)

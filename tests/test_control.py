@@ -14,8 +14,8 @@ import pytest
 from agent._sqlite import AgentLockedError, holder_info
 from agent.alerts import AlertManager
 from agent.config import load_config
-from agent.control import AgentUnavailable, ControlServer, control_request, socket_path
-from agent.errors import ConfigError
+from agent.control import AgentUnavailable, ControlServer, control_request, send, socket_path
+from agent.errors import CommandError, ConfigError
 from agent.store import Store
 
 
@@ -130,3 +130,23 @@ def test_the_running_store_holds_the_database(tmp_path: Path) -> None:
         store.close()
     assert holder_info(db) is None
     Store(db, lock_wait_s=0.0).start().close()  # free again
+
+
+def test_send_reports_an_agent_that_holds_the_database_but_does_not_answer(tmp_path: Path
+                                                                        ) -> None:
+    cfg = load_config({"store": {"path": str(tmp_path / "h.db")}})
+    store = Store(cfg.store.path).start()  # holds the lock; nothing listens
+    try:
+        with pytest.raises(CommandError, match=r"holds .*h\.db but does not answer on "
+                                               r".*h\.db\.sock"):
+            send(cfg, "disable", {"target": "blur"}, timeout=0.3)
+        server = ControlServer(str(tmp_path / "elsewhere.sock"), Api()).start()
+        try:
+            store.advertise(control_socket=server.path)  # where it listens is advertised
+            assert send(cfg, "disable", {"target": "blur"})["result"]["disabled"] == "blur"
+        finally:
+            server.close()
+    finally:
+        store.close()
+    with pytest.raises(AgentUnavailable, match="rebaseline needs the running agent"):
+        send(cfg, "rebaseline", {})
