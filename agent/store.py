@@ -92,13 +92,12 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Tables put() accepts, their columns, the JSON-encoded column and the time column.
+# Tables put() accepts and their columns; the time column of each table with one.
 BULK_COLUMNS: Dict[str, Tuple[str, ...]] = {
     "windows": ("id", "ts_start", "ts_end", "frames", "camera", "summary"),
     "events": ("id", "ts", "kind", "message", "data"),
     "heartbeats": ("seq", "ts", "payload"),
 }
-_JSON_COLUMN = {"windows": "summary", "events": "data", "heartbeats": "payload"}
 TIME_COLUMNS = {"windows": "ts_start", "events": "ts", "heartbeats": "ts", "alerts": "ts",
                 "outbox": "ts"}
 _ALERT_COLUMNS = ("id", "fingerprint", "ts", "kind", "severity", "state", "feature", "metric",
