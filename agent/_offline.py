@@ -79,8 +79,10 @@ def _run(config: Config, store: Store, verb: str, payload: Dict[str, Any]) -> Di
 
         outbox = topics(config.mqtt.topic_prefix, config.mqtt.device_id)
 
-    def emit(record: Dict[str, Any]) -> None:
-        notify = record.pop("notify", True)
+    def emit(transition: Any) -> None:
+        # A dict record with "notify" today; agent.records.AlertTransition (to_dict, notify).
+        record = transition.to_dict() if hasattr(transition, "to_dict") else dict(transition)
+        notify = bool(getattr(transition, "notify", record.pop("notify", True)))
         messages = alert_outbox_messages(outbox, record) if notify and outbox else []
         store.put_alert(record, messages)
 

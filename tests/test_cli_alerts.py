@@ -117,9 +117,14 @@ def test_alerts_cli_without_an_agent_applies_controls_like_the_agent(tmp_path: P
                                                                     capsys: Any) -> None:
     db = tmp_path / "off.db"
     with Store(str(db)) as st:
-        st.put_alert({"id": "a1b2c3d4e5f6a7b8", "fingerprint": "fp1", "seq": 4, "ts": 100.0,
-                      "kind": "anomaly", "severity": "warning", "state": "firing",
-                      "feature": "brightness", "message": "too dark", "starts_at": 100.0})
+        st.put_alert({"schema": 1, "id": "a1b2c3d4e5f6a7b8", "fingerprint": "fp1", "seq": 4,
+                      "transition": "firing", "state": "firing", "ts": 100.0,
+                      "starts_at": 100.0, "ends_at": None, "device": "dev", "camera": "cam0",
+                      "kind": "anomaly", "severity": "warning", "feature": "brightness",
+                      "metric": "z", "value": 5.0, "threshold": 4.0, "expected": {},
+                      "observed": {}, "window": {"start": 90.0, "end": 100.0, "frames": 300},
+                      "model": {"path": "m", "sha256": "x"}, "message": "too dark",
+                      "acknowledged": False, "snoozed_until": None})
     assert main(["alerts", "snooze", "data_drift", "--for", "1h", "--db", str(db)]) == 0
     assert "agent not running: saved in" in capsys.readouterr().out
     assert main(["alerts", "disable", "brightness", "--db", str(db)]) == 0
