@@ -29,7 +29,7 @@ import os
 import socket
 import stat
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from ._sqlite import AgentLockedError, holder_info
 from .commands import ControlAPI, handle_command
@@ -121,8 +121,13 @@ class ControlServer:
             return
         with conn:
             conn.settimeout(CLIENT_READ_S)
-            for line in _lines(conn, self._max):
-                conn.sendall(json.dumps(self.answer(line), default=str).encode() + b"\n")
+            try:
+                for line in _lines(conn, self._max):
+                    answer = self.answer(line) if line is not None else {
+                        "ok": False, "error": f"request longer than {self._max} bytes"}
+                    conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
+            except OSError as exc:  # the client went away: its loss, not the server's failure
+                log.debug("control client dropped: %s", exc)
 
     def answer(self, line: bytes) -> Dict[str, Any]:
         """The response to one request line (never raises for a bad request)."""
@@ -143,15 +148,16 @@ class ControlServer:
         return {"ok": False, "error": answer.get("error", "command rejected")}
 
 
-def _lines(conn: socket.socket, limit: int) -> Any:
-    """Request lines from a client until it closes, goes quiet or sends too much."""
+def _lines(conn: socket.socket, limit: int) -> Iterator[Optional[bytes]]:
+    """Request lines from a client until it closes or goes quiet; None for one too long."""
     buf = b""
     while True:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             if line.strip():
-                yield line
+                yield line if len(line) <= limit else None
         if len(buf) > limit:
+            yield None
             return
         try:
             chunk = conn.recv(4096)

@@ -74,6 +74,12 @@ def test_server_answers_one_json_line_per_request(sock_path: str) -> None:
         assert "not JSON" in answers[0]["error"]
         assert "request must be" in answers[1]["error"]
         assert answers[2] == {"ok": True, "result": {"pong": True}}
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.connect(sock_path)
+            raw.sendall(b"x" * 70000)  # no newline, over the 64 KiB limit
+            with raw.makefile("rb") as reader:
+                assert "request longer than 65536 bytes" in json.loads(reader.readline())["error"]
+        assert control_request(sock_path, "ping", {})["ok"]  # still serving
     finally:
         server.close()
     assert not os.path.exists(sock_path)  # removed at close
