@@ -35,13 +35,14 @@ import sqlite_utils
 
 from ._sqlite import classify
 from .errors import StoreError
-from .supervise import Supervisor
+from .supervise import Supervisor, Worker
 
 log = logging.getLogger(__name__)
 
 FAULT_LOG_EVERY_S = 60.0
 MAINTENANCE_EVERY_S = 60.0
 ALERT_WAIT_S = 0.05  # the longest put_alert blocks before spilling to memory
+_IDLE_S = 0.5  # the longest one step of the writer waits for work
 
 _SQL_TYPES = (type(None), int, float, str, bytes)
 Row = Tuple[str, Tuple[str, ...], Tuple[Any, ...]]  # table, column names, values
@@ -101,6 +102,7 @@ class Writer:
         self.before_commit: Optional[Hook] = None  # tests read pragmas inside a transaction
         self._db: Optional[sqlite_utils.Database] = None
         self._supervisor: Optional[Supervisor] = None
+        self._worker: Optional[Worker] = None
         self._own_supervisor = False
         self.closing = False
         # Writer-owned state.
@@ -123,19 +125,23 @@ class Writer:
             self._next_maintenance = time.monotonic()
         self._own_supervisor = supervisor is None
         self._supervisor = supervisor or Supervisor()
-        self._supervisor.spawn("edgewatch-store", self._step, backoff_s=self._retry_s,
-                               critical=True)
+        self._worker = self._supervisor.spawn("edgewatch-store", self._step,
+                                              backoff_s=self._retry_s, critical=True)
 
     def close(self, timeout: float) -> bool:
         """Write everything queued, checkpoint and close; False if that took too long."""
         self.closing = True
         self._wake.set()
-        if not self._done.wait(timeout):
-            alive = self._supervisor is not None and not self._supervisor.stop_event.is_set()
-            if alive:
+        deadline = time.monotonic() + timeout
+        worker = self._worker
+        while (not self._done.is_set() and worker is not None and worker.thread.is_alive()
+               and time.monotonic() < deadline):
+            self._done.wait(0.05)  # the worker may end first: its supervisor is stopping
+        if not self._done.is_set():
+            if worker is not None and worker.thread.is_alive():
                 log.error("store writer did not stop within %.1f s: %s", timeout, self.path)
                 return False
-            while not self._done.is_set():  # the supervisor stopped first: drain here
+            while not self._done.is_set():  # the worker is gone: drain in this thread
                 self._step()
         if self._own_supervisor and self._supervisor is not None:
             self._supervisor.stop()
@@ -203,8 +209,8 @@ class Writer:
         deadline = min(self._next_flush, self._next_maintenance)
         if self._faulted_at:
             deadline = min(deadline, self._next_retry)
-        if not self.closing:
-            self._wake.wait(max(0.0, deadline - now))
+        if not self.closing:  # at most _IDLE_S: the worker loop then sees a supervisor stop
+            self._wake.wait(min(max(0.0, deadline - now), _IDLE_S))
         self._wake.clear()
         closing = self.closing
         jobs = self._take_critical()

@@ -429,3 +429,16 @@ def test_a_failing_writer_is_fatal_but_a_full_disk_is_not(tmp_path):
     finally:
         sup.stop()
         st.close(timeout=1)
+
+
+def test_close_after_the_supervisor_stopped_still_writes_everything(tmp_path):
+    sup = Supervisor()
+    st = Store(str(tmp_path / "h.db"), flush_interval_s=60.0).start(sup)
+    for i in range(5):
+        st.put("events", {"ts": NOW + i, "kind": "k"})
+    st.put_alert(alert(1), [outbox_msg(1)])
+    t0 = time.monotonic()
+    sup.stop()  # the agent stopped its workers first
+    st.close(timeout=30)
+    assert time.monotonic() - t0 < 5  # drained at once, not after the timeout
+    assert count(tmp_path / "h.db", "events") == 5 and count(tmp_path / "h.db", "alerts") == 1
