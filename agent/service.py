@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ._version import __version__
-from .alerts import AlertManager, Observation
+from .alerts import AlertManager, AlertTransition
 from .config import Config, load_config
 from .control import ControlServer, socket_path
 from .drift.reference import Reference
@@ -260,9 +260,9 @@ class Agent:
         else:
             log.info("%s: %s", kind, message)
 
-    def _on_alert(self, record: Dict[str, Any]) -> None:
+    def _on_alert(self, transition: AlertTransition) -> None:
         assert self.store is not None
-        notify = record.pop("notify", True)
+        record, notify = transition.to_dict(), transition.notify
         if notify:
             log.warning("alert %s [%s/%s]: %s", record["transition"], record["kind"],
                         record["severity"], record["message"])
@@ -300,16 +300,7 @@ class Agent:
     def _check_health(self) -> None:
         health = self._health.read_health(self.config.store.path)
         self._last_health = health
-        obs = []
-        for d in health_checks(health, self._limits):
-            obs.append(Observation(
-                kind="device_health", feature=d["feature"], metric=d["metric"],
-                value=float(d["value"]), threshold=float(d["threshold"]),
-                breach=bool(d.get("breach", True)), clear=not bool(d.get("breach", True)),
-                summary=d["message"], severity=d.get("severity", "warning"),
-                for_s=self.config.health.for_s, clear_for_s=self.config.health.for_s,
-                observed={"value": d["value"]}, expected={"threshold": d["threshold"]},
-                window={"start": self.clock(), "end": self.clock(), "frames": 0}))
+        obs = health_checks(health, self._limits, now=self.clock(), for_s=self.config.health.for_s)
         if self.monitor is not None and obs:
             self.monitor.update_alerts(obs, self.clock())
 
@@ -571,5 +562,5 @@ def build_monitor(config: Config, *, model_path: Optional[str] = None) -> Monito
         info["sha256"] = file_sha256(Path(path))
     agent = Agent(config, model_info=info).start()
     assert agent.monitor is not None
-    agent.monitor._owner = agent  # type: ignore[attr-defined]
+    agent.monitor.on_close(agent.close)
     return agent.monitor
