@@ -18,6 +18,8 @@ from .alerts import AlertManager
 from .commands import handle_command
 from .config import Config
 from .errors import CommandError, StoreError
+from .monitor import KNOWN_FEATURES
+from .records import AlertTransition
 from .store import Store, fault_fix
 
 
@@ -79,17 +81,16 @@ def _run(config: Config, store: Store, verb: str, payload: Dict[str, Any]) -> Di
 
         outbox = topics(config.mqtt.topic_prefix, config.mqtt.device_id)
 
-    def emit(transition: Any) -> None:
-        # A dict record with "notify" today; agent.records.AlertTransition (to_dict, notify).
-        record = transition.to_dict() if hasattr(transition, "to_dict") else dict(transition)
-        notify = bool(getattr(transition, "notify", record.pop("notify", True)))
-        messages = alert_outbox_messages(outbox, record) if notify and outbox else []
+    def emit(transition: AlertTransition) -> None:
+        record = transition.to_dict()
+        messages = alert_outbox_messages(outbox, record) if transition.notify and outbox else []
         store.put_alert(record, messages)
 
     writes: List[Any] = []
     alerts = AlertManager(device=config.device.id, camera=config.device.camera, model={},
                           emit=emit, repeat_interval_s=config.alerts.repeat_interval_s,
                           persist_control=lambda *c: writes.append(store.set_control(*c)))
+    alerts.declare_features(KNOWN_FEATURES)  # the agent's monitor declares the same names
     controls = [c for c in store.controls() if c["kind"] != "snooze" or (c["until"] or 0) > now]
     alerts.restore(store.open_alert_records(), controls, store.max_alert_seq())
     request = json.dumps({"id": "offline", **payload}).encode()

@@ -131,6 +131,9 @@ def test_alerts_cli_without_an_agent_applies_controls_like_the_agent(tmp_path: P
     assert "resolved a1b2c3d4e5f6a7b8" in capsys.readouterr().out
     assert main(["alerts", "enable", "contrast", "--db", str(db)]) == 7  # as the agent says
     assert "'contrast' is not disabled" in capsys.readouterr().err
+    assert main(["alerts", "disable", "brightnes", "--db", str(db)]) == 7  # a typo: refused
+    assert "unknown kind or feature 'brightnes'" in capsys.readouterr().err
+    assert main(["alerts", "disable", "temperature", "--db", str(db)]) == 0  # device health
     reader = Reader(str(db))
     snooze = [c for c in reader.controls() if c["kind"] == "snooze"][0]
     assert 3500 < snooze["until"] - time.time() <= 3600
