@@ -7,11 +7,23 @@ sees the model's input tensor (turned back into a BGR uint8 image) and its outpu
 from __future__ import annotations
 
 import time
-from typing import Any, Tuple
+from typing import Any, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .monitor import Monitor
+from .config import Config
+
+
+class Observer(Protocol):
+    """What ``wrap`` needs: the config (for the input's colour order) and ``observe``."""
+
+    @property
+    def config(self) -> Config:
+        """The agent's configuration."""
+
+    def observe(self, frame: np.ndarray, outputs: Optional[Sequence[np.ndarray]] = None,
+                latency_s: Optional[float] = None, ts: Optional[float] = None) -> None:
+        """Record one frame and the model's outputs."""
 
 
 def tensor_to_bgr(tensor: np.ndarray, *, quantization: Tuple[float, int] = (0.0, 0),
@@ -35,7 +47,7 @@ def tensor_to_bgr(tensor: np.ndarray, *, quantization: Tuple[float, int] = (0.0,
     return out[..., ::-1] if color == "rgb" else out
 
 
-def wrap(interpreter: Any, monitor: Monitor) -> Any:
+def wrap(interpreter: Any, monitor: Observer) -> Any:
     """Return ``interpreter`` with every ``invoke()`` observed by ``monitor``."""
     original = interpreter.invoke
     inp = interpreter.get_input_details()[0]

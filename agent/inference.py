@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
+from .config import ModelConfig
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,12 @@ class Model:
         self._tensor = np.empty((1, h, w, self.channels), self.input_dtype)
         self._work = np.empty((h, w, self.channels), np.float32)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> Model:
+        """The model a ``[model]`` section describes."""
+        return cls(config.path, runtime=config.runtime, num_threads=config.num_threads,
+                   delegate=config.delegate, input_range=config.input_range, color=config.color)
+
     @property
     def output_names(self) -> List[str]:
         """Names of the model's outputs, in the interpreter's order."""
@@ -205,7 +212,7 @@ class Model:
         outputs = self.invoke()
         return outputs, time.perf_counter() - t0
 
-    def info(self) -> dict:
+    def info(self) -> Dict[str, Any]:
         """The model's identity for heartbeats, alerts and baselines."""
         return {
             "path": str(self.path),
@@ -213,6 +220,7 @@ class Model:
             "runtime": self.runtime,
             "delegate": self.delegate or None,
             "input": [int(v) for v in self.input_details[0]["shape"]],
+            "input_size": self.input_size,
             "input_dtype": self.input_dtype.name,
             "outputs": [
                 {"name": d["name"], "shape": [int(v) for v in d["shape"]]}

@@ -155,27 +155,6 @@ class Monitor:
                  len(self.names), self.ring.capacity, self.ring.nbytes / 1e6,
                  0 if self._warmup is None else self._warmup.nbytes / 1e6)
 
-    # ---- construction for the in-process hook ------------------------------------------
-    @classmethod
-    def from_config(cls, source: Any = None) -> Monitor:
-        """A started monitor (with SQLite history, alerts, MQTT) from a config path or dict."""
-        from .config import load_config
-        from .service import build_monitor
-
-        return build_monitor(source if isinstance(source, Config) else load_config(source))
-
-    def close(self) -> None:
-        """Flush history and stop the background workers (when built by from_config)."""
-        owner = getattr(self, "_owner", None)
-        if owner is not None:
-            owner.close()
-
-    def __enter__(self) -> Monitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ---- memory report ---------------------------------------------------------------
     @property
     def nbytes(self) -> int:

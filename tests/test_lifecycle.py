@@ -15,8 +15,8 @@ import pytest
 
 from agent.config import load_config
 from agent.emulated import EmulatedFeed
+from agent.loop import replay, run
 from agent.notify import Notifier
-from agent.service import replay, run
 from agent.sources import open_source
 
 listeners = broker_fixtures.listeners

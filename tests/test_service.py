@@ -23,7 +23,7 @@ from agent import Monitor, wrap
 from agent.cli import main
 from agent.config import load_config
 from agent.errors import SourceError
-from agent.service import replay
+from agent.loop import replay
 from agent.sources import open_source
 
 FAST = {"drift": {"warmup_s": 40, "window_frames": 300, "eval_interval_s": 2, "for_s": 6,
