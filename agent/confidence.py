@@ -192,8 +192,12 @@ class Decoder:
             )
 
     def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
-        """Write the CONFIDENCE_FEATURES values for one frame into ``out``."""
+                 class_hist: np.ndarray | None = None) -> bool:
+        """Write the CONFIDENCE_FEATURES values for one frame into ``out``.
+
+        Returns False, leaving ``out`` to the caller, when the outputs hold NaN or infinite
+        values (a broken model or delegate): the frame's confidence is then unknown.
+        """
         raise NotImplementedError
 
     def _detections(self, out: np.ndarray, top: float, n_above_low: int, n_hi: int,
@@ -243,11 +247,13 @@ class ClassificationDecoder(Decoder):
         self._log_c = math.log(c)
 
     def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+                 class_hist: np.ndarray | None = None) -> bool:
         """Write top_score, margin, entropy, pred_class (and low_conf_frac) into ``out``."""
         p, tmp = self._p, self._tmp
         np.copyto(p, self._float(outputs, 0).reshape(-1))
         total = p.sum()
+        if not math.isfinite(total):
+            return False
         if p.min() >= 0.0 and p.max() <= 1.0001 and 0.9 < total < 1.1:
             p /= total
         else:  # logits
@@ -271,6 +277,7 @@ class ClassificationDecoder(Decoder):
         out[8] = idx
         if class_hist is not None and idx < len(class_hist):
             class_hist[idx] += 1
+        return True
 
 
 class SSDDecoder(Decoder):
@@ -307,10 +314,13 @@ class SSDDecoder(Decoder):
         return None
 
     def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+                 class_hist: np.ndarray | None = None) -> bool:
         """Summarise the post-processed detections of one frame into ``out``."""
         self._check(outputs)
-        n = int(np.asarray(self._float(outputs, self._count)).reshape(-1)[0])
+        count = float(np.asarray(self._float(outputs, self._count)).reshape(-1)[0])
+        if not math.isfinite(count):
+            return False
+        n = int(count)
         pair = self._pair
         if pair is None:
             a = self._float(outputs, self._rest[0]).reshape(-1)[:n]
@@ -323,6 +333,8 @@ class SSDDecoder(Decoder):
         classes = self._float(outputs, pair[0]).reshape(-1)[:n]
         scores = self._float(outputs, pair[1]).reshape(-1)[:n]
         boxes = self._float(outputs, self._boxes).reshape(-1, 4)[:n]
+        if not math.isfinite(float(scores.sum() + classes.sum() + boxes.sum())):
+            return False
         n = min(n, len(scores))
         top = float(scores.max()) if n else 0.0
         n_above_low = int(np.count_nonzero(scores >= self.low_conf))
@@ -332,6 +344,7 @@ class SSDDecoder(Decoder):
         areas = np.clip(kb[:, 2] - kb[:, 0], 0, 1) * np.clip(kb[:, 3] - kb[:, 1], 0, 1)
         self._detections(out, top, n_above_low, n_hi, scores[keep].tolist(), areas.tolist(),
                          classes[keep].astype(np.intp).tolist(), class_hist)
+        return True
 
 
 class YoloDecoder(Decoder):
@@ -354,7 +367,7 @@ class YoloDecoder(Decoder):
         self._cap = max_candidates
 
     def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+                 class_hist: np.ndarray | None = None) -> bool:
         """Summarise the frame's candidates (after fast NMS) into ``out``."""
         x = self._float(outputs, 0)[0]
         if self._channels_first:
@@ -363,7 +376,9 @@ class YoloDecoder(Decoder):
         else:
             np.max(x[:, 4:], axis=1, out=self._best)
         best, mask = self._best, self._mask
-        top = float(best.max())
+        top = float(best.max())  # NaN when any score is NaN
+        if not math.isfinite(top):
+            return False
         np.greater_equal(best, self.low_conf, out=mask)
         n_above_low = int(np.count_nonzero(mask))
         np.greater_equal(best, self.score_threshold, out=mask)
@@ -373,6 +388,8 @@ class YoloDecoder(Decoder):
             idx = idx[np.argpartition(best[idx], -self._cap)[-self._cap:]]
         idx = idx[np.argsort(-best[idx])]
         rows = np.asarray(x[idx], np.float64)
+        if not math.isfinite(float(rows.sum())):
+            return False
         scores = best[idx]
         classes = rows[:, 4:].argmax(axis=1)
         cx, cy, w, h = rows[:, 0], rows[:, 1], np.abs(rows[:, 2]), np.abs(rows[:, 3])
@@ -384,6 +401,7 @@ class YoloDecoder(Decoder):
         areas = np.clip(w, 0, 1) * np.clip(h, 0, 1)
         self._detections(out, top, n_above_low, n_hi, scores[keep].tolist(),
                          areas[keep].tolist(), classes[keep].tolist(), class_hist)
+        return True
 
 
 class AnchorDecoder(Decoder):
@@ -415,10 +433,12 @@ class AnchorDecoder(Decoder):
         self._cap = max_candidates
 
     def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+                 class_hist: np.ndarray | None = None) -> bool:
         """Summarise the frame's anchors (thresholded on logits, then fast NMS) into ``out``."""
         self._check(outputs)
         logits = self._float(outputs, self._scores).reshape(-1)
+        if not math.isfinite(float(np.add.reduce(logits))):
+            return False  # NaN never clears low_conf: it would hide among the low scores
         # Most anchors are far below low_conf: find the few above it first and work on
         # those as plain floats; the sigmoid is only ever taken of the kept scores.
         idx = np.flatnonzero(logits >= self._low)
@@ -432,7 +452,7 @@ class AnchorDecoder(Decoder):
         thr_l = self._thr
         if top_logit < thr_l:
             self._detections(out, top, n_above_low, 0, [], [], None, class_hist)
-            return
+            return True
         if n_above_low > 4 * self._cap:
             idx = np.flatnonzero(logits >= thr_l)
             if len(idx) > self._cap:
@@ -445,7 +465,10 @@ class AnchorDecoder(Decoder):
             n_hi = len(order)
             order.sort(key=lg.__getitem__, reverse=True)
             del order[self._cap:]
-        regs = self._float(outputs, self._regs)[0][idx, :4].tolist()
+        kept_regs = self._float(outputs, self._regs)[0][idx, :4]
+        if not math.isfinite(float(np.add.reduce(kept_regs, axis=None))):
+            return False
+        regs = kept_regs.tolist()
         sw, sh = self._size
         anchors = self._anchor_px
         il = idx.tolist()
@@ -478,6 +501,7 @@ class AnchorDecoder(Decoder):
             scores.append(1.0 / (1.0 + math.exp(-(x if x > -100.0 else -100.0))))
             areas.append((w / sw if w < sw else 1.0) * (h / sh if h < sh else 1.0))
         self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
+        return True
 
 
 class GenericDecoder(Decoder):
@@ -493,10 +517,12 @@ class GenericDecoder(Decoder):
         self._log_n = math.log(n) if n > 1 else 1.0
 
     def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+                 class_hist: np.ndarray | None = None) -> bool:
         """Write top_score (max), margin, entropy, mean_score (mean), pred_class (argmax)."""
         p = self._p
         np.copyto(p, np.asarray(self._float(outputs, 0)).reshape(-1))
+        if not math.isfinite(float(p.sum())):
+            return False
         idx = int(p.argmax())
         top1 = float(p[idx])
         out[0] = top1
@@ -515,6 +541,7 @@ class GenericDecoder(Decoder):
         out[2] = float(-np.dot(p, np.log(p))) / self._log_n if len(p) > 1 else 0.0
         out[3] = out[5] = out[6] = out[7] = _NAN
         out[8] = idx
+        return True
 
 
 def _pair(size: Any) -> tuple[int, int]:

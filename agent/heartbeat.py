@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ._version import __version__
-from .alerts import Observation
 from .config import Config
-from .health import THROTTLE_FLAGS, HealthLimits, HealthReader, health_checks
+from .health import HealthLimits, HealthReader, health_checks
 from .monitor import Monitor
 from .mqtt import MqttLink
+from .records import Observation
 from .store import Store
 from .supervise import Supervisor
 
@@ -91,46 +91,10 @@ class HealthWatch:
         self.last: Dict[str, Any] = {}
 
     def read(self, now: float) -> List[Observation]:
-        """One reading: an observation for every metric, breached or clear."""
+        """One reading: an observation for every metric with a sensor, breached or clear."""
         health = self._reader.read_health(self._config.store.path)
         self.last = health
-        for_s = self._config.health.for_s
-        window = {"start": now, "end": now, "frames": 0}
-        out: List[Observation] = []
-        breached = set()
-        for d in health_checks(health, self._limits):
-            breached.add(d["feature"])
-            out.append(Observation(
-                kind="device_health", feature=d["feature"], metric=d["metric"],
-                value=float(d["value"]), threshold=float(d["threshold"]), breach=True,
-                clear=False, summary=d["message"], severity=d.get("severity", "warning"),
-                for_s=for_s, clear_for_s=for_s, observed={"value": d["value"]},
-                expected={"threshold": d["threshold"]}, window=window))
-        for feature, (metric, value, limit) in self._readings(health).items():
-            if feature not in breached and value == value:  # NaN: no such sensor here
-                out.append(Observation(
-                    kind="device_health", feature=feature, metric=metric, value=value,
-                    threshold=limit, breach=False, clear=True,
-                    summary=f"{feature} within limits ({metric} {value:g})", for_s=for_s,
-                    clear_for_s=for_s, observed={"value": value},
-                    expected={"threshold": limit}, window=window))
-        return out
-
-    def _readings(self, health: Mapping[str, Any]) -> Dict[str, Tuple[str, float, float]]:
-        """Each health metric's value now and its limit: the clear observations' figures."""
-        lim, nan = self._limits, float("nan")
-        disk = health.get("disk") or {}
-        memory = health.get("memory") or {}
-        throttled = health.get("throttled") or {}
-        active = sum(1 << THROTTLE_FLAGS[n] for n, on in throttled.get("now", {}).items() if on)
-
-        def num(value: Any) -> float:
-            return nan if value is None else float(value)
-
-        return {"temperature": ("max_temp_c", num(health.get("max_temp_c")), lim.temp_c),
-                "throttling": ("throttled", float(active), 0.0),
-                "disk": ("disk_free_mb", num(disk.get("free_mb")), lim.disk_free_mb),
-                "memory": ("memory_percent", num(memory.get("percent")), lim.memory_percent)}
+        return health_checks(health, self._limits, now=now, for_s=self._config.health.for_s)
 
     def host(self) -> Dict[str, Any]:
         """The ``host`` part of a heartbeat, from the last reading."""
@@ -216,4 +180,5 @@ class Heartbeats:
                     "oldest_age_s": stats.get("outbox_oldest_age_s"),
                     "dropped": stats.get("outbox_dropped")},
             mqtt=None if self._mqtt is None else self._mqtt.status(),
-            threads=self._supervisor.health(), errors=dict(snap.get("errors") or {}))
+            threads=self._supervisor.health(),
+            errors={k: snap[k] for k in ("bad_frames", "hook_errors", "last_hook_error")})

@@ -120,21 +120,20 @@ def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dic
     out: Dict[str, str] = {}
     if not config.rules.enabled:
         out["rules"] = "rules are off ([rules] enabled = false)"
-    snap = monitor.snapshot()
-    if snap["drift"]:
+    if monitor.snapshot()["drift"]:
         return out
-    if not config.drift.enabled:
+    status = monitor.reference_status
+    if status.state == "disabled":
         out["drift"] = "drift is off ([drift] enabled = false)"
-    elif snap["warmup"] is not None:
-        done = snap["warmup"]["frames"] / fps
-        out["drift"] = (f"the replay ended during warm-up ({done:.0f} s of "
+    elif status.state == "warming_up":
+        out["drift"] = (f"the replay ended during warm-up ({status.frames / fps:.0f} s of "
                         f"{config.drift.warmup_s:.0f} s)")
-    elif monitor.reference is None:
-        out["drift"] = "warm-up collected too few frames to learn a reference"
+    elif status.state == "failed":
+        out["drift"] = f"warm-up failed: {status.message}"
     else:
-        window = monitor.reference.window_frames
-        out["drift"] = (f"the replay was shorter than one drift window after warm-up "
-                        f"({frames} frames; a window is {window})")
+        window = monitor.reference.window_frames if monitor.reference is not None else 0
+        out["drift"] = (f"the replay was too short for one drift test after the reference "
+                        f"was ready ({frames} frames; a test needs a window of {window})")
     return out
 
 
@@ -145,7 +144,6 @@ def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
     """Each frame's feature row over ``uris``, in time order (``edgewatch baseline``)."""
     rows: List[npt.NDArray[np.float32]] = []
     cfg = config.with_values(drift__enabled=False, rules__enabled=False)
-    done = 0
     for uri in uris:
         alerts = AlertManager(device="baseline", camera="baseline", model={}, emit=lambda r: None)
         mon = Monitor(cfg, alerts, model_info=model.info(), sink=NullSink(),
@@ -155,11 +153,12 @@ def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
                  ts: float, mon: Monitor = mon) -> None:
             mon.observe(frame, outputs, latency, ts)
             rows.append(mon.ring.last(1)[1][0].copy())
+            if on_frame is not None:
+                on_frame(len(rows))
 
         source = open_source(uri)
         try:
-            done += drive(synthetic_times(source, 0.0, fps, max_frames), model, keep,
-                          None if on_frame is None else lambda n, base=done: on_frame(base + n))
+            drive(synthetic_times(source, 0.0, fps, max_frames), model, keep)
         finally:
             source.close()
     if not rows:

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from queue import Empty, Full, Queue
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import paho.mqtt.client as mqtt
 
@@ -126,10 +126,10 @@ class MqttLink:
                             outbox_undeliverable=0)
         # (outbox row id, paho MQTTMessageInfo) handed to paho and not yet acked; paho keeps
         # QoS 1 messages across reconnects and resends them (dup flag) until the PUBACK.
-        self._inflight: List[tuple] = []
+        self._inflight: List[Tuple[int, mqtt.MQTTMessageInfo]] = []
         self._acked: List[int] = []  # row ids acked, not yet deleted
         self._cursor = 0  # highest outbox id handed to paho
-        self._commands: Queue[Optional[tuple]] = Queue(_COMMAND_QUEUE)
+        self._commands: Queue[Optional[Tuple[str, bytes]]] = Queue(_COMMAND_QUEUE)
         self._supervisor: Optional[Supervisor] = None
         self._own_supervisor = False
         self._listening = False

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ._version import __version__
-from .alerts import AlertManager
+from .alerts import AlertManager, AlertTransition
 from .commands import handle_command
 from .config import Config
 from .drift.reference import Reference
@@ -93,9 +93,9 @@ class _AlertOutput:
         mqtt = config.mqtt
         self._topics = topics(mqtt.topic_prefix, mqtt.device_id) if mqtt.enabled else None
 
-    def emit(self, record: Dict[str, Any]) -> None:
+    def emit(self, transition: AlertTransition) -> None:
         """Store one transition (and queue it for MQTT when it notifies)."""
-        notify = record.pop("notify", True)
+        record, notify = transition.to_dict(), transition.notify
         if notify:
             log.warning("alert %s [%s/%s]: %s", record["transition"], record["kind"],
                         record["severity"], record["message"])
@@ -152,25 +152,25 @@ class Controls:
 
     def ack(self, alert: str) -> Dict[str, Any]:
         """Acknowledge a firing alert."""
-        return self._monitor.control(lambda a: a.ack(alert))  # type: ignore[no-any-return]
+        return self._monitor.control(lambda a: a.ack(alert))
 
     def snooze(self, target: str, until: float) -> Dict[str, Any]:
         """Snooze an alert, kind or feature until a unix time."""
-        return self._monitor.control(lambda a: a.snooze(target, until))  # type: ignore[no-any-return]
+        return self._monitor.control(lambda a: a.snooze(target, until))
 
     def disable(self, target: str) -> Dict[str, Any]:
         """Disable alerts of a kind or feature."""
         now = self._clock()
-        return self._monitor.control(lambda a: a.disable(target, now))  # type: ignore[no-any-return]
+        return self._monitor.control(lambda a: a.disable(target, now))
 
     def enable(self, target: str) -> Dict[str, Any]:
         """Enable alerts of a kind or feature again."""
-        return self._monitor.control(lambda a: a.enable(target))  # type: ignore[no-any-return]
+        return self._monitor.control(lambda a: a.enable(target))
 
     def set_threshold(self, feature: str, value: float,
                       metric: Optional[str] = None) -> Dict[str, Any]:
         """Override a feature's threshold."""
-        return self._monitor.control(  # type: ignore[no-any-return]
+        return self._monitor.control(
             lambda a: a.set_threshold(feature, value, metric or ""))
 
     def rebaseline(self) -> Dict[str, Any]:

@@ -6,8 +6,9 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from agent.alerts import AlertManager, Observation, fingerprint
+from agent.alerts import AlertManager, AlertTransition, Observation, fingerprint
 from agent.errors import CommandError
+from agent.records import Window
 
 
 def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", for_s: float = 10,
@@ -16,7 +17,7 @@ def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", 
                        severity=severity,
                        breach=value > threshold, clear=value < 0.7 * threshold,
                        summary=f"{feature} drifted: KS {value:.2f}", for_s=for_s,
-                       clear_for_s=clear_for_s, window={"start": 0.0, "end": 30.0, "frames": 900})
+                       clear_for_s=clear_for_s, window=Window(0.0, 30.0, 900))
 
 
 class Recorder:
@@ -24,8 +25,8 @@ class Recorder:
         self.records: List[Dict[str, Any]] = []
         self.controls: Dict[tuple, tuple] = {}
 
-    def emit(self, rec: Dict[str, Any]) -> None:
-        self.records.append(dict(rec))
+    def emit(self, rec: AlertTransition) -> None:
+        self.records.append({**rec.to_dict(), "notify": rec.notify})
 
     def persist(self, kind: str, target: str, until: Optional[float], value: Optional[float]) -> None:
         if until is None and value is None:
@@ -125,7 +126,7 @@ def test_snooze_delays_notification_until_it_ends() -> None:
 def test_disable_resolves_and_blocks_enable_restores() -> None:
     rec = Recorder()
     m = rec.manager()
-    m.known_features = frozenset({"brightness"})
+    m.declare_features({"brightness"})
     m.update([obs(0.5, for_s=0)], now=0)
     m.disable("brightness", now=1)
     assert transitions(rec) == ["firing", "resolved"]
@@ -144,7 +145,7 @@ def test_restart_keeps_open_alerts_controls_and_sequence() -> None:
     m.update([obs(0.5, for_s=0)], now=0)
     m.set_threshold("brightness", 0.4)
     m.snooze("contrast", until=1000)
-    open_alerts = m.open_alerts()
+    open_alerts = [a.to_dict() for a in m.open_alerts()]
     controls = [{"kind": k, "target": t, "until": u, "value": v} for (k, t), (u, v) in rec.controls.items()]
     rec2 = Recorder()
     m2 = rec2.manager()

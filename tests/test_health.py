@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from agent.health import (
+    HEALTH_FEATURES,
     HealthLimits,
     HealthReader,
     decode_throttled,
@@ -152,12 +153,19 @@ HEALTHY = {
 
 
 def checks(**overrides):
-    return {o["feature"]: o for o in health_checks({**HEALTHY, **overrides})}
+    """The breached checks of one reading, by feature."""
+    return {o.feature: o for o in health_checks({**HEALTHY, **overrides}, now=NOW) if o.breach}
 
 
-def test_healthy_reading_has_no_observations():
-    assert health_checks(HEALTHY) == []
-    assert health_checks({}) == []  # every sensor absent
+NOW = 1_000.0
+
+
+def test_healthy_reading_observes_every_check_clear():
+    obs = health_checks(HEALTHY, now=NOW, for_s=30.0)
+    assert sorted(o.feature for o in obs) == sorted(HEALTH_FEATURES)
+    assert all(o.clear and not o.breach and o.kind == "device_health" for o in obs)
+    assert all(o.for_s == o.clear_for_s == 30.0 and o.window.start == NOW for o in obs)
+    assert health_checks({}, now=NOW) == []  # every sensor absent: nothing to observe
 
 
 @pytest.mark.parametrize(
@@ -168,10 +176,10 @@ def test_temperature_check(temp, severity):
     if severity is None:
         assert obs is None
     else:
-        assert obs["severity"] == severity
-        assert obs["kind"] == "device_health" and obs["metric"] == "max_temp_c"
-        assert obs["value"] == temp and obs["threshold"] == 80.0
-        assert "cpu-thermal" in obs["message"]
+        assert obs.severity == severity
+        assert obs.kind == "device_health" and obs.metric == "max_temp_c"
+        assert obs.value == temp and obs.threshold == 80.0
+        assert "cpu-thermal" in obs.summary
 
 
 @pytest.mark.parametrize(
@@ -179,9 +187,9 @@ def test_temperature_check(temp, severity):
 )
 def test_throttling_check(bits, severity):
     obs = checks(throttled=decode_throttled(bits))["throttling"]
-    assert obs["severity"] == severity
-    assert obs["value"] == float(bits & 0xF)
-    assert hex(bits) in obs["message"]
+    assert obs.severity == severity
+    assert obs.value == float(bits & 0xF)
+    assert hex(bits) in obs.summary
 
 
 @pytest.mark.parametrize(
@@ -198,19 +206,23 @@ def test_disk_check(disk, metric, severity):
     if metric is None:
         assert obs is None
     else:
-        assert obs["metric"] == metric and obs["severity"] == severity
-        assert "/data" in obs["message"]
+        assert obs.metric == metric and obs.severity == severity
+        assert "/data" in obs.summary
 
 
 def test_memory_check_and_custom_limits():
     assert "memory" not in checks(memory={"percent": 90.0, "available_mb": 100.0})
     obs = checks(memory={"percent": 93.0, "available_mb": 70.0})["memory"]
-    assert obs["value"] == 93.0 and obs["threshold"] == 90.0
+    assert obs.value == 93.0 and obs.threshold == 90.0
     # Limits as a mapping (a config section) or as any object with the same attribute names.
     hot = {**HEALTHY, "max_temp_c": 70.0}
-    assert health_checks(hot, {"temp_c": 65.0, "temp_critical_c": 75.0})[0]["threshold"] == 65.0
-    assert health_checks(hot, HealthLimits(temp_c=75.0, temp_critical_c=90.0)) == []
+
+    def temperature(limits):
+        return next(o for o in health_checks(hot, limits, now=NOW) if o.feature == "temperature")
+
+    assert temperature({"temp_c": 65.0, "temp_critical_c": 75.0}).threshold == 65.0
+    assert not temperature(HealthLimits(temp_c=75.0, temp_critical_c=90.0)).breach
     with pytest.raises(ValueError, match="unknown health limit"):
-        health_checks(hot, {"temperature": 70})
+        health_checks(hot, {"temperature": 70}, now=NOW)
     with pytest.raises(ValueError, match="temp_critical_c"):
         HealthLimits(temp_c=90.0, temp_critical_c=80.0)

@@ -17,7 +17,7 @@ def make_monitor(records: List[Dict[str, Any]], **drift: Any) -> Monitor:
                                  "for_s": 4, "clear_for_s": 4, **drift},
                        "stats": {"capacity": 1024}})
     alerts = AlertManager(device="d", camera="c", model={"path": "m", "sha256": "s"},
-                          emit=records.append)
+                          emit=lambda t: records.append(t.to_dict()))
     return Monitor(cfg, alerts, model_info={"path": "m", "sha256": "s"})
 
 

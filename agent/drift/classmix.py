@@ -24,6 +24,8 @@ import numpy as np
 from .categorical import js_divergence
 
 MAX_CLASSES = 4096
+#: The feature name of the class-mix drift alert.
+CLASS_MIX_FEATURE = "class_mix"
 
 
 def class_mix(reference_sketch: np.ndarray, current: np.ndarray,

@@ -11,10 +11,11 @@ window's quantile functions, vectorised over features. A feature is
 ``drifted`` when its KS distance is above its calibrated threshold *and* its normalised
 Wasserstein distance reaches the reference's ``min_wasserstein`` (a practical effect size).
 Persistence (P consecutive drifted evaluations, ``Reference.persistence_evals``) and hysteresis
-(``clear_threshold``, reported as ``above_clear``) are applied by the caller.
+(the reference's ``clear_threshold``, scaled with the threshold used and reported as
+``above_clear``) are applied by the caller.
 
 A window shorter than ``Reference.window_frames`` gets a proportionally higher threshold
-(x sqrt(window_frames / frames), capped at 0.99), since fewer frames mean a noisier distance.
+(x sqrt(window_frames / frames), capped at ``THRESHOLD_CAP``), since fewer frames mean a noisier distance.
 NaN values are dropped per feature; a feature with no values is reported as not evaluated.
 The autocorrelation-adjusted KS p-value (both sample sizes shrunk to their effective sizes with
 the reference's lag-1 autocorrelation) is computed only for drifted features.
@@ -30,12 +31,11 @@ import numpy as np
 
 from agent.drift.ks import ks_pvalue
 from agent.drift.psi import PSI_FLOOR
-from agent.drift.reference import Reference
+from agent.drift.reference import CLEAR_RATIO, THRESHOLD_CAP, Reference
 from agent.drift.wasserstein import wasserstein_sorted
 
 __all__ = ["DriftReport", "FeatureDrift", "evaluate"]
 
-_THRESHOLD_CAP = 0.99
 _QUANTILES = (0.05, 0.5, 0.95)
 
 
@@ -89,7 +89,7 @@ class DriftReport:
 def _skipped(name: str, reason: str, frames: int, ref: Reference, threshold: float) -> FeatureDrift:
     """A not-evaluated feature: NaN measures, never drifted."""
     nan = float("nan")
-    return FeatureDrift(name, False, nan, nan, nan, threshold, 0.7 * threshold, False, False,
+    return FeatureDrift(name, False, nan, nan, nan, threshold, CLEAR_RATIO * threshold, False, False,
                         frames, None, ref.summary(name), {}, reason)
 
 
@@ -245,6 +245,9 @@ def evaluate(
     # Python lists: indexing them is much cheaper than indexing numpy arrays element-wise.
     ks_l, psi_l, wass_l = ks.tolist(), psi.tolist(), wass.tolist()
     thresholds, valid_l, has_ref_l = reference.threshold.tolist(), valid.tolist(), has_ref.tolist()
+    # The reference's hysteresis, kept when the threshold is overridden or widened.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        clear_ratio = (reference.clear_threshold / reference.threshold).tolist()
     for i, f in enumerate(selected.tolist()):
         name = names[f]
         thr = float(overrides.get(name, thresholds[f]))
@@ -256,7 +259,7 @@ def evaluate(
             results.append(_skipped(name, "no valid values in window", 0, reference, thr))
             continue
         if m < reference.window_frames:
-            thr = min(_THRESHOLD_CAP, thr * math.sqrt(reference.window_frames / m))
+            thr = min(THRESHOLD_CAP, thr * math.sqrt(reference.window_frames / m))
         d = ks_l[i]
         w = wass_l[i]
         drifted = d > thr and w >= reference.min_wasserstein
@@ -265,8 +268,9 @@ def evaluate(
             rho = float(reference.rho1[f])
             shrink = (1.0 - rho) / (1.0 + rho)
             pvalue = ks_pvalue(d, max(1.0, m * shrink), max(1.0, reference.frames * shrink))
-        results.append(FeatureDrift(name, True, d, psi_l[i], w, thr, 0.7 * thr, drifted,
-                                    d >= 0.7 * thr, m, pvalue, dict(reference._summaries[f]),
+        clear = clear_ratio[f] * thr
+        results.append(FeatureDrift(name, True, d, psi_l[i], w, thr, clear, drifted,
+                                    d >= clear, m, pvalue, dict(reference._summaries[f]),
                                     current[i]))
     score = max((fd.ratio for fd in results), default=0.0)
     return DriftReport(tuple(results), n, tuple(fd.feature for fd in results if fd.drifted),

@@ -62,7 +62,8 @@ from agent.drift.ks import ks_grid, ks_statistic_grid
 from agent.drift.psi import PSI_FLOOR
 from agent.errors import BaselineError
 
-__all__ = ["FORMAT_VERSION", "KS_GRID", "ORIGINS", "Reference", "build_reference", "sketch"]
+__all__ = ["CLEAR_RATIO", "FORMAT_VERSION", "KS_GRID", "ORIGINS", "THRESHOLD_CAP", "Reference",
+           "build_reference", "sketch"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,11 @@ _KOLMOGOROV_STD = 0.2603169550201340
 _MAX_NULL_BLOCKS = 400
 # What np.load / json raise on a damaged or foreign file.
 _DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
-_THRESHOLD_CAP = 0.99
+#: The highest KS threshold: a distance of 1 means disjoint samples, so a cap keeps a drift
+#: detectable however noisy the feature.
+THRESHOLD_CAP = 0.99
+#: ``clear_threshold`` = CLEAR_RATIO x threshold: the hysteresis of every drift alert.
+CLEAR_RATIO = 0.7
 KS_GRID = 512  # reference quantiles at which the detector's KS distance is evaluated
 _ARRAYS = ("sketch", "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "psi_edges",
            "psi_ref", "threshold", "clear_threshold", "rho1", "n_eff", "null_mean", "null_max")
@@ -276,7 +281,7 @@ def _threshold(null: np.ndarray, rho: float, window: int, n: int, c_alpha: float
     n_eff_r = max(1.0, n * shrink)
     neff_bound = c_alpha * math.sqrt((n_eff_w + n_eff_r) / (n_eff_w * n_eff_r))
     thr = max(fit_mean, fit_spread, neff_bound, 1.1 * float(null.max()), min_ks)
-    return min(thr, _THRESHOLD_CAP), n_eff_w
+    return min(thr, THRESHOLD_CAP), n_eff_w
 
 
 def build_reference(
@@ -364,7 +369,7 @@ def build_reference(
                         "to detect smaller shifts", names[f], thr, rho, n_eff)
     return Reference(
         names=tuple(names), sketch=sketches, psi_edges=edges, psi_ref=fractions,
-        clear_threshold=0.7 * out["threshold"], **out,
+        clear_threshold=CLEAR_RATIO * out["threshold"], **out,
         model_sha256=model_sha256, model_path=model_path, created=float(created), origin=origin,
         source=source, frames=int(n_frames), fps=float(fps), window_frames=int(window_frames),
         eval_stride_frames=int(eval_stride_frames), persistence_evals=persistence_evals,
