@@ -415,7 +415,7 @@ def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Config:
     return Config(origin=origin, **sections)
 
 
-def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], None] = None) -> Config:
+def load_config(source: Union[str, os.PathLike[str], Mapping[str, Any], None] = None) -> Config:
     """Load a config from a TOML file path, a dict, or defaults when ``None``.
 
     Relative ``model.path``, ``store.path`` and ``drift.reference`` stay relative to the
