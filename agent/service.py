@@ -8,7 +8,6 @@ parts are never missing; it reads as the table of contents. The loops that feed 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from ._version import __version__
 from .alerts import AlertManager, AlertTransition
 from .commands import handle_command
 from .config import Config
+from .control import ControlServer, socket_path
 from .drift.reference import Reference
 from .errors import BaselineError
 from .heartbeat import Heartbeat, Heartbeats
@@ -51,23 +51,18 @@ class _StoreSink:
 
     def reference_learned(self, reference: Reference) -> None:
         """Persist a warm-up reference so a restart keeps it."""
-        blob = reference.to_bytes()
-        ts = reference.created
-        self.store.submit(lambda db: db.table("reference").insert(
-            {"ts": ts, "model_sha256": self.sha, "origin": reference.origin, "blob": blob,
-             "features_version": FEATURES_VERSION}))
+        self.store.save_reference(ts=reference.created, model_sha256=self.sha,
+                                  origin=reference.origin, blob=reference.to_bytes(),
+                                  features_version=FEATURES_VERSION)
 
 
 def load_stored_reference(store: Store, model_sha256: str) -> Optional[Reference]:
     """The newest reference in the database made for this model, if any."""
-    with store.read() as conn:
-        row = conn.execute(
-            "SELECT blob FROM reference WHERE model_sha256 = ? AND features_version = ? "
-            "ORDER BY id DESC LIMIT 1", (model_sha256, FEATURES_VERSION)).fetchone()
-    if row is None:
+    blob = store.load_reference(model_sha256, FEATURES_VERSION)
+    if blob is None:
         return None
     try:
-        return Reference.from_bytes(row[0])
+        return Reference.from_bytes(blob)
     except BaselineError as exc:
         log.warning("stored reference unusable, learning a new one: %s", exc)
         return None
@@ -75,14 +70,8 @@ def load_stored_reference(store: Store, model_sha256: str) -> Optional[Reference
 
 def restore_alerts(store: Store, alerts: AlertManager, now: float) -> None:
     """Reload open alerts, controls and the sequence number from the database."""
-    with store.read() as conn:
-        open_rows = [json.loads(r[0]) for r in conn.execute(
-            "SELECT payload FROM alerts WHERE state = 'firing'")]
-        controls = [dict(r) for r in conn.execute("SELECT * FROM controls")]
-        seq = conn.execute(
-            "SELECT max(CAST(json_extract(payload, '$.seq') AS INTEGER)) FROM alerts").fetchone()[0]
-    controls = [c for c in controls if c["kind"] != "snooze" or (c["until"] or 0) > now]
-    alerts.restore(open_rows, controls, seq or 0)
+    controls = [c for c in store.controls() if c["kind"] != "snooze" or (c["until"] or 0) > now]
+    alerts.restore(store.open_alert_records(), controls, store.max_alert_seq())
 
 
 class _AlertOutput:
@@ -107,38 +96,7 @@ class _AlertOutput:
     def persist_control(self, kind: str, target: str, until: Optional[float],
                         value: Optional[float]) -> None:
         """Keep an operator control (snooze, ack, disable, threshold) across restarts."""
-        def write(db: Any) -> None:
-            if until is None and value is None:
-                db.execute("DELETE FROM controls WHERE kind = ? AND target = ?", [kind, target])
-            else:
-                db.table("controls").upsert({"kind": kind, "target": target, "until": until,
-                                             "value": value}, pk=("kind", "target"))
-        self._store.submit(write)
-
-
-class _CliCommands:
-    """Runs the commands that ``edgewatch alerts ...`` queued in the database."""
-
-    def __init__(self, store: Store, controls: Controls) -> None:
-        self._store = store
-        self._controls = controls
-
-    def step(self) -> None:
-        """Answer every queued command (called every second by the supervisor)."""
-        with self._store.read() as conn:
-            rows = conn.execute("SELECT id, verb, payload FROM commands "
-                                "WHERE done_ts IS NULL ORDER BY id").fetchall()
-        for row in rows:
-            result = handle_command(row["verb"], str(row["payload"]).encode(), self._controls)
-            self._store.submit(_answer(int(row["id"]), json.dumps(result, default=str)))
-
-
-def _answer(command_id: int, text: str) -> Callable[[Any], None]:
-    """A store job that records a command's result."""
-    def write(db: Any) -> None:
-        db.execute("UPDATE commands SET result = ?, done_ts = ? WHERE id = ? AND done_ts IS NULL",
-                   [text, time.time(), command_id])
-    return write
+        self._store.set_control(kind, target, until, value)
 
 
 class Controls:
@@ -193,7 +151,7 @@ class Agent:
     def __init__(self, config: Config, *, model_info: Mapping[str, Any], store: Store,
                  sink: _StoreSink, alerts: AlertManager, monitor: Monitor,
                  mqtt: Optional[MqttLink], supervisor: Supervisor, heartbeats: Heartbeats,
-                 controls: Controls, camera: Dict[str, Any]) -> None:
+                 controls: Controls, control: ControlServer, camera: Dict[str, Any]) -> None:
         self.config = config
         self.model_info = model_info
         self.store = store
@@ -204,6 +162,7 @@ class Agent:
         self.supervisor = supervisor
         self.heartbeats = heartbeats
         self.controls = controls
+        self.control = control
         self.camera = camera
         self._closed = False
 
@@ -232,11 +191,12 @@ class Agent:
                 verb, payload, controls, max_bytes=config.mqtt.max_payload_kb * 1024))
         supervisor.spawn("edgewatch-heartbeat", heartbeats.step, interval_s=HEARTBEAT_TICK_S,
                          critical=True)
-        supervisor.spawn("edgewatch-cli-commands", _CliCommands(store, controls).step,
-                         interval_s=HEARTBEAT_TICK_S)
+        control = ControlServer(socket_path(config), controls, record=store.record_command,
+                                supervisor=supervisor).start()
+        store.advertise(control_socket=control.path)
         agent = cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
                     monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
-                    controls=controls, camera=camera)
+                    controls=controls, control=control, camera=camera)
         agent.event("start", f"edgewatch {__version__} started (model {info.get('path')}, "
                     f"reference: {'none, warm-up' if reference is None else reference.origin})")
         return agent
@@ -260,6 +220,7 @@ class Agent:
             return
         self._closed = True
         self.supervisor.stop()
+        self.control.close()
         self.event("stop", f"edgewatch stopped after {self.monitor.frames} frames")
         if self.mqtt is not None:
             self.mqtt.close()

@@ -21,10 +21,11 @@ import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import sqlite_utils
 
+from ._dblock import LOCK_WAIT_S, DbLock
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     (
         (),
         """
-        -- commands from `edgewatch alerts ...` to the running agent, answered in place
+        -- the operator commands the agent ran and its answers (written by the agent only)
         CREATE TABLE commands (id INTEGER PRIMARY KEY, ts REAL, verb TEXT, payload TEXT,
                                result TEXT, done_ts REAL);
         CREATE INDEX idx_commands_pending ON commands (done_ts);
@@ -142,6 +143,9 @@ def _connect(path: str) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection, path: str = "") -> int:
     """Apply pending migrations, each in its own transaction; return the schema version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise StoreError(f"not an edgewatch database: {path} (it holds other tables; "
+                         "check --db or [store] path)")
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this edgewatch "
                          f"({SCHEMA_VERSION}): {path} (upgrade edgewatch)")
@@ -185,11 +189,29 @@ def open_db(path: str) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    for where in (path, directory):
+        if os.path.exists(where) and not os.access(where, os.W_OK):
+            raise StoreError(f"database is read-only: {path} ({_fault_readonly(path)})")
+
+
+def _fault_readonly(path: str) -> str:
+    return f"is {_mount_point(path)} mounted read-only? else make " \
+           f"{os.path.dirname(os.path.abspath(path))} writable by this user"
+
+
 def connect_readonly(path: str) -> sqlite3.Connection:
     """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
     if not os.path.exists(path):
-        raise StoreError(f"database not found: {path} (pass --db or set [store] path)")
+        raise StoreError(f"database not found: {path} (check --db or [store] path; "
+                         "the agent creates it on its first run)")
     uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and \
+            not os.path.exists(path + "-shm"):
+        # WAL needs a -shm file it cannot create here (a read-only mount or a copy): nobody
+        # can be writing, so read the file as it is.
+        uri += "&immutable=1"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -222,6 +244,137 @@ def events(conn: sqlite3.Connection, since: float) -> List[sqlite3.Row]:
     return conn.execute("SELECT * FROM events WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
 
 
+def _checked_reader(path: str) -> sqlite3.Connection:
+    """A read connection to an edgewatch database of a schema this version knows."""
+    conn = connect_readonly(path)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"not an edgewatch database: {path}: {exc} "
+                         "(check --db or [store] path)") from None
+    if not 1 <= version <= SCHEMA_VERSION:
+        conn.close()
+        why = "no edgewatch tables" if version == 0 else f"schema {version} is newer than " \
+            f"this edgewatch ({SCHEMA_VERSION}; upgrade edgewatch)"
+        raise StoreError(f"not an edgewatch database: {path} ({why}; check --db or "
+                         "[store] path)")
+    return conn
+
+
+class OutboxRow(NamedTuple):
+    """One MQTT message waiting in the outbox."""
+
+    id: int
+    topic: str
+    payload: Optional[str]
+    qos: int
+    retain: bool
+
+
+def _decode(text: Optional[str]) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+class Reader:
+    """Named reads of the agent's database over one read-only connection (thread-safe)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._reader: Optional[sqlite3.Connection] = None
+        self._reader_lock = threading.Lock()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = _checked_reader(self.path)
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read database: {self.path}: {exc} "
+                                 f"({_fault(exc, self.path)[1]})") from None
+
+    def close_reader(self) -> None:
+        """Close the read connection (reopened on the next read)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def load_reference(self, model_sha256: str, features_version: int) -> Optional[bytes]:
+        """The newest stored reference blob for this model and feature layout, if any."""
+        rows = self._query("SELECT blob FROM reference WHERE model_sha256 = ? AND "
+                           "features_version = ? ORDER BY id DESC LIMIT 1",
+                           (model_sha256, features_version))
+        return bytes(rows[0][0]) if rows else None
+
+    def open_alert_records(self) -> List[Dict[str, Any]]:
+        """The full records (payloads) of the alerts firing now, oldest first."""
+        rows = self._query("SELECT payload FROM alerts WHERE state = 'firing' ORDER BY starts_at")
+        return [_decode(r[0]) for r in rows]
+
+    def alerts(self, state: Optional[str] = None, limit: int = 50) -> List[Dict[str, Any]]:
+        """Alert rows (``payload`` decoded), newest first; only ``state`` ones when given."""
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        rows = self._query(f"SELECT * FROM alerts {where} ORDER BY ts DESC LIMIT ?",
+                           [*params, int(limit)])
+        return [{**dict(r), "payload": _decode(r["payload"])} for r in rows]
+
+    def firing_alert_ids(self, prefix: str) -> List[str]:
+        """Ids of firing alerts that start with ``prefix``."""
+        rows = self._query("SELECT id FROM alerts WHERE state = 'firing' AND "
+                           "substr(id, 1, length(?)) = ?", (prefix, prefix))
+        return [r[0] for r in rows]
+
+    def find_firing_alert(self, alert: str) -> Optional[Dict[str, Any]]:
+        """The firing alert with this id or fingerprint (``payload`` decoded), if any."""
+        rows = self._query("SELECT * FROM alerts WHERE state = 'firing' AND "
+                           "(id = ? OR fingerprint = ?) LIMIT 1", (alert, alert))
+        return {**dict(rows[0]), "payload": _decode(rows[0]["payload"])} if rows else None
+
+    def max_alert_seq(self) -> int:
+        """The highest alert transition sequence number stored (0 when none)."""
+        rows = self._query("SELECT max(CAST(json_extract(payload, '$.seq') AS INTEGER)) "
+                           "FROM alerts")
+        return int(rows[0][0] or 0)
+
+    def controls(self) -> List[Dict[str, Any]]:
+        """The operator controls stored: ``{"kind", "target", "until", "value"}`` each."""
+        return [dict(r) for r in self._query("SELECT kind, target, until, value FROM controls "
+                                             "ORDER BY kind, target")]
+
+    def outbox_after(self, last_id: int, limit: int) -> List[OutboxRow]:
+        """Up to ``limit`` outbox messages with id above ``last_id``, oldest first."""
+        rows = self._query("SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? "
+                           "ORDER BY id LIMIT ?", (last_id, int(limit)))
+        return [OutboxRow(int(r[0]), str(r[1]), r[2], int(r[3]), bool(r[4])) for r in rows]
+
+    def outbox_summary(self) -> Tuple[int, Optional[float]]:
+        """(messages in the outbox, ts of the oldest)."""
+        count, oldest = self._query("SELECT count(*), min(ts) FROM outbox")[0]
+        return int(count), oldest
+
+    def latest_heartbeat(self) -> Optional[Dict[str, Any]]:
+        """The newest heartbeat as ``{"seq", "ts", "payload"}`` (payload decoded), or None."""
+        rows = self._query("SELECT seq, ts, payload FROM heartbeats ORDER BY ts DESC, seq DESC "
+                           "LIMIT 1")
+        if not rows:
+            return None
+        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])}
+
+    def last_event(self) -> Optional[Dict[str, Any]]:
+        """The newest event as ``{"ts", "kind", "message"}``, or None."""
+        rows = self._query("SELECT ts, kind, message FROM events ORDER BY id DESC LIMIT 1")
+        return dict(rows[0]) if rows else None
+
+    def oldest_window_ts(self) -> Optional[float]:
+        """Start of the oldest summary window kept, or None."""
+        return self._query("SELECT min(ts_start) FROM windows")[0][0]  # type: ignore[no-any-return]
+
+
 def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     """(kind, how to fix) for a write failure."""
     msg = str(exc).lower()
@@ -229,8 +382,7 @@ def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     if "full" in msg:
         return "full", f"free space on {where} or lower [store] max_db_mb"
     if "readonly" in msg or "read-only" in msg:
-        return "readonly", f"make {os.path.dirname(os.path.abspath(path))} writable " \
-                           f"(is {where} mounted read-only?)"
+        return "readonly", _fault_readonly(path)
     if "i/o" in msg:
         return "io", f"check the storage device holding {where}"
     if "malformed" in msg or "not a database" in msg:
@@ -240,18 +392,25 @@ def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
     return "other", f"check {path}"
 
 
-class Store:
+def fault_fix(exc: sqlite3.Error, path: str) -> str:
+    """How to fix a failed write of ``path`` (free space only when space is the problem)."""
+    return _fault(exc, path)[1]
+
+
+class Store(Reader):
     """The agent's SQLite history with a single writer thread."""
 
     def __init__(self, path: str, *, queue_size: int = 2048, flush_interval_s: float = 2.0,
                  retention_days: float = 30.0, max_db_mb: float = 512.0,
                  outbox_max: int = 50000, outbox_max_age_days: float = 7.0,
-                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0,
+                 create: bool = True, maintain: bool = True,
+                 lock_wait_s: float = LOCK_WAIT_S) -> None:
         if queue_size < 2:
             raise ValueError(f"queue_size must be >= 2, got {queue_size}")
         if flush_interval_s <= 0 or retention_days <= 0 or max_db_mb <= 0:
             raise ValueError("flush_interval_s, retention_days and max_db_mb must be > 0")
-        self.path = str(path)
+        super().__init__(path)
         self._queue_size = queue_size
         self._flush_s = flush_interval_s
         self._retention_days = retention_days
@@ -260,6 +419,10 @@ class Store:
         self._outbox_max_age_s = outbox_max_age_days * 86400.0
         self._clock = clock
         self._retry_s = retry_interval_s
+        self._create = create  # False: a missing file is an error (the CLI: a typo'd --db)
+        self._maintain = maintain  # False: no retention pass (the CLI writing offline)
+        self._lock = DbLock(self.path)
+        self._lock_wait_s = lock_wait_s
         self._bulk: queue.Queue = queue.Queue(maxsize=queue_size)
         # Alerts and jobs: strictly ordered, soft-bounded; over the bound the caller waits
         # briefly and then appends anyway (the "spill"), so nothing critical is ever lost.
@@ -287,8 +450,19 @@ class Store:
         """Open the database (migrating it) and start the writer thread."""
         if self._thread is not None:
             return self
-        self._db = open_db(self.path)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
+        if not self._create:  # the CLI: a typo'd --db or a foreign file is an error
+            _checked_reader(self.path).close()
+        _check_writable(self.path)
+        self._lock.acquire(self._lock_wait_s)
+        try:
+            self._db = open_db(self.path)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'"
+                                   ).fetchone()
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+            self._lock.release()
+            raise
         self._counts["outbox_dropped"] = int(row[0]) if row else 0
         self._thread = threading.Thread(target=self._run, name="edgewatch-store", daemon=True)
         self._thread.start()
@@ -305,7 +479,13 @@ class Store:
             if self._thread.is_alive():
                 log.error("store writer did not stop within %.1f s: %s", timeout, self.path)
                 return
+        self.close_reader()
+        self._lock.release()
         self._closed = True
+
+    def advertise(self, **info: Any) -> None:
+        """Tell the CLI, through the lock file, how to reach this process (control socket)."""
+        self._lock.advertise(**info)
 
     def __enter__(self) -> Store:
         return self.start()
@@ -365,6 +545,40 @@ class Store:
         self._put_critical(("job", fn, future))
         return future
 
+    # -- named writes (each one job in the writer thread) ------------------------------------
+    def save_reference(self, *, ts: float, model_sha256: str, origin: str, blob: bytes,
+                       features_version: int) -> Future:
+        """Keep a learned reference so that a restart finds it (:meth:`load_reference`)."""
+        row = (ts, model_sha256, origin, blob, features_version)
+        return self.submit(lambda db: db.execute(
+            "INSERT INTO reference (ts, model_sha256, origin, blob, features_version) "
+            "VALUES (?, ?, ?, ?, ?)", row))
+
+    def set_control(self, kind: str, target: str, until: Optional[float],
+                    value: Optional[float]) -> Future:
+        """Store an operator control; with ``until`` and ``value`` both None, delete it."""
+        if until is None and value is None:
+            return self.submit(lambda db: db.execute(
+                "DELETE FROM controls WHERE kind = ? AND target = ?", (kind, target)))
+        return self.submit(lambda db: db.execute(
+            "INSERT OR REPLACE INTO controls (kind, target, until, value) VALUES (?, ?, ?, ?)",
+            (kind, target, until, value)))
+
+    def delete_outbox(self, ids: Sequence[int]) -> Future:
+        """Delete outbox messages the broker acknowledged."""
+        marks, params = ",".join("?" * len(ids)), [int(i) for i in ids]
+        return self.submit(lambda db: db.execute(
+            f"DELETE FROM outbox WHERE id IN ({marks})", params))
+
+    def record_command(self, verb: str, payload: Dict[str, Any], result: Dict[str, Any],
+                       ts: Optional[float] = None) -> Future:
+        """Keep the agent's own record of an operator command it ran and its answer."""
+        stamp = self._clock() if ts is None else ts
+        row = (stamp, verb, to_json(payload), to_json(result), self._clock())
+        return self.submit(lambda db: db.execute(
+            "INSERT INTO commands (ts, verb, payload, result, done_ts) VALUES (?, ?, ?, ?, ?)",
+            row))
+
     def _put_critical(self, item: Tuple[Any, ...]) -> None:
         with self._cond:
             if len(self._critical) >= self._critical_max:
@@ -413,8 +627,7 @@ class Store:
         }
         if os.path.exists(self.path):
             try:
-                with self.read() as conn:
-                    count, oldest = conn.execute("SELECT count(*), min(ts) FROM outbox").fetchone()
+                count, oldest = self.outbox_summary()
             except (sqlite3.Error, StoreError) as exc:
                 out["last_error"] = out["last_error"] or str(exc)
             else:
@@ -428,7 +641,8 @@ class Store:
         assert self._db is not None
         mono = time.monotonic
         next_flush = mono() + self._flush_s
-        next_retention = mono()  # once at start, so a device that restarts often still prunes
+        # Once at start, so a device that restarts often still prunes.
+        next_retention = mono() if self._maintain else float("inf")
         while True:
             now = mono()
             deadline = min(next_flush, next_retention)

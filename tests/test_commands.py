@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import broker as broker_fixtures
 import pytest
 
-from agent.commands import VERBS, handle_command, make_command_handler, parse_duration
+from agent.commands import VERBS, handle_command, parse_duration
 from agent.errors import CommandError
 from agent.mqtt import MqttConfig, MqttLink
 from agent.store import Store
@@ -203,7 +203,8 @@ def test_commands_through_the_broker(broker, tmp_path: Path, listeners) -> None:
     store = Store(str(tmp_path / "agent.db"), flush_interval_s=0.2).start()
     cfg = MqttConfig(enabled=True, host=broker.host, port=broker.port, device_id="dev1",
                      keepalive=5, max_payload_kb=4)
-    link = MqttLink(cfg, store, command_handler=make_command_handler(api, max_bytes=4096))
+    link = MqttLink(cfg, store, command_handler=lambda verb, payload: handle_command(
+        verb, payload, api, max_bytes=4096))
     listener = listeners(broker, ["edgewatch/v1/dev1/cmd/result"])
     try:
         listener.wait_connected()

@@ -345,20 +345,39 @@ def test_read_works_concurrently_with_writes(tmp_path):
     assert seen == sorted(seen) and seen[-1] > seen[0]
 
 
-def test_submit_accepts_sqlite_utils_table_methods(tmp_path):
-    """The service writes controls and references with sqlite-utils calls inside submit()."""
+def test_named_methods_write_through_the_writer_and_read_back(tmp_path):
+    """Every read and write the agent does is a named Store method."""
     path = tmp_path / "h.db"
-    with Store(str(path)) as st:
+    with Store(str(path), clock=lambda: NOW) as st:
+        assert st.load_reference("abc", 2) is None
+        st.save_reference(ts=NOW, model_sha256="abc", origin="warmup", blob=b"\x00\x01",
+                          features_version=2).result(5)
+        st.save_reference(ts=NOW, model_sha256="abc", origin="warmup", blob=b"\x02",
+                          features_version=1).result(5)
+        assert st.load_reference("abc", 2) == b"\x00\x01"
+        assert st.load_reference("other", 2) is None
         for until in (5.0, 9.0):
-            st.submit(lambda db, u=until: db["controls"].upsert(
-                {"kind": "snooze", "target": "f1", "until": u, "value": None},
-                pk=("kind", "target"))).result(5)
-        st.submit(lambda db: db["reference"].insert(
-            {"ts": NOW, "model_sha256": "abc", "origin": "warmup", "blob": b"\x00\x01"})).result(5)
-        st.put("events", {"ts": NOW, "kind": "after"})
-        st.submit(lambda db: db.execute("DELETE FROM controls WHERE kind = ?", ["none"])).result(5)
-        with st.read() as conn:
-            assert [tuple(r) for r in conn.execute("SELECT * FROM controls")] == [
-                ("snooze", "f1", 9.0, None)]
-            assert conn.execute("SELECT blob FROM reference").fetchone()[0] == b"\x00\x01"
-            assert conn.execute("SELECT kind FROM events").fetchone()[0] == "after"
+            st.set_control("snooze", "f1", until, None)
+        st.set_control("disable", "brightness", None, 1.0)
+        st.set_control("disable", "brightness", None, None).result(5)  # both None: deleted
+        assert st.controls() == [{"kind": "snooze", "target": "f1", "until": 9.0, "value": None}]
+        for i in range(3):
+            st.put_alert(alert(i), [outbox_msg(i)])
+        st.put_alert(alert(1, state="resolved"), [])
+        st.put("heartbeats", {"seq": 7, "ts": NOW, "payload": {"seq": 7}})
+        st.submit(lambda db: None).result(5)  # queued rows are written before the job
+        assert [a["id"] for a in st.open_alert_records()] == ["a0000", "a0002"]
+        assert st.max_alert_seq() == 2
+        assert [a["id"] for a in st.alerts(state="firing")] == ["a0002", "a0000"]
+        assert st.alerts(limit=1)[0]["payload"]["transition"] == "firing"
+        assert st.firing_alert_ids("a000") == ["a0000", "a0002"]
+        assert st.find_firing_alert("0000000000000002")["id"] == "a0002"  # by fingerprint
+        assert st.find_firing_alert("a0001") is None  # resolved
+        rows = st.outbox_after(0, 2)
+        assert [r.topic for r in rows] == ["edgewatch/dev/alerts/0", "edgewatch/dev/alerts/1"]
+        st.delete_outbox([r.id for r in rows]).result(5)
+        assert [r.topic for r in st.outbox_after(0, 10)] == ["edgewatch/dev/alerts/2"]
+        assert st.latest_heartbeat() == {"seq": 7, "ts": NOW, "payload": {"seq": 7}}
+        st.record_command("ack", {"alert": "a0000"}, {"ok": True}).result(5)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT verb, result FROM commands").fetchall() == [("ack", '{"ok":true}')]
