@@ -13,7 +13,7 @@ The socket is ``[service] control_socket``; by default ``$RUNTIME_DIRECTORY/edge
 when systemd gives the service a runtime directory (``RuntimeDirectory=edgewatch``), else
 ``<[store] path>.sock``. Its mode is 0660, so members of the service's group (the operators)
 can use it; the server advertises the path in the database's lock file (``<db>.lock``,
-see :mod:`agent._dblock`), which is how the CLI finds it whatever the environment.
+see :mod:`agent._sqlite`), which is how the CLI finds it whatever the environment.
 
 When no agent holds the database, :func:`send` applies the command itself, through the same
 validation and the same :class:`~agent.alerts.AlertManager` semantics, with the lock held so
@@ -31,7 +31,7 @@ import stat
 import time
 from typing import Any, Callable, Dict, Optional
 
-from ._dblock import AgentLockedError, holder_info
+from ._sqlite import AgentLockedError, holder_info
 from .commands import ControlAPI, handle_command
 from .config import Config
 from .errors import CommandError, ConfigError

@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from agent._dblock import holder_info
+from agent._sqlite import holder_info
 from agent.cli import main
 from agent.errors import StoreError
 from agent.store import Reader, Store

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from agent._dblock import AgentLockedError, holder_info
+from agent._sqlite import AgentLockedError, holder_info
 from agent.alerts import AlertManager
 from agent.config import load_config
 from agent.control import AgentUnavailable, ControlServer, control_request, socket_path
@@ -69,8 +69,8 @@ def test_server_answers_one_json_line_per_request(sock_path: str) -> None:
         with socket.socket(socket.AF_UNIX) as raw:  # several lines on one connection
             raw.connect(sock_path)
             raw.sendall(b'{not json\n["x"]\n{"verb": "ping", "payload": {}}\n')
-            reader = raw.makefile("rb")
-            answers = [json.loads(reader.readline()) for _ in range(3)]
+            with raw.makefile("rb") as reader:
+                answers = [json.loads(reader.readline()) for _ in range(3)]
         assert "not JSON" in answers[0]["error"]
         assert "request must be" in answers[1]["error"]
         assert answers[2] == {"ok": True, "result": {"pong": True}}

@@ -1,5 +1,9 @@
-"""Who holds the database: an advisory lock on ``<db>.lock`` that the agent's Store holds.
+"""The database file: connections, what a failed write means, and who holds it.
 
+This module holds no SQL for the tables (that is :mod:`agent.store`); it opens the file,
+explains faults (``classify``: "free space" only when space is short) and locks it.
+
+Only the agent writes its database while it runs.
 Only the agent writes its database while it runs. The running :class:`~agent.store.Store`
 holds an exclusive ``flock`` on ``<db path>.lock`` for its whole life and writes into that
 file where its control socket listens (``{"pid", "control_socket"}``). The device CLI reads
@@ -20,13 +24,83 @@ import errno
 import fcntl
 import json
 import os
+import sqlite3
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .errors import StoreError
 
+BUSY_TIMEOUT_S = 5.0
 LOCK_WAIT_S = 10.0
 _POLL_S = 0.05
+
+
+def _mount_point(path: str) -> str:
+    path = os.path.dirname(os.path.abspath(path))
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def readonly_fix(path: str) -> str:
+    """How to fix a database that cannot be written."""
+    return f"is {_mount_point(path)} mounted read-only? else make " \
+           f"{os.path.dirname(os.path.abspath(path))} writable by this user"
+
+
+def classify(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
+    """(kind, how to fix) for a failed write; "check free space" only when space is short."""
+    msg = str(exc).lower()
+    if "full" in msg:
+        return "full", f"free space on {_mount_point(path)} or lower [store] max_db_mb"
+    if "readonly" in msg or "read-only" in msg:
+        return "readonly", readonly_fix(path)
+    if "i/o" in msg:
+        return "io", f"check the storage device holding {_mount_point(path)}"
+    if "malformed" in msg or "not a database" in msg:
+        return "corrupt", f"stop edgewatch and move {path} aside; it is recreated on start"
+    if "locked" in msg or "busy" in msg:
+        return "locked", "another process holds a write lock; stop it"
+    return "other", f"check {path}"
+
+
+def connect_writer(path: str) -> sqlite3.Connection:
+    """The writer's connection (legacy transaction control; the writer BEGINs explicitly)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreError(f"cannot open database: {path} (create {directory} or set [store] path)")
+    try:
+        # Legacy transaction control is what sqlite-utils expects; we BEGIN explicitly.
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database: {path}: {exc} (check [store] path)") from exc
+
+
+def check_writable(path: str) -> None:
+    """StoreError naming the fix when the database or its directory cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for where in (path, directory):
+        if os.path.exists(where) and not os.access(where, os.W_OK):
+            raise StoreError(f"database is read-only: {path} ({readonly_fix(path)})")
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
+    if not os.path.exists(path):
+        raise StoreError(f"database not found: {path} (check --db or [store] path; "
+                         "the agent creates it on its first run)")
+    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and \
+            not os.path.exists(path + "-shm"):
+        # WAL needs a -shm file it cannot create here (a read-only mount or a copy): nobody
+        # can be writing, so read the file as it is.
+        uri += "&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database: {path}: {exc} (check permissions)") from exc
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 def lock_path(db_path: str) -> str:
