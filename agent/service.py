@@ -174,7 +174,7 @@ class Agent:
         """Open storage, restore state, build the monitor, connect MQTT, start the threads."""
         info = dict(model_info)
         supervisor = Supervisor(on_fatal=on_fatal)
-        store = _open_store(config)
+        store = _open_store(config, supervisor)
         reference = _load_reference(config, store, info.get("sha256") or "")
         sink = _StoreSink(store, info.get("sha256") or "")
         alerts = _build_alerts(config, store, info, clock)
@@ -215,24 +215,25 @@ class Agent:
         return self.heartbeats.beat()
 
     def close(self) -> None:
-        """Stop threads, flush SQLite, publish offline. Idempotent."""
+        """Publish offline, flush SQLite, then stop every thread. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self.supervisor.stop()
         self.control.close()
         self.event("stop", f"edgewatch stopped after {self.monitor.frames} frames")
         if self.mqtt is not None:
             self.mqtt.close()
-        self.store.close()
+        self.store.close()  # its writer is a worker too: it drains before the supervisor stops
+        self.supervisor.stop()
 
 
-def _open_store(config: Config) -> Store:
+def _open_store(config: Config, supervisor: Supervisor) -> Store:
     s = config.store
     Path(s.path).parent.mkdir(parents=True, exist_ok=True)
     return Store(s.path, queue_size=s.queue_size, flush_interval_s=s.flush_interval_s,
                  retention_days=s.retention_days, max_db_mb=s.max_db_mb,
-                 outbox_max=s.outbox_max, outbox_max_age_days=s.outbox_max_age_days).start()
+                 outbox_max=s.outbox_max, outbox_max_age_days=s.outbox_max_age_days
+                 ).start(supervisor)
 
 
 def _load_reference(config: Config, store: Store, sha: str) -> Optional[Reference]:
