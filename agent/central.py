@@ -30,6 +30,7 @@ import sqlite_utils
 
 from .errors import CommandError, StoreError
 from .mqtt import topics
+from .mqttclient import ClientSettings, build_client
 
 log = logging.getLogger(__name__)
 
@@ -163,26 +164,17 @@ class Central:
         self.counts = {"messages": 0, "alerts": 0, "alert_duplicates": 0, "heartbeats": 0,
                        "status": 0, "results": 0, "bad_messages": 0, "dropped": 0,
                        "went_offline": 0}
-        v5 = share is not None
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
-        self._persistent = client_id is not None
-        self._v5 = v5
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+        self._settings = ClientSettings(
+            host=host, port=port, keepalive=keepalive,
             client_id=client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else not self._persistent,
-        )
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls_ca:
-            self._client.tls_set(ca_certs=tls_ca)
-        self._client.reconnect_delay_set(1, 30)
+            persistent=client_id is not None, username=username, password=password,
+            tls=tls_ca is not None, ca_file=tls_ca, reconnect_max_s=30)
+        self._client = build_client(self._settings)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._keepalive = keepalive
 
     def subscriptions(self) -> List[str]:
         """The topic filters the central subscribes to (shared when ``share`` is set)."""
@@ -201,16 +193,7 @@ class Central:
         self._thread.start()
         if self._webhook:
             self._webhook.start()
-        if self._v5:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 7 * 86400 if self._persistent else 0
-            self._client.connect_async(self.host, self.port, keepalive=self._keepalive,
-                                       clean_start=not self._persistent, properties=props)
-        else:
-            self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        self._client.connect_async(**self._settings.connect_kwargs())
         self._client.loop_start()
         return self
 
@@ -444,12 +427,10 @@ def send_command(host: str, port: int, device: str, verb: str, body: Mapping[str
     got: Dict[str, Any] = {}
     done, subscribed = threading.Event(), threading.Event()
     refused: List[str] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"edgewatch-cli-{request['id'][:8]}")
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls_ca:
-        client.tls_set(ca_certs=tls_ca)
+    settings = ClientSettings(host=host, port=port, client_id=f"edgewatch-cli-{request['id'][:8]}",
+                              username=username, password=password, tls=tls_ca is not None,
+                              ca_file=tls_ca)
+    client = build_client(settings)
 
     def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any = None) -> None:
         if reason.is_failure:
@@ -473,7 +454,7 @@ def send_command(host: str, port: int, device: str, verb: str, body: Mapping[str
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     deadline = time.monotonic() + timeout
     try:
-        client.connect(host, port, keepalive=30)
+        client.connect(**settings.connect_kwargs())
     except OSError as exc:
         raise CommandError(f"cannot reach broker {host}:{port}: {exc} (check --broker/--port)"
                            ) from None
