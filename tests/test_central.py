@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import sqlite3
-import threading
 import time
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
 
 import broker as broker_fixtures
+import central_helpers
 import pytest
+from central_helpers import heartbeat, query
 from test_commands import DictControl
 from test_mqtt import (
     kill9,
@@ -23,77 +21,15 @@ from test_mqtt import (
     wait,
 )
 
-from agent.central import Central, fleet_rows, open_alerts, webhook_body
+from agent.central import fleet_rows, open_alerts, webhook_body
 from agent.cli import main
 from agent.commands import make_command_handler
 from agent.mqtt import MqttLink
 from agent.store import Store
 
-listeners = broker_fixtures.listeners  # the fixture, registered for this module
-
-
-def query(db: Path, sql: str, *args: Any) -> List[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def heartbeat(device: str, seq: int, interval: float = 30.0) -> Dict[str, Any]:
-    """The heartbeat fields the central relies on."""
-    return {"schema": 1, "device": device, "seq": seq, "ts": time.time(), "interval_s": interval,
-            "camera": {"state": "ok", "fps_in": 15.0, "fps_processed": 14.5},
-            "host": {"max_temp_c": 61.0, "cpu_percent": 30.0}}
-
-
-@pytest.fixture
-def central_factory(tmp_path: Path) -> Iterator:
-    made: List[Central] = []
-
-    def make(broker, **kw: Any) -> Central:
-        kw.setdefault("keepalive", 5)
-        central = Central(broker.host, broker.port, str(tmp_path / "central.db"), **kw)
-        made.append(central)
-        central.start()
-        assert central.connected.wait(5), "central did not connect"
-        time.sleep(0.2)  # SUBACK
-        return central
-
-    yield make
-    for central in made:
-        central.stop()
-
-
-class Hook(http.server.BaseHTTPRequestHandler):
-    """A webhook receiver that fails the first ``fail_first`` POSTs with HTTP 500."""
-
-    received: List[Dict[str, Any]] = []
-    fail_first = 0
-    attempts = 0
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).attempts += 1
-        if type(self).attempts <= type(self).fail_first:
-            self.send_response(500)
-            self.end_headers()
-            return
-        type(self).received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[type]:
-    Hook.received, Hook.fail_first, Hook.attempts = [], 1, 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Hook.url = f"http://127.0.0.1:{server.server_address[1]}/hook"  # type: ignore[attr-defined]
-    yield Hook
-    server.shutdown()
-    server.server_close()
+listeners = broker_fixtures.listeners  # the fixtures, registered for this module
+central_factory = central_helpers.central_factory
+webhook = central_helpers.webhook
 
 
 @pytest.mark.integration

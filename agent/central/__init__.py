@@ -28,9 +28,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import paho.mqtt.client as mqtt
 import sqlite_utils
 
-from .errors import CommandError, StoreError
-from .mqtt import topics
-from .mqttclient import ClientSettings, build_client
+from ..errors import CommandError, StoreError
+from ..mqtt import topics
+from ..mqttclient import ClientSettings, build_client
+from .records import AlertTransition, BadMessage, ClearedState, Heartbeat, Status, parse
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,11 @@ class Central:
         self._thread: Optional[threading.Thread] = None
         self._db: Optional[sqlite_utils.Database] = None
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker has acknowledged the subscriptions
         self.counts = {"messages": 0, "alerts": 0, "alert_duplicates": 0, "heartbeats": 0,
                        "status": 0, "results": 0, "bad_messages": 0, "dropped": 0,
                        "went_offline": 0}
+        self.bad: Dict[str, int] = {}  # bad messages by reason (records.REASONS)
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
         self._settings = ClientSettings(
@@ -175,6 +178,7 @@ class Central:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *a: self.subscribed.set()
 
     def subscriptions(self) -> List[str]:
         """The topic filters the central subscribes to (shared when ``share`` is set)."""
@@ -221,7 +225,7 @@ class Central:
     def status(self) -> Dict[str, Any]:
         """Counters of messages handled and webhook deliveries."""
         out: Dict[str, Any] = dict(self.counts, connected=self.connected.is_set(),
-                                   queue_depth=self._queue.qsize())
+                                   queue_depth=self._queue.qsize(), bad=dict(self.bad))
         if self._webhook:
             out.update({f"webhook_{k}": v for k, v in self._webhook.counts.items()})
         return out
@@ -243,6 +247,7 @@ class Central:
         if self.connected.is_set():
             log.warning("central: connection to %s:%s lost: %s", self.host, self.port, reason)
         self.connected.clear()
+        self.subscribed.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -264,11 +269,7 @@ class Central:
             if msg is None and self._stop.is_set() and self._queue.empty():
                 return
             if msg is not None:
-                try:
-                    self._handle(msg)
-                except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                    self.counts["bad_messages"] += 1
-                    log.warning("central: ignored a malformed message on %s: %s", msg.topic, exc)
+                self._handle(msg)
             if time.monotonic() >= next_check:
                 self.check_overdue()
                 next_check = time.monotonic() + _CHECK_S
@@ -276,40 +277,42 @@ class Central:
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
         assert self._db is not None
         self.counts["messages"] += 1
-        rest = msg.topic[len(self.prefix) + 1:] if msg.topic.startswith(self.prefix + "/") else ""
-        device, _, kind = rest.partition("/")
-        if not device:
+        try:
+            record = parse(self.prefix, msg.topic, bytes(msg.payload))
+        except BadMessage as exc:
+            self.counts["bad_messages"] += 1
+            self.bad[exc.reason] = self.bad.get(exc.reason, 0) + 1
+            log.warning("central: skipped a message on %s: %s", msg.topic[:200], exc)
             return
         now = self._clock()
         conn = self._db.conn
         with conn:
-            if kind == "status":
-                self._on_status(conn, device, msg.payload.decode(errors="replace").strip(),
-                                msg.retain, now)
-            elif kind == "heartbeat":
-                self._on_heartbeat(conn, device, json.loads(msg.payload), now)
-            elif kind == "alerts":
-                self._on_alert(conn, device, json.loads(msg.payload), now)
-            elif kind.startswith("alerts/state/"):
-                if msg.payload:
-                    self._on_alert(conn, device, json.loads(msg.payload), now)
-                else:  # cleared retained state: the alert resolved (its record may be missed)
-                    conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?)"
-                                 " WHERE device=? AND fingerprint=? AND state='firing'",
-                                 (now, device, kind.rsplit("/", 1)[1]))
-            elif kind == "cmd/result":
-                result = json.loads(msg.payload)
+            if isinstance(record, Status):
+                self.counts["status"] += 1
+                self._set_online(conn, record.device, record.online,
+                                 "online" if record.online else "last will or clean shutdown",
+                                 now)
+            elif isinstance(record, Heartbeat):
+                self._on_heartbeat(conn, record, now)
+            elif isinstance(record, AlertTransition):
+                self._on_alert(conn, record, now)
+            elif isinstance(record, ClearedState):
+                # cleared retained state: the alert resolved (its record may be missed)
+                conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?)"
+                             " WHERE device=? AND fingerprint=? AND state='firing'",
+                             (now, record.device, record.fingerprint))
+            else:
                 self.counts["results"] += 1
                 conn.execute("INSERT INTO command_results VALUES (?,?,?,?,?,?)",
-                             (device, str(result.get("id")), result.get("verb"),
-                              int(bool(result.get("ok"))), now, json.dumps(result)))
+                             (record.device, record.id, record.verb, int(record.ok), now,
+                              record.payload))
 
     def _set_online(self, conn: sqlite3.Connection, device: str, online: bool, reason: str,
                     now: float) -> None:
         row = conn.execute("SELECT online FROM devices WHERE device_id=?", (device,)).fetchone()
         if row is None:
             conn.execute("INSERT INTO devices (device_id, online, since, reason) VALUES (?,?,?,?)",
-                          (device, int(online), now, reason))
+                         (device, int(online), now, reason))
         elif bool(row[0]) != online:
             conn.execute("UPDATE devices SET online=?, since=?, reason=? WHERE device_id=?",
                          (int(online), now, reason, device))
@@ -318,52 +321,30 @@ class Central:
         if not online and (row is None or bool(row[0])):
             log.info("central: device %s offline (%s)", device, reason)
 
-    def _on_status(self, conn: sqlite3.Connection, device: str, payload: str, retained: bool,
-                   now: float) -> None:
-        self.counts["status"] += 1
-        if payload == "online":
-            self._set_online(conn, device, True, "online", now)
-        elif payload == "offline":
-            self._set_online(conn, device, False, "last will or clean shutdown", now)
-        elif payload:
-            raise ValueError(f"unknown status {payload[:40]!r}")
-
-    def _on_heartbeat(self, conn: sqlite3.Connection, device: str, hb: Dict[str, Any],
-                      now: float) -> None:
-        if not isinstance(hb, dict):
-            raise ValueError("heartbeat is not a JSON object")
+    def _on_heartbeat(self, conn: sqlite3.Connection, hb: Heartbeat, now: float) -> None:
         self.counts["heartbeats"] += 1
-        seq = int(hb.get("seq", 0))
         conn.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?,?,?)",
-                     (device, seq, float(hb.get("ts") or now), now, json.dumps(hb)))
-        self._set_online(conn, device, True, "heartbeat", now)
-        interval = hb.get("interval_s")
+                     (hb.device, hb.seq, hb.ts or now, now, hb.payload))
+        self._set_online(conn, hb.device, True, "heartbeat", now)
         conn.execute("UPDATE devices SET last_heartbeat_ts=?, interval_s=?, heartbeat=? "
-                     "WHERE device_id=?",
-                     (now, float(interval) if interval else None, json.dumps(hb), device))
+                     "WHERE device_id=?", (now, hb.interval_s, hb.payload, hb.device))
 
-    def _on_alert(self, conn: sqlite3.Connection, device: str, rec: Dict[str, Any],
-                  now: float) -> None:
-        if not isinstance(rec, dict) or not rec.get("id"):
-            raise ValueError("alert record without an id")
-        aid, seq = str(rec["id"]), int(rec.get("seq", 0))
+    def _on_alert(self, conn: sqlite3.Connection, rec: AlertTransition, now: float) -> None:
         cur = conn.execute("INSERT OR IGNORE INTO alert_events VALUES (?,?,?,?,?,?)",
-                           (aid, seq, device, rec.get("transition"), rec.get("ts"),
-                            json.dumps(rec)))
+                           (rec.id, rec.seq, rec.device, rec.transition, rec.ts, rec.payload))
         if cur.rowcount == 0:
             self.counts["alert_duplicates"] += 1
             return
         self.counts["alerts"] += 1
-        old = conn.execute("SELECT seq FROM alerts WHERE id=?", (aid,)).fetchone()
-        if old is None or seq >= old[0]:
+        old = conn.execute("SELECT seq FROM alerts WHERE id=?", (rec.id,)).fetchone()
+        if old is None or rec.seq >= old[0]:
             conn.execute(
                 "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (aid, device, rec.get("fingerprint"), seq, rec.get("state"),
-                 rec.get("transition"), rec.get("kind"), rec.get("severity"), rec.get("feature"),
-                 rec.get("message"), rec.get("ts"), rec.get("starts_at"), rec.get("ends_at"),
-                 int(bool(rec.get("acknowledged"))), json.dumps(rec), now))
+                (rec.id, rec.device, rec.fingerprint, rec.seq, rec.state, rec.transition,
+                 rec.kind, rec.severity, rec.feature, rec.message, rec.ts, rec.starts_at,
+                 rec.ends_at, int(rec.acknowledged), rec.payload, now))
         if self._webhook:
-            self._webhook.submit(webhook_body({**rec, "device": rec.get("device") or device}))
+            self._webhook.submit(webhook_body({**json.loads(rec.payload), "device": rec.device}))
 
     def check_overdue(self) -> int:
         """Mark online devices whose heartbeat is overdue offline; how many changed."""
