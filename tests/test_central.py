@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import broker as broker_fixtures
@@ -21,7 +20,7 @@ from test_mqtt import (
     wait,
 )
 
-from agent.central import fleet_rows, open_alerts, webhook_body
+from agent.central import CentralReader, fleet_rows, open_alerts, webhook_body
 from agent.cli import main
 from agent.commands import make_command_handler
 from agent.mqtt import MqttLink
@@ -51,15 +50,17 @@ def test_two_devices_one_killed_shows_offline(broker, tmp_path, central_factory,
         wait(lambda: query(db, "SELECT online, reason FROM devices WHERE device_id='devB'")
              == [(0, "last will or clean shutdown")], what="devB offline by its last will")
         wait(lambda: len(query(db, "SELECT * FROM alerts")) == 1, what="devA's alert stored")
-        with sqlite3.connect(db) as conn:
-            rows = {r["device"]: r for r in fleet_rows(conn, time.time())}
+        with CentralReader(str(db)) as reader:
+            rows = {r["device"]: r for r in fleet_rows(reader, time.time())}
         assert rows["devA"]["online"] and not rows["devB"]["online"]
         assert rows["devA"]["fps"] == 14.5 and rows["devA"]["temperature_c"] == 61.0
         assert rows["devA"]["open_alerts"] == 1 and rows["devB"]["heartbeat_age_s"] is None
         assert main(["fleet", "--db", str(db)]) == 0
         out = capsys.readouterr().out.splitlines()
+        assert out[0].split()[:4] == ["DEVICE", "STATE", "SINCE", "HEARTBEAT"]
         assert out[1].split()[:2] == ["devA", "online"] and "14.5" in out[1] and "61C" in out[1]
         assert out[2].split()[:2] == ["devB", "offline"]
+        assert "last will or clean shutdown" in out[2]
         assert main(["fleet", "--db", str(db), "alerts"]) == 0
         out = capsys.readouterr().out
         assert "devA" in out and "a0001" in out and "brightness drifted #1" in out
@@ -84,13 +85,14 @@ def test_duplicates_stored_once_and_state_kept_current(broker, tmp_path, central
     pub.publish("edgewatch/v1/dev1/alerts", b"{broken")
     wait(lambda: central.status()["messages"] >= 8, what="all messages handled")
     assert query(db, "SELECT id, seq, state FROM alerts") == [("a0001", 2, "resolved")]
-    assert query(db, "SELECT id, seq FROM alert_events ORDER BY seq") == [("a0001", 1),
-                                                                         ("a0001", 2)]
+    assert query(db, "SELECT device, id, seq FROM alert_events ORDER BY seq") == [
+        ("dev1", "a0001", 1), ("dev1", "a0001", 2)]
     assert query(db, "SELECT device, seq FROM heartbeats") == [("dev1", 5)]
     status = central.status()
     assert (status["alerts"], status["alert_duplicates"], status["bad_messages"]) == (2, 3, 1)
-    with sqlite3.connect(db) as conn:
-        assert open_alerts(conn) == []
+    assert status["bad"] == {"not_json": 1}
+    with CentralReader(str(db)) as reader:
+        assert open_alerts(reader) == []
 
 
 def test_cleared_retained_state_resolves_a_missed_alert(broker, tmp_path, central_factory,
@@ -163,15 +165,18 @@ def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
         wait(lambda: link.connected, what="device connected")
         time.sleep(0.2)
         common = ["--broker", broker.host, "--port", str(broker.port), "--timeout", "5"]
-        assert main(["fleet", "ack", "dev1", "a1", *common]) == 0
+        assert main(["fleet", "ack", "dev1", "a1", "--json", *common]) == 0
         answer = json.loads(capsys.readouterr().out)
         assert answer["ok"] and answer["result"] == {"alert": "a1", "acknowledged": True}
-        assert main(["fleet", "snooze", "dev1", "a1", "--duration", "30m", *common]) == 0
+        assert main(["fleet", "snooze", "dev1", "a1", "--for", "30m", "--json", *common]) == 0
         answer = json.loads(capsys.readouterr().out)
         assert answer["ok"] and answer["result"]["until"] == pytest.approx(
             time.time() + 1800, abs=10)
-        assert main(["fleet", "ack", "dev1", "nope", *common]) == 1
-        assert json.loads(capsys.readouterr().out)["error"] == "unknown alert: nope"
+        assert main(["fleet", "snooze", "dev1", "a1", "--duration", "1h", *common]) == 0
+        assert capsys.readouterr().out.startswith("dev1: snooze a1: ok until ")
+        assert main(["fleet", "ack", "dev1", "nope", *common]) == 7
+        assert capsys.readouterr().err.strip() == (
+            "edgewatch: error: dev1 refused ack: unknown alert: nope")
         assert main(["fleet", "ack", "ghost", "a1", "--broker", broker.host, "--port",
                      str(broker.port), "--timeout", "1"]) == 7
         assert "no result from ghost within 1 s" in capsys.readouterr().err

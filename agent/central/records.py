@@ -28,12 +28,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Union
 
-__all__ = ["BadMessage", "REASONS", "Limits", "Status", "Heartbeat", "AlertTransition",
-           "ClearedState", "CommandResult", "Record", "parse", "load_json"]
+__all__ = ["BadMessage", "REASONS", "Limits", "DEFAULT_LIMITS", "Status", "Heartbeat",
+           "AlertTransition", "ClearedState", "CommandResult", "CommandSent", "Record", "parse", "load_json"]
 
 REASONS = ("bad_topic", "too_large", "too_deep", "not_json", "not_object", "bad_field",
            "device_mismatch", "bad_status")
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VERB_RE = re.compile(r"^[a-z_]{1,32}$")
 _STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 _MAX_INT = 2**63 - 1  # what SQLite's INTEGER holds
 _MAX_TS = 4102444800.0  # 2100-01-01: a time past this is a corrupt clock or a hostile value
@@ -122,10 +123,24 @@ class CommandResult:
     payload: str
 
 
-Record = Union[Status, Heartbeat, AlertTransition, ClearedState, CommandResult]
+@dataclass(frozen=True)
+class CommandSent:
+    """A command an operator published to a device (seen on ``cmd/<verb>``)."""
+
+    device: str
+    id: str
+    verb: str
+    alert: Optional[str]
+    requested_by: Optional[str]
+    payload: str
 
 
-def load_json(payload: bytes, limits: Limits = Limits()) -> Dict[str, Any]:
+DEFAULT_LIMITS = Limits()
+
+Record = Union[Status, Heartbeat, AlertTransition, ClearedState, CommandResult, CommandSent]
+
+
+def load_json(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Dict[str, Any]:
     """A JSON object from ``payload``, its size and nesting depth checked before parsing."""
     if len(payload) > limits.max_bytes:
         raise BadMessage("too_large", f"{len(payload)} bytes (max {limits.max_bytes})")
@@ -153,7 +168,7 @@ def _null(name: str) -> None:
     return None
 
 
-def parse(prefix: str, topic: str, payload: bytes, limits: Limits = Limits()) -> Record:
+def parse(prefix: str, topic: str, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Record:
     """The typed record for one message on ``<prefix>/<device>/...``, or :class:`BadMessage`."""
     head = prefix + "/"
     device, _, kind = topic[len(head):].partition("/") if topic.startswith(head) else ("", "", "")
@@ -166,23 +181,30 @@ def parse(prefix: str, topic: str, payload: bytes, limits: Limits = Limits()) ->
         return Status(device, text == "online")
     if kind.startswith("alerts/state/") and not payload:
         return ClearedState(device, _ident("fingerprint", kind[len("alerts/state/"):]))
-    parsers = {"heartbeat": _heartbeat, "alerts": _alert, "cmd/result": _result}
-    parser = _alert if kind.startswith("alerts/state/") else parsers.get(kind)
-    if parser is None:
+    state_fp = kind[len("alerts/state/"):] if kind.startswith("alerts/state/") else None
+    verb = kind[4:] if kind.startswith("cmd/") and kind != "cmd/result" else None
+    if state_fp is None and verb is None and kind not in ("heartbeat", "alerts", "cmd/result"):
         raise BadMessage("bad_topic", f"unknown topic {topic[:200]!r}")
+    if verb is not None and not _VERB_RE.match(verb):
+        raise BadMessage("bad_topic", f"bad command verb in topic {topic[:200]!r}")
     obj = load_json(payload, limits)
     claimed = obj.get("device")
     if claimed is not None and claimed != device:
         raise BadMessage("device_mismatch",
                          f"payload claims device {str(claimed)[:130]!r} on {device}'s topic")
-    record = parser(device, obj, limits)
-    if isinstance(record, AlertTransition) and kind.startswith("alerts/state/") \
-            and kind[len("alerts/state/"):] != record.fingerprint:
+    if kind == "heartbeat":
+        return _heartbeat(device, obj)
+    if kind == "cmd/result":
+        return _result(device, obj, limits)
+    if verb is not None:
+        return _command(device, verb, obj)
+    record = _alert(device, obj, limits)
+    if state_fp is not None and state_fp != record.fingerprint:
         raise BadMessage("bad_field", "retained state's topic and fingerprint differ")
     return record
 
 
-def _heartbeat(device: str, hb: Mapping[str, Any], limits: Limits) -> Heartbeat:
+def _heartbeat(device: str, hb: Mapping[str, Any]) -> Heartbeat:
     camera, host = hb.get("camera"), hb.get("host")
     camera = camera if isinstance(camera, dict) else {}
     host = host if isinstance(host, dict) else {}
@@ -212,12 +234,27 @@ def _alert(device: str, rec: Mapping[str, Any], limits: Limits) -> AlertTransiti
         payload=_dump(rec))
 
 
+def _request_id(value: Any) -> str:
+    # The device echoes the id it was sent, a string or an integer.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT:
+        return str(value)
+    return _ident("id", value)
+
+
 def _result(device: str, res: Mapping[str, Any], limits: Limits) -> CommandResult:
     rid = res.get("id")
     return CommandResult(
-        device=device, id=None if rid is None else _ident("id", rid),
+        device=device, id=None if rid is None else _request_id(rid),
         verb=_text(res, "verb", 64), ok=_bool(res, "ok"),
         error=_text(res, "error", limits.max_text), ts=_time(res, "ts"), payload=_dump(res))
+
+
+def _command(device: str, verb: str, cmd: Mapping[str, Any]) -> CommandSent:
+    alert = cmd.get("alert", cmd.get("target"))
+    return CommandSent(
+        device=device, id=_request_id(cmd.get("id")), verb=verb,
+        alert=None if alert is None else _ident("alert", alert),
+        requested_by=_text(cmd, "by", 128), payload=_dump(cmd))
 
 
 # -- field checks -------------------------------------------------------------------------------
