@@ -327,7 +327,7 @@ class CentralReader:
         return self._dicts(
             "SELECT c.received, c.device, c.id, c.verb, c.alert, c.requested_by, r.ok, r.error, "
             "r.received AS answered FROM commands c LEFT JOIN command_results r "
-            "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC LIMIT ?", (limit,))
+            "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC, c.rowid DESC LIMIT ?", (limit,))
 
     def due_notifications(self, now: float, limit: int = 20) -> List[Notification]:
         """Notifications whose next attempt is due, oldest first."""
