@@ -120,3 +120,27 @@ def test_parse_raises_only_bad_message(kind: str, obj: dict) -> None:
         parse(P, f"{P}/d/{kind}", payload)
     except BadMessage as exc:
         assert exc.reason in REASONS
+
+
+def test_a_device_cannot_rewrite_another_devices_alert(broker, tmp_path, central_factory,
+                                                        listeners, webhook) -> None:
+    """Issue 10: "evil" replaying cam-c's alert id with ``"device": "cam-c"`` on its own topic."""
+    webhook.fail_first = 0
+    central = central_factory(broker, webhook=webhook.url)
+    db = tmp_path / "central.db"
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    real = make_alert(1, device="cam-c", alert_id="c0ffee")
+    pub.publish(f"{P}/cam-c/alerts", json.dumps(real))
+    webhook.wait_for(1)
+    forged = make_alert(999, device="cam-c", alert_id="c0ffee", state="resolved")
+    pub.publish(f"{P}/evil/alerts", json.dumps(forged))
+    unclaimed = {k: v for k, v in forged.items() if k != "device"}
+    pub.publish(f"{P}/evil/alerts", json.dumps(unclaimed))  # same id, evil's own now
+    central_helpers.wait_until(lambda: central.status()["alerts"] == 2, what="evil's own alert")
+    assert central.status()["bad"] == {"device_mismatch": 1}
+    assert sorted(query(db, "SELECT device, id, seq, state FROM alerts")) == [
+        ("cam-c", "c0ffee", 1, "firing"), ("evil", "c0ffee", 999, "resolved")]
+    texts = [b["text"] for b in webhook.wait_for(2)]
+    assert not any(t.startswith("[WARNING] cam-c") and "resolved" in t for t in texts)
+    assert texts[1].startswith("[WARNING] evil/cam0 resolved")

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,33 @@ def test_fleet_ack_from_the_cli_shows_in_fleet_commands(broker, tmp_path, centra
     finally:
         link.close()
         store.close()
+
+
+def test_client_certificate_for_fleet_and_central(broker_factory, tmp_path, capsys) -> None:
+    files = broker_fixtures.make_tls_files(tmp_path / "tls")
+    tls = broker_factory(**files)
+    tls_args = ["--broker", tls.host, "--port", str(tls.port), "--tls-ca", str(files["cafile"]),
+                "--tls-cert", str(files["certfile"]), "--tls-key", str(files["keyfile"])]
+    assert main(["fleet", "ack", "ghost", "a1", "--timeout", "1", *tls_args]) == 7
+    assert "no result from ghost within 1 s" in capsys.readouterr().err  # TLS session up
+    assert main(["fleet", "ack", "ghost", "a1", "--timeout", "1", *tls_args[:-2]]) == 2
+    assert "certificate and its key go together" in capsys.readouterr().err
+
+
+def test_fleet_shows_the_centrals_own_health(tmp_path, capsys) -> None:
+    db = tmp_path / "central.db"
+    store = CentralStore(str(db))
+    with store.transaction():
+        store.put_status({"ts": time.time() - 3, "connected": True, "dropped": 0,
+                          "bad": {"bad_field": 2, "too_deep": 1},
+                          "threads": {"edgewatch-central-webhook": {
+                              "alive": True, "failures": 4, "last_error": "OSError: \x1b[1m"}}})
+    store.close()
+    assert main(["fleet", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "(no devices seen yet)" in out and "broker connected" in out
+    assert "bad messages skipped: 3 (bad_field 2, too_deep 1)" in out
+    assert "thread edgewatch-central-webhook: alive, 4 failures, last: OSError: \\x1b[1m" in out
+    assert main(["fleet", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["central"]["bad"] == {"bad_field": 2,
+                                                                     "too_deep": 1}

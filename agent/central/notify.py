@@ -134,7 +134,9 @@ class WebhookSender:
                         redact(self.url), expired, self.expire_s)
         for note in self._reader.due_notifications(now):
             self._deliver(note)
-        self._wake.wait(self.poll_s)
+        due = self._reader.next_due()
+        wait = self.poll_s if due is None else min(self.poll_s, max(0.0, due - self._clock()))
+        self._wake.wait(wait)
         self._wake.clear()
 
     def _deliver(self, note: Notification) -> None:

@@ -69,7 +69,8 @@ class Central:
                  cert_file: Optional[str] = None, key_file: Optional[str] = None,
                  protocol: str = "5", offline_after: Optional[float] = None,
                  client_id: Optional[str] = None, keepalive: int = 30,
-                 notify_expire_s: float = 86400.0, max_consecutive: int = 10,
+                 notify_expire_s: float = 86400.0, webhook_backoff_s: float = 1.0,
+                 max_consecutive: int = 10,
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -80,6 +81,7 @@ class Central:
         self.db_path, self.prefix = db_path, prefix
         self.share, self.offline_after, self._clock = share, offline_after, clock
         self._webhook_url, self._notify_expire_s = webhook, notify_expire_s
+        self._webhook_backoff_s = webhook_backoff_s
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
         self.settings = settings or ClientSettings(
@@ -128,7 +130,8 @@ class Central:
         sup.spawn("edgewatch-central-overdue", self._periodic, interval_s=_CHECK_S)
         if self._webhook_url is not None:
             self._sender = WebhookSender(self._webhook_url, self.db_path, self.run_in_writer,
-                                         expire_s=self._notify_expire_s, clock=self._clock)
+                                         expire_s=self._notify_expire_s,
+                                         backoff_s=self._webhook_backoff_s, clock=self._clock)
             sup.spawn("edgewatch-central-webhook", self._sender.step, backoff_s=1.0)
         self._connect()
         return self

@@ -336,6 +336,11 @@ class CentralReader:
                                  (now, limit)).fetchall()
         return [Notification(*row) for row in rows]
 
+    def next_due(self) -> Optional[float]:
+        """When the next waiting notification is due, or None when none waits."""
+        row = self.conn.execute("SELECT min(next_at) FROM notifications").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def pending_notifications(self) -> int:
         """How many notifications wait for delivery."""
         return int(self.conn.execute("SELECT count(*) FROM notifications").fetchone()[0])
