@@ -188,3 +188,23 @@ def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
 def test_fleet_without_database_is_a_clean_error(tmp_path, capsys) -> None:
     assert main(["fleet", "--db", str(tmp_path / "none.db")]) == 5
     assert "central database not found" in capsys.readouterr().err
+
+
+def test_ack_and_snooze_in_the_retained_state_show_in_fleet_alerts(
+        broker, tmp_path, central_factory, listeners, capsys) -> None:
+    central = central_factory(broker)
+    db = tmp_path / "central.db"
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    firing = make_alert(1)
+    topic = f"edgewatch/v1/dev1/alerts/state/{firing['fingerprint']}"
+    pub.publish(topic, json.dumps(firing), retain=True)
+    until = time.time() + 3600
+    pub.publish(topic, json.dumps({**firing, "acknowledged": True, "snoozed_until": until}),
+                retain=True)
+    wait(lambda: query(db, "SELECT acknowledged, snoozed_until FROM alerts") == [(1, until)],
+         what="ack and snooze recorded")
+    assert central.status()["alerts"] == 1  # one transition, its state updated
+    assert main(["fleet", "alerts", "--db", str(db)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert " yes " in line and time.strftime("%Y-%m-%d", time.localtime(until)) in line

@@ -105,3 +105,15 @@ def test_status_reports_every_thread_and_is_saved_for_the_fleet_view(
     with CentralReader(str(db)) as reader:
         saved = reader.central_status()
     assert saved is not None and saved["connected"] and set(saved["threads"]) == names
+
+
+def test_history_older_than_the_retention_is_pruned(tmp_path: Path) -> None:
+    store = CentralStore(str(tmp_path / "c.db"))
+    for seq, received in ((1, 100.0), (2, 200.0)):
+        hb = parse(P, f"{P}/cam-a/heartbeat", json.dumps({"seq": seq}).encode())
+        with store.transaction():
+            store.put_heartbeat(hb, received)  # type: ignore[arg-type]
+    with store.transaction():
+        assert store.prune(150.0) == 1
+    store.close()
+    assert query(tmp_path / "c.db", "SELECT seq FROM heartbeats") == [(2,)]

@@ -70,6 +70,7 @@ class Central:
                  protocol: str = "5", offline_after: Optional[float] = None,
                  client_id: Optional[str] = None, keepalive: int = 30,
                  notify_expire_s: float = 86400.0, webhook_backoff_s: float = 1.0,
+                 keep_history_s: float = 30 * 86400.0,
                  max_consecutive: int = 10,
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
@@ -82,6 +83,9 @@ class Central:
         self.share, self.offline_after, self._clock = share, offline_after, clock
         self._webhook_url, self._notify_expire_s = webhook, notify_expire_s
         self._webhook_backoff_s = webhook_backoff_s
+        if keep_history_s <= 0:
+            raise CommandError(f"history retention must be > 0 seconds, got {keep_history_s}")
+        self.keep_history_s = keep_history_s
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
         self.settings = settings or ClientSettings(
@@ -280,6 +284,7 @@ class Central:
     def _periodic(self) -> None:
         ingest = self._ingest
         assert ingest is not None
+        self._supervisor.check()  # a dead thread is noticed (and logged) within a second
 
         def check(store: CentralStore) -> int:
             changed = ingest.check_overdue()
@@ -288,7 +293,11 @@ class Central:
                 self._next_status = now + _STATUS_EVERY_S
                 self._saved_connected = connected
                 with store.transaction():
+                    pruned = store.prune(self._clock() - self.keep_history_s)
                     store.put_status(self.status())
+                if pruned:
+                    log.info("central: dropped %d heartbeats and commands older than %.0f days",
+                             pruned, self.keep_history_s / 86400)
             return changed
 
         if self.run_in_writer(check) and self._sender is not None:

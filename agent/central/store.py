@@ -15,6 +15,9 @@ once):
 1. the first schema (devices, alerts keyed by id, alert events, heartbeats, command results);
 2. alerts, alert events and command results keyed by device; snooze state; commands sent;
    the durable notification queue; the central's status row.
+
+History (heartbeats, commands, results) is pruned by age (``edgewatch central
+--keep-history``); alerts and their events are kept.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ INSERT INTO command_results2 (device, id, verb, ok, ts, received, payload)
 DROP TABLE command_results;
 ALTER TABLE command_results2 RENAME TO command_results;
 CREATE INDEX idx_command_results ON command_results (device, id);
+CREATE INDEX idx_command_results_received ON command_results (received);
 CREATE TABLE commands (device TEXT NOT NULL, id TEXT NOT NULL, verb TEXT, alert TEXT,
     requested_by TEXT, payload TEXT, received REAL, PRIMARY KEY (device, id));
 CREATE INDEX idx_commands_received ON commands (received);
@@ -216,6 +220,12 @@ class CentralStore:
                                 (rec.device, rec.id, rec.seq, rec.transition, rec.ts,
                                  rec.payload))
         if cur.rowcount == 0:
+            # Seen before; but an ack or snooze republishes the retained state with the same
+            # seq and new fields: keep the current state current, without a notification.
+            self.conn.execute("UPDATE alerts SET acknowledged=?, snoozed_until=?, payload=?, "
+                              "received=? WHERE device=? AND id=? AND seq=? AND payload!=?",
+                              (int(rec.acknowledged), rec.snoozed_until, rec.payload, now,
+                               rec.device, rec.id, rec.seq, rec.payload))
             return False
         old = self.conn.execute("SELECT seq FROM alerts WHERE device=? AND id=?",
                                 (rec.device, rec.id)).fetchone()
@@ -268,6 +278,14 @@ class CentralStore:
         """Drop notifications created before ``before``; how many."""
         return int(self.conn.execute("DELETE FROM notifications WHERE created < ?",
                                      (before,)).rowcount)
+
+    def prune(self, before: float) -> int:
+        """Drop heartbeats, commands and results received before ``before``; rows dropped."""
+        n = 0
+        for table in ("heartbeats", "commands", "command_results"):
+            n += int(self.conn.execute(f"DELETE FROM {table} WHERE received < ?",  # noqa: S608
+                                       (before,)).rowcount)
+        return n
 
     # -- the central's own status -------------------------------------------------------------
 

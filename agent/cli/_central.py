@@ -85,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "offline/online change here as JSON (Slack-compatible 'text' field)")
     p.add_argument("--webhook-expire", default="1d", metavar="DURATION", help="give up on a "
                    "notification the webhook has not taken for this long (default: 1d)")
+    p.add_argument("--keep-history", default="30d", metavar="DURATION", help="drop heartbeats, "
+                   "commands and results older than this (default: 30d; alerts are kept)")
     p.add_argument("--share", metavar="GROUP", help="use MQTT 5 shared subscriptions "
                    "($share/GROUP/...) so several centrals split the load")
     p.add_argument("--offline-after", type=float, metavar="SECONDS", help="mark a device "
@@ -145,6 +147,7 @@ def run_central(args: argparse.Namespace) -> int:
     central = Central(settings.host, settings.port, args.db, settings=settings, prefix=prefix,
                       webhook=args.webhook, share=args.share, offline_after=args.offline_after,
                       notify_expire_s=parse_duration(args.webhook_expire),
+                      keep_history_s=parse_duration(args.keep_history),
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
