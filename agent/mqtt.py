@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import paho.mqtt.client as mqtt
 
 from .config import MqttConfig
+from .mqttclient import ClientSettings, Will, build_client
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -147,24 +148,8 @@ class MqttLink:
             return
         if command_handler is not None:
             self._handler = command_handler
-        cfg = self._config
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.device_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
-        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
-            if cfg.tls_insecure is True:
-                log.warning("mqtt: TLS certificate checks are off (tls_insecure = true)")
-                client.tls_insecure_set(True)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        client.max_inflight_messages_set(cfg.max_inflight)
+        settings = self._settings()
+        client = build_client(settings)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -177,13 +162,24 @@ class MqttLink:
         if add_listener is not None and not self._listening:
             add_listener(self._wake.set)
             self._listening = True
-        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        client.connect_async(**settings.connect_kwargs())
         client.loop_start()
         self._own_supervisor = supervisor is None
         sup = self._supervisor = supervisor if supervisor is not None else Supervisor()
         sup.spawn("edgewatch-mqtt-outbox", self._pump_step, backoff_s=_POLL_S)
         sup.spawn("edgewatch-mqtt-commands", self._command_step)
         sup.spawn("edgewatch-mqtt-network", self._network_step, interval_s=_NETWORK_CHECK_S)
+
+    def _settings(self) -> ClientSettings:
+        """The paho client's settings: a clean session (the outbox is in SQLite), last will."""
+        cfg = self._config
+        return ClientSettings(
+            host=cfg.host, client_id=cfg.device_id, port=cfg.port, keepalive=cfg.keepalive,
+            protocol=cfg.protocol, username=cfg.username, password=cfg.password, tls=cfg.tls,
+            ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
+            tls_insecure=cfg.tls_insecure, will=Will(self.topics.status, OFFLINE),
+            reconnect_min_s=cfg.reconnect_min_s, reconnect_max_s=cfg.reconnect_max_s,
+            max_inflight=cfg.max_inflight)
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish retained ``offline`` (waiting at most ``timeout``), disconnect, stop threads."""
