@@ -368,7 +368,7 @@ class MqttLink:
         if client is None or self._stop.is_set():
             return
         thread = getattr(client, "_thread", None)  # paho's loop_start() thread
-        if thread is None or thread.is_alive():
+        if thread is not None and thread.is_alive():
             return
         client.loop_stop()
         client.loop_start()

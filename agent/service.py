@@ -171,13 +171,40 @@ class Agent:
               output_spec: Optional[Sequence[Any]] = None, expected_fps: Optional[float] = None,
               clock: Callable[[], float] = time.time, live: bool = True,
               on_fatal: Optional[Callable[[str], None]] = None) -> Agent:
-        """Open storage, restore state, build the monitor, connect MQTT, start the threads."""
+        """Open storage, restore state, build the monitor, then start MQTT, control, heartbeats.
+
+        A part that fails to start (a bad baseline file, a control socket that cannot be
+        bound) closes what was already started before the error propagates.
+        """
         info = dict(model_info)
         supervisor = Supervisor(on_fatal=on_fatal)
         store = _open_store(config, supervisor)
+        try:
+            agent = cls._assemble(config, info, store, supervisor, output_spec=output_spec,
+                                  expected_fps=expected_fps, clock=clock, live=live)
+        except BaseException:
+            store.close()
+            supervisor.stop()
+            raise
+        try:
+            agent._start_workers()
+        except BaseException:
+            agent.close()
+            raise
+        reference = agent.monitor.reference
+        agent.event("start", f"edgewatch {__version__} started (model {info.get('path')}, "
+                    f"reference: {'none, warm-up' if reference is None else reference.origin})")
+        return agent
+
+    @classmethod
+    def _assemble(cls, config: Config, info: Dict[str, Any], store: Store,
+                  supervisor: Supervisor, *, output_spec: Optional[Sequence[Any]],
+                  expected_fps: Optional[float], clock: Callable[[], float],
+                  live: bool) -> Agent:
+        """Every part, in data-flow order, none of them running yet."""
         reference = _load_reference(config, store, info.get("sha256") or "")
-        sink = _StoreSink(store, info.get("sha256") or "")
         alerts = _build_alerts(config, store, info, clock)
+        sink = _StoreSink(store, info.get("sha256") or "")
         monitor = Monitor(config, alerts, model_info=info, sink=sink, reference=reference,
                           output_spec=output_spec, expected_fps=expected_fps, clock=clock)
         mqtt = MqttLink(config.mqtt, store) if config.mqtt.enabled else None
@@ -186,20 +213,23 @@ class Agent:
                                 supervisor=supervisor, model_info=info, camera=camera,
                                 clock=clock, live=live)
         controls = Controls(monitor, heartbeats.current, clock)
-        if mqtt is not None:
-            mqtt.start(supervisor, command_handler=lambda verb, payload: handle_command(
-                verb, payload, controls, max_bytes=config.mqtt.max_payload_kb * 1024))
-        supervisor.spawn("edgewatch-heartbeat", heartbeats.step, interval_s=HEARTBEAT_TICK_S,
-                         critical=True)
         control = ControlServer(socket_path(config), controls, record=store.record_command,
-                                supervisor=supervisor).start()
-        store.advertise(control_socket=control.path)
-        agent = cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
-                    monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
-                    controls=controls, control=control, camera=camera)
-        agent.event("start", f"edgewatch {__version__} started (model {info.get('path')}, "
-                    f"reference: {'none, warm-up' if reference is None else reference.origin})")
-        return agent
+                                supervisor=supervisor)
+        return cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
+                   monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
+                   controls=controls, control=control, camera=camera)
+
+    def _start_workers(self) -> None:
+        """The control socket, the MQTT link and the heartbeat, under the supervisor."""
+        self.control.start()
+        self.store.advertise(control_socket=self.control.path)
+        if self.mqtt is not None:
+            limit = self.config.mqtt.max_payload_kb * 1024
+            controls = self.controls
+            self.mqtt.start(self.supervisor, command_handler=lambda verb, payload: handle_command(
+                verb, payload, controls, max_bytes=limit))
+        self.supervisor.spawn("edgewatch-heartbeat", self.heartbeats.step,
+                              interval_s=HEARTBEAT_TICK_S, critical=True)
 
     @property
     def fatal(self) -> Optional[str]:
@@ -219,12 +249,12 @@ class Agent:
         if self._closed:
             return
         self._closed = True
-        self.control.close()
         self.event("stop", f"edgewatch stopped after {self.monitor.frames} frames")
         if self.mqtt is not None:
             self.mqtt.close()
         self.store.close()  # its writer is a worker too: it drains before the supervisor stops
         self.supervisor.stop()
+        self.control.close()  # after its worker stopped: no accept() on a closed socket
 
 
 def _open_store(config: Config, supervisor: Supervisor) -> Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 import broker as broker_fixtures
 import central_helpers
@@ -22,7 +23,7 @@ from test_mqtt import (
 
 from agent.central import CentralReader, fleet_rows, open_alerts, webhook_body
 from agent.cli import main
-from agent.commands import make_command_handler
+from agent.commands import handle_command
 from agent.mqtt import MqttLink
 from agent.store import Store
 
@@ -159,7 +160,7 @@ def test_shared_subscription_mqtt5(broker, tmp_path, central_factory, listeners)
 def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
     api = DictControl()
     store = Store(str(tmp_path / "dev1.db"), flush_interval_s=0.2).start()
-    link = MqttLink(link_config(broker), store, command_handler=make_command_handler(api))
+    link = MqttLink(link_config(broker), store, command_handler=partial(handle_command, api=api))
     try:
         link.start()
         wait(lambda: link.connected, what="device connected")

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from test_mqtt import link_config, make_alert, wait
 from agent.central import CentralStore
 from agent.central.records import parse
 from agent.cli import main
-from agent.commands import make_command_handler
+from agent.commands import handle_command
 from agent.mqtt import MqttLink
 from agent.store import Store
 
@@ -165,7 +166,7 @@ def test_fleet_ack_from_the_cli_shows_in_fleet_commands(broker, tmp_path, centra
     db = tmp_path / "central.db"
     store = Store(str(tmp_path / "dev1.db"), flush_interval_s=0.2).start()
     link = MqttLink(link_config(broker), store,
-                    command_handler=make_command_handler(DictControl()))
+                    command_handler=partial(handle_command, api=DictControl()))
     try:
         link.start()
         wait(lambda: link.connected, what="device connected")
