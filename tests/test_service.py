@@ -447,3 +447,38 @@ def test_reload_naming_a_missing_model_keeps_the_old_config(tmp_path: Path,
         assert agent.stop() == 0
     finally:
         agent.kill()
+
+
+# ---- long jobs: progress and a summary of what was and was not checked -------------------------
+def test_replay_summary_says_drift_was_never_checked_during_warm_up(
+        tmp_path: Path, model_path: Path, capsys: Any) -> None:
+    args = ["replay", "emulated:stationary?seed=2&size=320x240&duration=5", "--model",
+            str(model_path), "--db", str(tmp_path / "w.db"), "--fps", "30"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "replayed 150 frames (5s of video at 30 fps)" in out
+    assert "checked: rules" in out
+    assert "drift was never checked: the replay ended during warm-up (5 s of 300 s)" in out
+    assert main([*args, "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert facts["unchecked"] == {"drift": "the replay ended during warm-up (5 s of 300 s)"}
+    assert facts["reference"] is None and facts["frames"] == 150
+
+
+def test_replay_with_a_reference_checks_drift_and_reports_progress(tmp_path: Path,
+                                                                   model_path: Path) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    seen: List[int] = []
+    result = replay(cfg, open_source("emulated:stationary?seed=3&size=320x240&duration=60"),
+                    fps=30, on_frame=seen.append)
+    assert seen == list(range(1, 1801))  # every frame reaches the progress callback
+    assert result.unchecked == {} and result.reference == "warmup"
+
+
+def test_baseline_without_out_is_a_usage_error(tmp_path: Path, model_path: Path,
+                                               capsys: Any) -> None:
+    code = main(["baseline", "emulated:stationary?seed=1&size=320x240&duration=2", "--model",
+                 str(model_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("edgewatch: error:") and "--out" in err and "\n" not in err
