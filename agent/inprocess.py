@@ -62,11 +62,15 @@ class InProcessMonitor:
         """Frames observed so far."""
         return self._agent.monitor.frames
 
-    def observe(self, frame: npt.NDArray[np.uint8],
+    def observe(self, frame: Optional[npt.NDArray[np.uint8]],
                 outputs: Optional[Sequence[npt.NDArray[Any]]] = None,
                 latency_s: Optional[float] = None, ts: Optional[float] = None) -> None:
         """Record one frame (BGR uint8) and, optionally, the model's outputs and latency."""
         self._agent.monitor.observe(frame, outputs, latency_s, ts)
+
+    def hook_error(self, exc: BaseException) -> None:
+        """Count an observation that failed in :func:`agent.wrap` (never raised into the app)."""
+        self._agent.monitor.hook_error(exc)
 
     def snapshot(self) -> Dict[str, Any]:
         """Latest statistics, confidence, drift scores and open alerts."""

@@ -20,7 +20,8 @@ import pytest
 from broker import Broker, make_password_file, make_tls_files
 
 from agent.errors import ConfigError
-from agent.mqtt import MqttConfig, MqttLink, alert_outbox_messages, topics
+from agent.config import MqttConfig
+from agent.mqtt import MqttLink, alert_outbox_messages, topics
 from agent.store import Store
 
 listeners = broker_fixtures.listeners  # the fixture, registered for this module
