@@ -53,11 +53,11 @@ def drive(frames: Iterable[Timed], model: Model, observe: Observe,
     return n
 
 
-def synthetic_times(source: Source, start: float, fps: float,
-                    max_frames: Optional[int] = None) -> Iterator[Timed]:
+def synthetic_times(source: Source, start: float, fps: float, max_frames: Optional[int] = None,
+                    keep_going: Callable[[], bool] = lambda: True) -> Iterator[Timed]:
     """A finite source's frames, frame ``i`` stamped ``start + i / fps``."""
     i = 0
-    while max_frames is None or i < max_frames:
+    while (max_frames is None or i < max_frames) and keep_going():
         frame = source.read()
         if frame is None:
             return
@@ -94,14 +94,14 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     model = model or Model.from_config(config.model)
     fps = fps or source.fps or 30.0
     start = time.time() if start_ts is None else start_ts
-    agent = Agent.start(config, model_info=model.info(), output_spec=model.output_details,
-                        expected_fps=fps, live=False)
+    agent = _start_or_close(source, config, model, expected_fps=fps, live=False)
     agent.camera["state"] = "replay"
     t0 = time.perf_counter()
     frames = 0
     try:
-        frames = drive(synthetic_times(source, start, fps, max_frames), model,
-                       agent.monitor.observe, on_frame)
+        frames = drive(synthetic_times(source, start, fps, max_frames,
+                                       lambda: agent.fatal is None),
+                       model, agent.monitor.observe, on_frame)
     finally:
         elapsed = time.perf_counter() - t0
         unchecked = _unchecked(agent.monitor, config, fps, frames)
@@ -109,10 +109,23 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
         n_alerts = agent.alerts.seq
         agent.close()
         source.close()
+    if agent.fatal is not None:
+        raise AgentError(f"replay stopped after {frames} frames: {agent.fatal}")
     return LoopResult(frames=frames, start_ts=start, fps=fps, seconds=round(elapsed, 3),
                       db=config.store.path, alerts=n_alerts,
                       reference=None if reference is None else reference.origin,
                       unchecked=unchecked)
+
+
+def _start_or_close(source: Source, config: Config, model: Model, *, expected_fps: float,
+                    live: bool) -> Agent:
+    """A started agent for ``model``; the source is closed if the agent cannot start."""
+    try:
+        return Agent.start(config, model_info=model.info(), output_spec=model.output_details,
+                           expected_fps=expected_fps, live=live)
+    except BaseException:
+        source.close()
+        raise
 
 
 def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dict[str, str]:
@@ -291,8 +304,7 @@ def run(config: Config, *, model: Optional[Model] = None, notifier: Optional[Not
     s = config.source
     pace = s.fps or (None if source.live else (source.fps or 30.0))
     expected = s.fps or source.fps or 30.0
-    agent = Agent.start(config, model_info=model.info(), output_spec=model.output_details,
-                        expected_fps=expected)
+    agent = _start_or_close(source, config, model, expected_fps=expected, live=True)
     capture = Capture(source, pace, agent.supervisor.stop_event)
     agent.supervisor.spawn("edgewatch-capture", capture.step, backoff_s=s.reconnect_initial_s,
                            critical=True)
