@@ -371,6 +371,10 @@ class MqttLink:
         if thread is not None and thread.is_alive():
             return
         client.loop_stop()
+        # paho 2.x's loop_start() makes a new wake-up socket pair without closing the old one.
+        reset = getattr(client, "_reset_sockets", None)
+        if reset is not None:
+            reset(sockpair_only=True)
         client.loop_start()
         raise ConnectionError("paho network thread had died; restarted it")
 
