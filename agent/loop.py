@@ -263,13 +263,18 @@ class _LiveStatus:
         self._every = agent.config.service.status_interval_s
         self._next = time.monotonic() + self._every if self._every else float("inf")
         self._last_frames, self._last_t = 0, time.monotonic()
+        self._next_check = 0.0
 
     def __call__(self, n: int) -> None:
         self._agent.camera.update(state=getattr(self._source, "state", "ok"),
                                   reconnects=getattr(self._source, "reconnects", 0),
                                   dropped=self._capture.dropped)
         self._notifier.watchdog()
-        if time.monotonic() >= self._next:
+        now = time.monotonic()
+        if now >= self._next_check:  # the heartbeat checks the others; this checks it too
+            self._next_check = now + 1.0
+            self._agent.supervisor.check()
+        if now >= self._next:
             self._status_line()
 
     def _status_line(self) -> None:
