@@ -367,13 +367,11 @@ def run_forever(config_path: Optional[str], *, config: Optional[Config] = None,
         if stop.is_set() or not reload.is_set():
             return code
         notifier.reloading()
-        if not config_path:
-            continue
         try:
-            new = _load(config_path, keep)
-            model = model if new.model == current.model else Model.from_config(new.model)
+            new = _load(config_path, keep) if config_path else current
+            model = Model.from_config(new.model)  # a new file at the same path is loaded too
             current = new
-            log.info("reloaded %s", config_path)
+            log.info("reloaded %s", config_path or "the model")
         except AgentError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
 
