@@ -14,6 +14,10 @@ in one SQLite transaction (:func:`alert_outbox_messages` builds the rows), and t
 of :class:`MqttLink` publishes the rows in id order and deletes each one when the broker acks
 it. Rows survive a broker outage and an agent crash; QoS 1 means a row may arrive twice, so
 receivers deduplicate by ``(id, seq)``. Nothing here blocks the caller.
+
+The outbox pump, the command worker and a watch on paho's own network thread are workers of
+an :class:`agent.supervise.Supervisor` (the agent's): a failure is counted and reported in the
+heartbeat's ``threads``, and a network thread that died is started again.
 """
 
 from __future__ import annotations
@@ -182,7 +186,11 @@ class MqttLink:
             max_inflight=cfg.max_inflight)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Publish retained ``offline`` (waiting at most ``timeout``), disconnect, stop threads."""
+        """Publish retained ``offline`` (waiting at most ``timeout``) and disconnect.
+
+        The workers stop here when the link runs its own supervisor; under the agent's they
+        go idle and stop with it.
+        """
         client = self._client
         if client is None:
             return
