@@ -482,3 +482,20 @@ def test_baseline_without_out_is_a_usage_error(tmp_path: Path, model_path: Path,
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert err.startswith("edgewatch: error:") and "--out" in err and "\n" not in err
+
+
+def test_an_agent_that_cannot_start_releases_what_it_opened(tmp_path: Path,
+                                                            model_path: Path) -> None:
+    import threading as _threading
+
+    from agent.errors import BaselineError
+    from agent.service import Agent
+
+    info = {"path": str(model_path), "sha256": ""}
+    before = {t.name for t in _threading.enumerate()}
+    bad = cfg_for(tmp_path, model_path, drift={"reference": str(tmp_path / "missing.npz")})
+    with pytest.raises(BaselineError):
+        Agent.start(bad, model_info=info)
+    assert {t.name for t in _threading.enumerate() if t.is_alive()} <= before  # no thread left
+    agent = Agent.start(cfg_for(tmp_path, model_path), model_info=info)  # the database is free
+    agent.close()
