@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import paho.mqtt.client as mqtt
 
 from .config import MqttConfig
-from .mqttclient import ClientSettings, Will, build_client
+from .mqttclient import ClientSettings, Will, build_client, stop_client
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,7 @@ class MqttLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:
                 log.debug("mqtt: offline status not confirmed: %s", exc)
-        client.disconnect()
-        client.loop_stop()
+        stop_client(client, timeout)
         self._flush_acks()
         with self._lock:
             self._connected = False
