@@ -133,6 +133,9 @@ def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dic
     out: Dict[str, str] = {}
     if not config.rules.enabled:
         out["rules"] = "rules are off ([rules] enabled = false)"
+    elif monitor.last_evaluation is None:
+        out["rules"] = (f"the replay was shorter than one evaluation interval "
+                        f"({frames / fps:.1f} s of {config.rules.eval_interval_s:g} s)")
     if monitor.snapshot()["drift"]:
         return out
     status = monitor.reference_status

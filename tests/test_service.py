@@ -499,3 +499,12 @@ def test_an_agent_that_cannot_start_releases_what_it_opened(tmp_path: Path,
     assert {t.name for t in _threading.enumerate() if t.is_alive()} <= before  # no thread left
     agent = Agent.start(cfg_for(tmp_path, model_path), model_info=info)  # the database is free
     agent.close()
+
+
+def test_a_replay_too_short_for_one_evaluation_says_so(tmp_path: Path, model_path: Path) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    result = replay(cfg, open_source("emulated:stationary?seed=3&size=320x240"), fps=30,
+                    max_frames=10)
+    assert result.unchecked["rules"] == "the replay was shorter than one evaluation interval " \
+                                        "(0.3 s of 1 s)"
+    assert "warm-up" in result.unchecked["drift"]
