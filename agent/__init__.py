@@ -10,9 +10,11 @@ In-process use::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .config import Config, load_config  # noqa: E402
-from .errors import (  # noqa: E402
+from .config import Config, load_config
+from .errors import (
     AgentError,
     BaselineError,
     CommandError,
@@ -21,8 +23,20 @@ from .errors import (  # noqa: E402
     SourceError,
     StoreError,
 )
-from .hook import wrap  # noqa: E402
-from .monitor import Monitor  # noqa: E402
+from .hook import wrap
+
+if TYPE_CHECKING:
+    from .inprocess import InProcessMonitor as Monitor
+
+
+def __getattr__(name: str) -> Any:
+    """``agent.Monitor``, imported on first use: it starts a whole agent (store, MQTT)."""
+    if name == "Monitor":
+        from .inprocess import InProcessMonitor
+
+        return InProcessMonitor
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")
+
 
 __all__ = [
     "AgentError", "BaselineError", "CommandError", "Config", "ConfigError", "ModelError",

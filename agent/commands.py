@@ -28,7 +28,7 @@ from .errors import CommandError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ControlAPI", "VERBS", "handle_command", "make_command_handler", "parse_duration"]
+__all__ = ["ControlAPI", "VERBS", "handle_command", "parse_duration"]
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -183,14 +183,3 @@ def handle_command(verb: str, payload: bytes, api: ControlAPI, *, max_bytes: int
         answer["error"] = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
     answer["ts"] = now
     return answer
-
-
-def make_command_handler(api: ControlAPI, *, max_bytes: int = 65536,
-                         clock: Callable[[], float] = time.time
-                         ) -> Callable[[str, bytes], Dict[str, Any]]:
-    """``handle_command`` bound to ``api`` (only tests/test_central.py still uses it)."""
-
-    def handler(verb: str, payload: bytes) -> Dict[str, Any]:
-        return handle_command(verb, payload, api, max_bytes=max_bytes, clock=clock)
-
-    return handler

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import sys
 import typing
@@ -226,10 +227,85 @@ class ServiceConfig:
                "a path of at most 107 bytes (a Unix socket's limit)")
 
 
-def _mqtt_type() -> type:
-    from .mqtt import MqttConfig
+PROTOCOLS = ("3.1.1", "5")
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
-    return MqttConfig
+
+def _default_device_id() -> str:
+    return socket.gethostname() or "edgewatch"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The ``[mqtt]`` section: broker, identity, TLS and the link's timings."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    device_id: str = field(default_factory=_default_device_id)
+    protocol: str = "3.1.1"
+    keepalive: int = 30
+    username: Optional[str] = None
+    password: Optional[str] = None
+    tls: bool = False
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    tls_insecure: bool = False
+    topic_prefix: str = "edgewatch/v1"
+    heartbeat_interval_s: float = 30.0
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 60
+    max_inflight: int = 20
+    max_payload_kb: int = 64
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> ConfigError:
+            return ConfigError(f"mqtt.{key}: {allowed} (set [mqtt] {key})")
+
+        for key in ("enabled", "tls", "tls_insecure"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, f"must be true or false, got {getattr(self, key)!r}")
+        for key in ("port", "keepalive", "reconnect_min_s", "reconnect_max_s", "max_inflight",
+                    "max_payload_kb"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(key, f"must be an integer, got {value!r}")
+        if not self.host:
+            raise bad("host", "must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise bad("port", f"must be between 1 and 65535, got {self.port}")
+        if self.protocol not in PROTOCOLS:
+            raise bad("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if not _ID_RE.match(self.device_id or ""):
+            raise bad("device_id", f"must be 1-128 of A-Z a-z 0-9 . _ -, got {self.device_id!r}")
+        prefix = self.topic_prefix
+        if not prefix or prefix.startswith("/") or prefix.endswith("/") or set("+#") & set(prefix):
+            raise bad("topic_prefix",
+                      f"must be a topic without wildcards or edge '/', got {prefix!r}")
+        if self.keepalive < 1:
+            raise bad("keepalive", f"must be at least 1 second, got {self.keepalive}")
+        if not self.heartbeat_interval_s > 0:
+            raise bad("heartbeat_interval_s", f"must be > 0, got {self.heartbeat_interval_s}")
+        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
+            raise bad("reconnect_max_s", "must be >= reconnect_min_s >= 1")
+        if self.max_inflight < 1:
+            raise bad("max_inflight", f"must be at least 1, got {self.max_inflight}")
+        if self.max_payload_kb < 1:
+            raise bad("max_payload_kb", f"must be at least 1, got {self.max_payload_kb}")
+        if self.password is not None and self.username is None:
+            raise bad("username", "is required when a password is set")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise bad("key_file", "cert_file and key_file go together")
+        if self.tls_insecure and not self.tls:
+            raise bad("tls_insecure", "only applies when tls = true")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise bad("tls", "must be true when ca_file or cert_file is set")
+        if self.enabled and self.tls:
+            for key in ("ca_file", "cert_file", "key_file"):
+                path = getattr(self, key)
+                if path is not None and not os.path.isfile(path):
+                    raise bad(key, f"file not found: {path}")
 
 
 @dataclass(frozen=True)
@@ -246,16 +322,8 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
-    mqtt: Any = None
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     origin: str = "<defaults>"
-
-    def __post_init__(self) -> None:
-        if self.mqtt is None:
-            object.__setattr__(self, "mqtt", _mqtt_type()(device_id=self.device.id))
-
-    def replace(self, **sections: Any) -> Config:
-        """A copy with whole sections or single ``section.key`` values replaced."""
-        return dataclasses.replace(self, **sections)
 
     def with_values(self, **dotted: Any) -> Config:
         """A copy with ``section__key=value`` overrides applied (e.g. ``store__path='x.db'``)."""
@@ -344,15 +412,14 @@ def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Config:
     device = build_section(DeviceConfig, data.get("device", {}), "device", origin)
     sections["device"] = device
     for name in _SECTIONS - {"device"}:
-        cls = _mqtt_type() if name == "mqtt" else hints[name]
         table = dict(data.get(name, {}))
-        if name == "mqtt":
+        if name == "mqtt":  # the MQTT client id is the device's id unless set
             table.setdefault("device_id", device.id)
-        sections[name] = build_section(cls, table, name, origin)
+        sections[name] = build_section(hints[name], table, name, origin)
     return Config(origin=origin, **sections)
 
 
-def load_config(source: Union[str, os.PathLike, Mapping[str, Any], None] = None) -> Config:
+def load_config(source: Union[str, os.PathLike[str], Mapping[str, Any], None] = None) -> Config:
     """Load a config from a TOML file path, a dict, or defaults when ``None``.
 
     Relative ``model.path``, ``store.path`` and ``drift.reference`` stay relative to the

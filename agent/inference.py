@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .config import ModelConfig
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,12 @@ class Model:
         self._tensor = np.empty((1, h, w, self.channels), self.input_dtype)
         self._work = np.empty((h, w, self.channels), np.float32)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> Model:
+        """The model a ``[model]`` section describes."""
+        return cls(config.path, runtime=config.runtime, num_threads=config.num_threads,
+                   delegate=config.delegate, input_range=config.input_range, color=config.color)
+
     def prepare(self, frame_bgr: npt.NDArray[np.uint8]) -> Tensor:
         """Resize and normalise a BGR frame into the model's input tensor (preallocated)."""
         cv2.resize(frame_bgr, self.input_size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
@@ -246,6 +253,7 @@ class Model:
             "runtime": self.runtime,
             "delegate": self.delegate or None,
             "input": [int(v) for v in self.input_details[0]["shape"]],
+            "input_size": self.input_size,
             "input_dtype": self.input_dtype.name,
             "outputs": [
                 {"name": d["name"], "shape": [int(v) for v in d["shape"]]}

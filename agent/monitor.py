@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -138,35 +138,9 @@ class Monitor:
         self._errors = 0
         self._last_error = ""
         self._next_error_log = 0.0
-        self._close_callbacks: List[Callable[[], None]] = []
         log.info("monitor ready: %d features, ring buffer %d frames (%.1f MB), warm-up buffer "
                  "%.1f MB", len(FEATURES), self.ring.capacity, self.ring.nbytes / 1e6,
                  warmup.nbytes / 1e6)
-
-    # ---- construction for the in-process hook ------------------------------------------
-    @classmethod
-    def from_config(cls, source: Any = None) -> Monitor:
-        """A started monitor (with SQLite history, alerts, MQTT) from a config path or dict."""
-        from .config import load_config
-        from .service import build_monitor
-
-        return build_monitor(source if isinstance(source, Config) else load_config(source))
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` on :meth:`close` (the service stops its workers there)."""
-        self._close_callbacks.append(callback)
-
-    def close(self) -> None:
-        """Flush history and stop the background workers (when built by from_config)."""
-        callbacks, self._close_callbacks = self._close_callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def __enter__(self) -> Monitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _make_decoder(self, spec: Sequence[Any]) -> Decoder:
         kwargs: Dict[str, Any] = {"kind": self.config.model.decoder,

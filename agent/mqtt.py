@@ -14,112 +14,37 @@ in one SQLite transaction (:func:`alert_outbox_messages` builds the rows), and t
 of :class:`MqttLink` publishes the rows in id order and deletes each one when the broker acks
 it. Rows survive a broker outage and an agent crash; QoS 1 means a row may arrive twice, so
 receivers deduplicate by ``(id, seq)``. Nothing here blocks the caller.
+
+The outbox pump, the command worker and a watch on paho's own network thread are workers of
+an :class:`agent.supervise.Supervisor` (the agent's): a failure is counted and reported in the
+heartbeat's ``threads``, and a network thread that died is started again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from queue import Full, Queue
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from dataclasses import dataclass
+from queue import Empty, Full, Queue
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import paho.mqtt.client as mqtt
 
-from .errors import ConfigError
+from .config import MqttConfig
+from .mqttclient import ClientSettings, Will, build_client, stop_client
+from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MqttConfig", "Topics", "topics", "alert_outbox_messages", "MqttLink"]
 
-PROTOCOLS = ("3.1.1", "5")
 ONLINE = "online"
 OFFLINE = "offline"
-_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _POLL_S = 1.0  # outbox poll when no commit listener fires (fallback)
 _COMMAND_QUEUE = 16
-
-
-def _default_device_id() -> str:
-    return socket.gethostname() or "edgewatch"
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """The ``[mqtt]`` section: broker, identity, TLS and the link's timings."""
-
-    enabled: bool = False
-    host: str = "localhost"
-    port: int = 1883
-    device_id: str = field(default_factory=_default_device_id)
-    protocol: str = "3.1.1"
-    keepalive: int = 30
-    username: Optional[str] = None
-    password: Optional[str] = None
-    tls: bool = False
-    ca_file: Optional[str] = None
-    cert_file: Optional[str] = None
-    key_file: Optional[str] = None
-    tls_insecure: bool = False
-    topic_prefix: str = "edgewatch/v1"
-    heartbeat_interval_s: float = 30.0
-    reconnect_min_s: int = 1
-    reconnect_max_s: int = 60
-    max_inflight: int = 20
-    max_payload_kb: int = 64
-
-    def __post_init__(self) -> None:
-        def bad(key: str, allowed: str) -> ConfigError:
-            return ConfigError(f"mqtt.{key}: {allowed} (set [mqtt] {key})")
-
-        for key in ("enabled", "tls", "tls_insecure"):
-            if not isinstance(getattr(self, key), bool):
-                raise bad(key, f"must be true or false, got {getattr(self, key)!r}")
-        for key in ("port", "keepalive", "reconnect_min_s", "reconnect_max_s", "max_inflight",
-                    "max_payload_kb"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad(key, f"must be an integer, got {value!r}")
-        if not self.host:
-            raise bad("host", "must not be empty")
-        if not 1 <= self.port <= 65535:
-            raise bad("port", f"must be between 1 and 65535, got {self.port}")
-        if self.protocol not in PROTOCOLS:
-            raise bad("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        if not _ID_RE.match(self.device_id or ""):
-            raise bad("device_id", f"must be 1-128 of A-Z a-z 0-9 . _ -, got {self.device_id!r}")
-        prefix = self.topic_prefix
-        if not prefix or prefix.startswith("/") or prefix.endswith("/") or set("+#") & set(prefix):
-            raise bad("topic_prefix",
-                      f"must be a topic without wildcards or edge '/', got {prefix!r}")
-        if self.keepalive < 1:
-            raise bad("keepalive", f"must be at least 1 second, got {self.keepalive}")
-        if not self.heartbeat_interval_s > 0:
-            raise bad("heartbeat_interval_s", f"must be > 0, got {self.heartbeat_interval_s}")
-        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
-            raise bad("reconnect_max_s", "must be >= reconnect_min_s >= 1")
-        if self.max_inflight < 1:
-            raise bad("max_inflight", f"must be at least 1, got {self.max_inflight}")
-        if self.max_payload_kb < 1:
-            raise bad("max_payload_kb", f"must be at least 1, got {self.max_payload_kb}")
-        if self.password is not None and self.username is None:
-            raise bad("username", "is required when a password is set")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise bad("key_file", "cert_file and key_file go together")
-        if self.tls_insecure and not self.tls:
-            raise bad("tls_insecure", "only applies when tls = true")
-        if not self.tls and (self.ca_file or self.cert_file):
-            raise bad("tls", "must be true when ca_file or cert_file is set")
-        if self.enabled and self.tls:
-            for key in ("ca_file", "cert_file", "key_file"):
-                path = getattr(self, key)
-                if path is not None and not os.path.isfile(path):
-                    raise bad(key, f"file not found: {path}")
+_NETWORK_CHECK_S = 5.0  # how often paho's network thread is checked
 
 
 @dataclass(frozen=True)
@@ -206,37 +131,29 @@ class MqttLink:
                             outbox_undeliverable=0)
         # (outbox row id, paho MQTTMessageInfo) handed to paho and not yet acked; paho keeps
         # QoS 1 messages across reconnects and resends them (dup flag) until the PUBACK.
-        self._inflight: List[tuple] = []
+        self._inflight: List[Tuple[int, mqtt.MQTTMessageInfo]] = []
         self._acked: List[int] = []  # row ids acked, not yet deleted
         self._cursor = 0  # highest outbox id handed to paho
-        self._commands: Queue[Optional[tuple]] = Queue(_COMMAND_QUEUE)
-        self._threads: List[threading.Thread] = []
+        self._commands: Queue[Optional[Tuple[str, bytes]]] = Queue(_COMMAND_QUEUE)
+        self._supervisor: Optional[Supervisor] = None
+        self._own_supervisor = False
         self._listening = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect in the background (never blocks) and start the outbox and command threads."""
+    def start(self, supervisor: Optional[Supervisor] = None, *,
+              command_handler: Optional[CommandHandler] = None) -> None:
+        """Connect in the background (never blocks) and start the outbox and command workers.
+
+        The workers run under ``supervisor`` (the agent's, which stops them before
+        :meth:`close`), or under the link's own when none is given.
+        """
         if self._client is not None:
             return
-        cfg = self._config
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.device_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
-        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
-            if cfg.tls_insecure is True:
-                log.warning("mqtt: TLS certificate checks are off (tls_insecure = true)")
-                client.tls_insecure_set(True)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        client.max_inflight_messages_set(cfg.max_inflight)
+        if command_handler is not None:
+            self._handler = command_handler
+        settings = self._settings()
+        client = build_client(settings)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -249,16 +166,31 @@ class MqttLink:
         if add_listener is not None and not self._listening:
             add_listener(self._wake.set)
             self._listening = True
-        for name, target in (("edgewatch-mqtt-outbox", self._pump),
-                             ("edgewatch-mqtt-commands", self._command_worker)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        client.connect_async(**settings.connect_kwargs())
         client.loop_start()
+        self._own_supervisor = supervisor is None
+        sup = self._supervisor = supervisor if supervisor is not None else Supervisor()
+        sup.spawn("edgewatch-mqtt-outbox", self._pump_step, backoff_s=_POLL_S)
+        sup.spawn("edgewatch-mqtt-commands", self._command_step)
+        sup.spawn("edgewatch-mqtt-network", self._network_step, interval_s=_NETWORK_CHECK_S)
+
+    def _settings(self) -> ClientSettings:
+        """The paho client's settings: a clean session (the outbox is in SQLite), last will."""
+        cfg = self._config
+        return ClientSettings(
+            host=cfg.host, client_id=cfg.device_id, port=cfg.port, keepalive=cfg.keepalive,
+            protocol=cfg.protocol, username=cfg.username, password=cfg.password, tls=cfg.tls,
+            ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
+            tls_insecure=cfg.tls_insecure, will=Will(self.topics.status, OFFLINE),
+            reconnect_min_s=cfg.reconnect_min_s, reconnect_max_s=cfg.reconnect_max_s,
+            max_inflight=cfg.max_inflight)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Publish retained ``offline`` (waiting at most ``timeout``), disconnect, stop threads."""
+        """Publish retained ``offline`` (waiting at most ``timeout``) and disconnect.
+
+        The workers stop here when the link runs its own supervisor; under the agent's they
+        go idle and stop with it.
+        """
         client = self._client
         if client is None:
             return
@@ -268,17 +200,16 @@ class MqttLink:
             self._commands.put_nowait(None)
         except Full:
             pass
-        for thread in self._threads:
-            thread.join(timeout)
-        self._threads = []
+        if self._supervisor is not None and self._own_supervisor:
+            self._supervisor.stop(timeout)
+        self._supervisor = None
         if self._connected:
             info = client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:
                 log.debug("mqtt: offline status not confirmed: %s", exc)
-        client.disconnect()
-        client.loop_stop()
+        stop_client(client, timeout)
         self._flush_acks()
         with self._lock:
             self._connected = False
@@ -410,30 +341,49 @@ class MqttLink:
 
     # -- worker threads ---------------------------------------------------------------------
 
-    def _command_worker(self) -> None:
+    def _command_step(self) -> None:
+        """Answer one queued command, if any (a supervised worker's step)."""
+        try:
+            item = self._commands.get(timeout=_POLL_S)
+        except Empty:
+            return
+        if item is None or self._stop.is_set():
+            return
+        verb, payload = item
+        with self._lock:
+            self._counts["commands"] += 1
         limit = self._config.max_payload_kb * 1024
-        while True:
-            item = self._commands.get()
-            if item is None or self._stop.is_set():
-                return
-            verb, payload = item
-            with self._lock:
-                self._counts["commands"] += 1
-            if len(payload) > limit:
-                result = {"id": None, "verb": verb, "ok": False, "ts": self._clock(),
-                          "error": f"payload too large: {len(payload)} bytes "
-                                   f"(max {limit}, set [mqtt] max_payload_kb)"}
-            elif self._handler is None:
-                result = {"id": None, "verb": verb, "ok": False, "ts": self._clock(),
-                          "error": "commands are not enabled on this agent"}
-            else:
-                try:
-                    result = dict(self._handler(verb, payload))
-                except Exception as exc:  # noqa: BLE001 - a bad command must not kill the link
-                    log.exception("mqtt: command %r failed", verb)
-                    result = {"id": None, "verb": verb, "ok": False, "ts": self._clock(),
-                              "error": f"command failed: {type(exc).__name__}: {exc}"}
-            self._publish_result(result)
+        if len(payload) > limit:
+            result = {"id": None, "verb": verb, "ok": False, "ts": self._clock(),
+                      "error": f"payload too large: {len(payload)} bytes "
+                               f"(max {limit}, set [mqtt] max_payload_kb)"}
+        elif self._handler is None:
+            result = {"id": None, "verb": verb, "ok": False, "ts": self._clock(),
+                      "error": "commands are not enabled on this agent"}
+        else:
+            try:
+                result = dict(self._handler(verb, payload))
+            except Exception as exc:  # answered, then counted by the supervisor
+                self._publish_result({"id": None, "verb": verb, "ok": False, "ts": self._clock(),
+                                      "error": f"command failed: {type(exc).__name__}: {exc}"})
+                raise
+        self._publish_result(result)
+
+    def _network_step(self) -> None:
+        """Check that paho's network thread is alive; restart it (and count it) if it died."""
+        client = self._client
+        if client is None or self._stop.is_set():
+            return
+        thread = getattr(client, "_thread", None)  # paho's loop_start() thread
+        if thread is not None and thread.is_alive():
+            return
+        client.loop_stop()
+        # paho 2.x's loop_start() makes a new wake-up socket pair without closing the old one.
+        reset = getattr(client, "_reset_sockets", None)
+        if reset is not None:
+            reset(sockpair_only=True)
+        client.loop_start()
+        raise ConnectionError("paho network thread had died; restarted it")
 
     def _publish_result(self, result: Mapping[str, Any]) -> None:
         client = self._client
@@ -461,16 +411,14 @@ class MqttLink:
         except Exception as exc:  # noqa: BLE001 - store closing: rows are resent next start
             log.warning("mqtt: could not delete %d acked outbox rows: %s", len(rows), exc)
 
-    def _pump(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(_POLL_S)
-            self._wake.clear()
-            self._flush_acks()
-            try:
-                self._publish_rows()
-            except Exception as exc:  # noqa: BLE001 - keep pumping; the rows stay in SQLite
-                log.warning("mqtt: outbox pump error: %s", exc)
-                self._stop.wait(_POLL_S)
+    def _pump_step(self) -> None:
+        """Wait for new outbox rows (or acks), then publish (a supervised worker's step)."""
+        self._wake.wait(_POLL_S)
+        self._wake.clear()
+        if self._stop.is_set():
+            return
+        self._flush_acks()
+        self._publish_rows()  # a failure is counted by the supervisor; the rows stay in SQLite
 
     def _publish_rows(self) -> None:
         client = self._client

@@ -46,9 +46,7 @@ def make_config(store_path: str, *, threads: int = THREADS, **sections: Dict[str
 
 def load_model(config: Config) -> Model:
     """The model as the service loads it from ``config``."""
-    m = config.model
-    return Model(m.path, runtime=m.runtime, num_threads=m.num_threads, delegate=m.delegate,
-                 input_range=m.input_range, color=m.color)
+    return Model.from_config(config.model)
 
 
 def build_monitor(config: Config, model: Model) -> Monitor:

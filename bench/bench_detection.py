@@ -1,7 +1,7 @@
 """Detection quality: false alerts on stationary feeds, detection delay of every drift scenario.
 
 The issue's targets, checked end to end with the real BlazeFace model, ``edgewatch baseline``
-and ``agent.service.replay`` (SQLite alerts table read back after each replay):
+and ``agent.loop.replay`` (SQLite alerts table read back after each replay):
 
 * a baseline from one emulated stationary feed (seed 1, 60 min at 30 fps);
 * no alert (any kind but device_health, which depends on the host) on 60 min of each of the
@@ -205,7 +205,7 @@ def replay_job(job: Dict[str, Any]) -> Dict[str, Any]:
     """Replay one feed through the real model and monitor; return its alerts (worker entry)."""
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     from agent.config import load_config
-    from agent.service import replay
+    from agent.loop import replay
     from agent.sources import open_source
 
     cache = Path(job["cache"])

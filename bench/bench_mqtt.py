@@ -131,7 +131,7 @@ def replay_ratio(host: str, port: int, workdir: Path, rounds: int = 3,
     """
     from _common import load_model, make_config
 
-    from agent.service import replay
+    from agent.loop import replay
     from agent.sources import open_source
 
     uri = "emulated:night?seed=3&size=640x480&onset=20"

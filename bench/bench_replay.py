@@ -1,6 +1,6 @@
 """Replay throughput with monitoring against a plain model loop, and resident memory over time.
 
-(a) ``agent.service.replay`` (source -> model -> monitor -> SQLite store, MQTT off) against a
+(a) ``agent.loop.replay`` (source -> model -> monitor -> SQLite store, MQTT off) against a
     plain loop that only reads the same emulated 640x480 feed and calls ``model(frame)``,
     alternating the two for a few rounds on one loaded model. Both fps cover the frame
     loop only (not opening the store or closing it).
@@ -38,7 +38,7 @@ from _common import (
 )
 
 from agent.inference import Model
-from agent.service import replay
+from agent.loop import replay
 from agent.sources import open_source
 
 SIZE = (640, 480)

@@ -34,12 +34,13 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _loads_a_model() -> bool:
-    """True when the caller is the agent's own model probe (``verify_model_file``): loading
-    a model checks it in a child first; that is the agent at work, not a test's process."""
+def _agent_at_work() -> bool:
+    """True when the agent's own code starts the process (the model probe that checks a model
+    file in a child first, the health reader's ``vcgencmd``): that is the agent at work, not
+    a test's process."""
     frame: Optional[FrameType] = sys._getframe(2)
     while frame is not None:
-        if frame.f_code.co_name == "verify_model_file":
+        if str(frame.f_globals.get("__name__", "")).startswith("agent."):
             return True
         frame = frame.f_back
     return False
@@ -55,7 +56,7 @@ def _processes_need_integration_mark(request: pytest.FixtureRequest) -> Iterator
     original = subprocess.Popen.__init__
 
     def init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
-        if threading.current_thread() is threading.main_thread() and not _loads_a_model():
+        if threading.current_thread() is threading.main_thread() and not _agent_at_work():
             started.append(args)
         original(self, args, *rest, **kwargs)
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import sqlite3
-import threading
 import time
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from functools import partial
 
-import broker as broker_fixtures
+import central_helpers
 import pytest
+from central_helpers import heartbeat, query
 from helpers import (
     DictControl,
     kill9,
@@ -23,77 +20,14 @@ from helpers import (
     wait,
 )
 
-from agent.central import Central, fleet_rows, open_alerts, webhook_body
+from agent.central import CentralReader, fleet_rows, open_alerts, webhook_body
 from agent.cli import main
-from agent.commands import make_command_handler
+from agent.commands import handle_command
 from agent.mqtt import MqttLink
 from agent.store import Store
 
-listeners = broker_fixtures.listeners  # the fixture, registered for this module
-
-
-def query(db: Path, sql: str, *args: Any) -> List[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def heartbeat(device: str, seq: int, interval: float = 30.0) -> Dict[str, Any]:
-    """The heartbeat fields the central relies on."""
-    return {"schema": 1, "device": device, "seq": seq, "ts": time.time(), "interval_s": interval,
-            "camera": {"state": "ok", "fps_in": 15.0, "fps_processed": 14.5},
-            "host": {"max_temp_c": 61.0, "cpu_percent": 30.0}}
-
-
-@pytest.fixture
-def central_factory(tmp_path: Path) -> Iterator:
-    made: List[Central] = []
-
-    def make(broker, **kw: Any) -> Central:
-        kw.setdefault("keepalive", 5)
-        central = Central(broker.host, broker.port, str(tmp_path / "central.db"), **kw)
-        made.append(central)
-        central.start()
-        assert central.connected.wait(5), "central did not connect"
-        time.sleep(0.2)  # SUBACK
-        return central
-
-    yield make
-    for central in made:
-        central.stop()
-
-
-class Hook(http.server.BaseHTTPRequestHandler):
-    """A webhook receiver that fails the first ``fail_first`` POSTs with HTTP 500."""
-
-    received: List[Dict[str, Any]] = []
-    fail_first = 0
-    attempts = 0
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).attempts += 1
-        if type(self).attempts <= type(self).fail_first:
-            self.send_response(500)
-            self.end_headers()
-            return
-        type(self).received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[type]:
-    Hook.received, Hook.fail_first, Hook.attempts = [], 1, 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Hook.url = f"http://127.0.0.1:{server.server_address[1]}/hook"  # type: ignore[attr-defined]
-    yield Hook
-    server.shutdown()
-    server.server_close()
+central_factory = central_helpers.central_factory
+webhook = central_helpers.webhook
 
 
 @pytest.mark.integration
@@ -115,15 +49,17 @@ def test_two_devices_one_killed_shows_offline(broker, tmp_path, central_factory,
         wait(lambda: query(db, "SELECT online, reason FROM devices WHERE device_id='devB'")
              == [(0, "last will or clean shutdown")], what="devB offline by its last will")
         wait(lambda: len(query(db, "SELECT * FROM alerts")) == 1, what="devA's alert stored")
-        with sqlite3.connect(db) as conn:
-            rows = {r["device"]: r for r in fleet_rows(conn, time.time())}
+        with CentralReader(str(db)) as reader:
+            rows = {r["device"]: r for r in fleet_rows(reader, time.time())}
         assert rows["devA"]["online"] and not rows["devB"]["online"]
         assert rows["devA"]["fps"] == 14.5 and rows["devA"]["temperature_c"] == 61.0
         assert rows["devA"]["open_alerts"] == 1 and rows["devB"]["heartbeat_age_s"] is None
         assert main(["fleet", "--db", str(db)]) == 0
         out = capsys.readouterr().out.splitlines()
+        assert out[0].split()[:4] == ["DEVICE", "STATE", "SINCE", "HEARTBEAT"]
         assert out[1].split()[:2] == ["devA", "online"] and "14.5" in out[1] and "61C" in out[1]
         assert out[2].split()[:2] == ["devB", "offline"]
+        assert "last will or clean shutdown" in out[2]
         assert main(["fleet", "--db", str(db), "alerts"]) == 0
         out = capsys.readouterr().out
         assert "devA" in out and "a0001" in out and "brightness drifted #1" in out
@@ -148,13 +84,14 @@ def test_duplicates_stored_once_and_state_kept_current(broker, tmp_path, central
     pub.publish("edgewatch/v1/dev1/alerts", b"{broken")
     wait(lambda: central.status()["messages"] >= 8, what="all messages handled")
     assert query(db, "SELECT id, seq, state FROM alerts") == [("a0001", 2, "resolved")]
-    assert query(db, "SELECT id, seq FROM alert_events ORDER BY seq") == [("a0001", 1),
-                                                                         ("a0001", 2)]
+    assert query(db, "SELECT device, id, seq FROM alert_events ORDER BY seq") == [
+        ("dev1", "a0001", 1), ("dev1", "a0001", 2)]
     assert query(db, "SELECT device, seq FROM heartbeats") == [("dev1", 5)]
     status = central.status()
     assert (status["alerts"], status["alert_duplicates"], status["bad_messages"]) == (2, 3, 1)
-    with sqlite3.connect(db) as conn:
-        assert open_alerts(conn) == []
+    assert status["bad"] == {"not_json": 1}
+    with CentralReader(str(db)) as reader:
+        assert open_alerts(reader) == []
 
 
 def test_cleared_retained_state_resolves_a_missed_alert(broker, tmp_path, central_factory,
@@ -224,21 +161,24 @@ def test_shared_subscription_mqtt5(broker, tmp_path, central_factory, listeners)
 def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
     api = DictControl()
     store = Store(str(tmp_path / "dev1.db"), flush_interval_s=0.2).start()
-    link = MqttLink(link_config(broker), store, command_handler=make_command_handler(api))
+    link = MqttLink(link_config(broker), store, command_handler=partial(handle_command, api=api))
     try:
         link.start()
         wait(lambda: link.connected, what="device connected")
         broker.wait_suback("dev1")  # the link's cmd/+ subscription
         common = ["--broker", broker.host, "--port", str(broker.port), "--timeout", "5"]
-        assert main(["fleet", "ack", "dev1", "a1", *common]) == 0
+        assert main(["fleet", "ack", "dev1", "a1", "--json", *common]) == 0
         answer = json.loads(capsys.readouterr().out)
         assert answer["ok"] and answer["result"] == {"alert": "a1", "acknowledged": True}
-        assert main(["fleet", "snooze", "dev1", "a1", "--duration", "30m", *common]) == 0
+        assert main(["fleet", "snooze", "dev1", "a1", "--for", "30m", "--json", *common]) == 0
         answer = json.loads(capsys.readouterr().out)
         assert answer["ok"] and answer["result"]["until"] == pytest.approx(
             time.time() + 1800, abs=10)
-        assert main(["fleet", "ack", "dev1", "nope", *common]) == 1
-        assert json.loads(capsys.readouterr().out)["error"] == "unknown alert: nope"
+        assert main(["fleet", "snooze", "dev1", "a1", "--duration", "1h", *common]) == 0
+        assert capsys.readouterr().out.startswith("dev1: snooze a1: ok until ")
+        assert main(["fleet", "ack", "dev1", "nope", *common]) == 7
+        assert capsys.readouterr().err.strip() == (
+            "edgewatch: error: dev1 refused ack: unknown alert: nope")
         assert main(["fleet", "ack", "ghost", "a1", "--broker", broker.host, "--port",
                      str(broker.port), "--timeout", "1"]) == 7
         assert "no result from ghost within 1 s" in capsys.readouterr().err
@@ -250,3 +190,23 @@ def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
 def test_fleet_without_database_is_a_clean_error(tmp_path, capsys) -> None:
     assert main(["fleet", "--db", str(tmp_path / "none.db")]) == 5
     assert "central database not found" in capsys.readouterr().err
+
+
+def test_ack_and_snooze_in_the_retained_state_show_in_fleet_alerts(
+        broker, tmp_path, central_factory, listeners, capsys) -> None:
+    central = central_factory(broker)
+    db = tmp_path / "central.db"
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    firing = make_alert(1)
+    topic = f"edgewatch/v1/dev1/alerts/state/{firing['fingerprint']}"
+    pub.publish(topic, json.dumps(firing), retain=True)
+    until = time.time() + 3600
+    pub.publish(topic, json.dumps({**firing, "acknowledged": True, "snoozed_until": until}),
+                retain=True)
+    wait(lambda: query(db, "SELECT acknowledged, snoozed_until FROM alerts") == [(1, until)],
+         what="ack and snooze recorded")
+    assert central.status()["alerts"] == 1  # one transition, its state updated
+    assert main(["fleet", "alerts", "--db", str(db)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert " yes " in line and time.strftime("%Y-%m-%d", time.localtime(until)) in line

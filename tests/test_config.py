@@ -63,3 +63,19 @@ def test_dict_config_and_overrides() -> None:
     cfg2 = cfg.with_values(store__path="y.db", model__num_threads=4)
     assert cfg2.store.path == "y.db" and cfg2.model.num_threads == 4
     assert cfg.store.path == "x.db"  # frozen: the original is unchanged
+
+
+def test_mqtt_section_is_typed_and_names_the_device_unless_set() -> None:
+    from agent.config import MqttConfig
+
+    cfg = load_config({"device": {"id": "cam-9"}})
+    assert isinstance(cfg.mqtt, MqttConfig) and cfg.mqtt.device_id == "cam-9"
+    own = load_config({"device": {"id": "cam-9"}, "mqtt": {"device_id": "gate-1"}})
+    assert own.mqtt.device_id == "gate-1"
+
+
+def test_overrides_and_frozen_sections() -> None:
+    cfg = load_config(None)
+    assert not hasattr(cfg, "replace")  # one way to change a config: with_values
+    with pytest.raises(AttributeError):
+        cfg.store.path = "x.db"  # type: ignore[misc]

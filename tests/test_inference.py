@@ -69,3 +69,15 @@ def test_corrupt_model_is_one_clear_line(tmp_path: Path, model_path: Path) -> No
 def test_missing_delegate_is_refused(model_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot load delegate libnope.so"):
         Model(model_path, delegate="libnope.so")
+
+
+def test_model_from_config_uses_every_model_key(model_path: Path) -> None:
+    from agent.config import load_config
+
+    cfg = load_config({"model": {"path": str(model_path), "num_threads": 1, "color": "bgr",
+                                 "input_range": [0.0, 1.0]}})
+    model = Model.from_config(cfg.model)
+    assert model.path == model_path and model.color == "bgr"
+    assert model.info()["input_size"] == model.input_size == (128, 128)
+    gray = np.full((64, 64, 3), 255, np.uint8)
+    assert float(model.prepare(gray).max()) == pytest.approx(1.0)  # [0, 1], not [-1, 1]

@@ -7,15 +7,15 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytest
 
 from agent.config import load_config
 from agent.emulated import EmulatedFeed
+from agent.loop import replay, run
 from agent.notify import Notifier
-from agent.service import replay, run
 from agent.sources import open_source
 
 
@@ -203,3 +203,141 @@ def test_broker_outage_mid_replay_loses_no_alert(tmp_path: Path, model_path: Pat
     seqs = [json.loads(m.payload)["seq"] for m in msgs]
     first_seen = list(dict.fromkeys(seqs))
     assert first_seen == sorted(first_seen)  # in order (QoS 1 may repeat one)
+
+
+# ---- supervised threads ------------------------------------------------------------------
+class FailingSource:
+    """A camera whose driver raises: every read, or every ``every``-th one.
+
+    A physical camera cannot be made to fail on purpose here, so an emulated feed stands in
+    and ``read()`` raises the way a broken driver binding does.
+    """
+
+    fps: Optional[float] = 30.0
+    name = "failing"
+    live = True
+
+    def __init__(self, every: int = 1) -> None:
+        self.feed = EmulatedFeed("stationary", seed=1, size=(320, 240))
+        self.every = every
+        self.reads = 0
+
+    def read(self) -> Optional[np.ndarray]:
+        self.reads += 1
+        if self.reads % self.every == 0:
+            raise RuntimeError("driver crashed")
+        time.sleep(1 / 60)
+        return self.feed.read()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def supervised_config(tmp_path: Path, model_path: Path) -> Any:
+    return load_config({"model": {"path": str(model_path)},
+                        "source": {"reconnect_initial_s": 0.01, "reconnect_max_s": 1},
+                        "store": {"path": str(tmp_path / "s.db"), "flush_interval_s": 0.2},
+                        "health": {"enabled": False},
+                        "service": {"heartbeat_interval_s": 1, "status_interval_s": 0}})
+
+
+def stored_heartbeats(db: Path) -> List[Dict[str, Any]]:
+    import sqlite3
+
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        return [json.loads(r[0]) for r in conn.execute("SELECT payload FROM heartbeats")]
+    except sqlite3.OperationalError:  # the agent has not created its tables yet
+        return []
+    finally:
+        conn.close()
+
+
+def test_a_failing_capture_step_is_counted_and_reported_in_the_heartbeat(
+        tmp_path: Path, model_path: Path) -> None:
+    cfg = supervised_config(tmp_path, model_path)
+    stop = threading.Event()
+    result: Dict[str, int] = {}
+    t = threading.Thread(target=lambda: result.setdefault("code", run(
+        cfg, stop=stop, source=FailingSource(every=5))))
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        failing: List[Dict[str, Any]] = []
+        while not failing and time.monotonic() < deadline:
+            failing = [h for h in stored_heartbeats(Path(cfg.store.path))
+                       if h["threads"].get("edgewatch-capture", {}).get("failures", 0) >= 1]
+            time.sleep(0.1)  # polling the database for the real condition
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert failing, "no heartbeat reported the capture's failures"
+    capture = failing[-1]["threads"]["edgewatch-capture"]
+    assert capture["alive"] and capture["critical"]
+    assert capture["last_error"] == "RuntimeError: driver crashed"
+    assert failing[-1]["camera"]["frames"] > 0  # frames kept flowing between failures
+    assert result["code"] == 0
+
+
+def test_a_critical_thread_that_keeps_failing_makes_run_exit_non_zero(
+        tmp_path: Path, model_path: Path, caplog: Any) -> None:
+    cfg = supervised_config(tmp_path, model_path)
+    with caplog.at_level("ERROR"):
+        code = run(cfg, source=FailingSource(every=1), stop=threading.Event())
+    assert code != 0
+    why = [r.getMessage() for r in caplog.records if "edgewatch-capture failed" in r.getMessage()
+           and "in a row" in r.getMessage() and r.levelname in ("CRITICAL", "ERROR")]
+    assert any("RuntimeError: driver crashed" in m for m in why), caplog.text
+    assert "restarts edgewatch" in caplog.text
+
+
+# The thread's death is the point: pytest would otherwise turn it into an error.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_thread_shows_in_the_next_heartbeat(tmp_path: Path, model_path: Path,
+                                                   caplog: Any) -> None:
+    from agent.service import Agent
+
+    cfg = supervised_config(tmp_path, model_path)
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+    try:
+        def dies() -> None:
+            raise SystemExit("a library called sys.exit() in a worker")
+
+        worker = agent.supervisor.spawn("edgewatch-doomed", dies)
+        worker.join(10)
+        before = agent.heartbeats.current().threads
+        with caplog.at_level("ERROR"):
+            agent.heartbeats.step()  # the next heartbeat tick
+        beat = agent.heartbeat()
+    finally:
+        agent.close()
+    assert before["edgewatch-doomed"]["alive"] is False
+    assert beat.threads["edgewatch-doomed"]["alive"] is False
+    assert beat.threads["edgewatch-heartbeat"]["alive"] is True
+    assert "edgewatch-doomed thread has died" in caplog.text
+    stored = stored_heartbeats(Path(cfg.store.path))
+    assert stored and stored[-1]["threads"]["edgewatch-doomed"]["alive"] is False
+
+
+def test_the_heartbeat_is_a_typed_record_with_the_json_keys_it_always_had(
+        tmp_path: Path, model_path: Path) -> None:
+    from agent.heartbeat import Heartbeat
+    from agent.service import Agent
+
+    cfg = supervised_config(tmp_path, model_path)
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": "abc"})
+    try:
+        beat = agent.heartbeat()
+    finally:
+        agent.close()
+    assert isinstance(beat, Heartbeat)
+    keys = {"schema", "device", "agent_version", "seq", "ts", "interval_s", "uptime_s", "model",
+            "camera", "stats", "confidence", "drift", "reference", "warmup", "alerts_open",
+            "host", "agent", "queues", "outbox", "mqtt"}
+    payload = beat.to_dict()
+    assert set(payload) == keys | {"threads", "errors"}
+    assert {"edgewatch-heartbeat", "edgewatch-store", "edgewatch-control"} <= set(payload["threads"])
+    assert payload["errors"] == {"bad_frames": 0, "hook_errors": 0, "last_hook_error": None}
+    assert json.loads(json.dumps(payload)) == payload

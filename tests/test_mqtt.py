@@ -22,8 +22,9 @@ from helpers import (
     wait,
 )
 
+from agent.config import MqttConfig
 from agent.errors import ConfigError
-from agent.mqtt import MqttConfig, MqttLink, alert_outbox_messages, topics
+from agent.mqtt import MqttLink, alert_outbox_messages, topics
 from agent.store import Store
 
 
@@ -317,3 +318,58 @@ def test_close_while_broker_is_down_returns_quickly(broker, store) -> None:
     t0 = time.monotonic()
     link.close()
     assert time.monotonic() - t0 < 3.0
+
+
+# -- supervised workers ---------------------------------------------------------------------------
+
+def test_a_failing_command_is_answered_and_counted_by_the_supervisor(broker, store,
+                                                                      listeners) -> None:
+    from agent.supervise import Supervisor
+
+    def handler(verb: str, payload: bytes) -> Dict[str, Any]:
+        raise RuntimeError("handler exploded")
+
+    listener = listeners(broker, ["edgewatch/v1/dev1/cmd/result"])
+    listener.wait_connected()
+    sup = Supervisor()
+    link = MqttLink(link_config(broker), store, command_handler=handler)
+    link.start(sup)
+    try:
+        wait(lambda: link.connected, what="link connected")
+        # The subscription lands after CONNACK: resend until the device answers.
+        deadline = time.monotonic() + 10
+        while not listener.messages and time.monotonic() < deadline:
+            listener.publish("edgewatch/v1/dev1/cmd/ping", json.dumps({"id": "r1"}))
+            with listener.cond:
+                listener.cond.wait_for(lambda: bool(listener.messages), 0.5)
+        answer = json.loads(listener.messages[0].payload)
+        assert answer["ok"] is False and "handler exploded" in answer["error"]
+        wait(lambda: sup.health()["edgewatch-mqtt-commands"]["failures"] >= 1,
+             what="the failure counted")
+        health = sup.health()["edgewatch-mqtt-commands"]
+        assert health["alive"] and health["last_error"] == "RuntimeError: handler exploded"
+    finally:
+        link.close()
+        sup.stop()
+
+
+def test_a_dead_paho_network_thread_is_restarted_and_counted(broker, store) -> None:
+    from agent.supervise import Supervisor
+
+    sup = Supervisor()
+    link = MqttLink(link_config(broker), store)
+    link.start(sup)
+    try:
+        wait(lambda: link.connected, what="link connected")
+        client = link._client
+        assert client is not None
+        client.loop_stop()  # paho's network thread ends, as when a callback raises in it
+        wait(lambda: sup.health()["edgewatch-mqtt-network"]["failures"] >= 1, timeout=15,
+             what="the dead network thread noticed")
+        assert "network thread had died" in str(sup.health()["edgewatch-mqtt-network"]["last_error"])
+        thread = getattr(client, "_thread", None)
+        assert thread is not None and thread.is_alive()  # restarted
+        assert link.publish_heartbeat({"seq": 1})
+    finally:
+        link.close()
+        sup.stop()

@@ -23,7 +23,7 @@ from agent import Monitor, wrap
 from agent.cli import main
 from agent.config import load_config
 from agent.errors import SourceError
-from agent.service import replay
+from agent.loop import replay
 from agent.sources import open_source
 
 FAST = {"drift": {"warmup_s": 40, "window_frames": 300, "eval_interval_s": 2, "for_s": 6,
@@ -307,3 +307,206 @@ def test_baseline_for_another_model_is_refused(tmp_path: Path, model_path: Path,
     err = capsys.readouterr().err.strip()
     assert code == 6, err
     assert "sha256" in err and "edgewatch baseline" in err and "\n" not in err
+
+
+# ---- bugs of issue 8 -------------------------------------------------------------------
+class StepClock:
+    """The agent's clock, moved by the test: health alerts need minutes to fire and resolve."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def thermal_zone(root: Path, celsius: float) -> None:
+    """Write one sysfs thermal zone (the hardware this machine lacks) at ``celsius``."""
+    zone = root / "thermal_zone0"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text(f"{int(celsius * 1000)}\n")
+
+
+def health_config(tmp_path: Path, model_path: Path, **health: Any) -> Any:
+    return cfg_for(tmp_path, model_path, health={"enabled": True, "interval_s": 3600,
+                                                 "thermal_root": str(tmp_path / "thermal"),
+                                                 **health})
+
+
+def test_health_alert_fires_at_95c_and_resolves_after_ten_minutes_at_40c(
+        tmp_path: Path, model_path: Path) -> None:
+    from agent.service import Agent
+
+    thermal_zone(tmp_path / "thermal", 95.0)
+    clock = StepClock(1_700_000_000.0)
+    cfg = health_config(tmp_path, model_path, for_s=60)
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""}, clock=clock)
+    try:
+        for _ in range(3):  # 95 °C for two minutes: pending, then firing after for_s
+            agent.heartbeats.check_health()
+            clock.now += 60
+        thermal_zone(tmp_path / "thermal", 40.0)
+        cooled = clock.now
+        for _ in range(11):  # ten minutes at 40 °C
+            agent.heartbeats.check_health()
+            clock.now += 60
+        open_now = [a["feature"] for a in agent.heartbeats.current().alerts_open]
+    finally:
+        agent.close()
+    temp = [a for a in alerts(Path(cfg.store.path)) if a["feature"] == "temperature"]
+    assert len(temp) == 1 and temp[0]["kind"] == "device_health", temp
+    assert temp[0]["state"] == "resolved" and temp[0]["seq"] >= 2  # fired, then resolved
+    assert "95.0 °C" in temp[0]["message"] and temp[0]["value"] == 40.0
+    assert cooled + 60 <= temp[0]["ends_at"] < cooled + 600  # after for_s of clear readings
+    assert "temperature" not in open_now
+
+
+def test_gpu_load_path_from_the_config_is_read(tmp_path: Path, model_path: Path) -> None:
+    from agent.service import Agent
+
+    load = tmp_path / "gpu_load"
+    load.write_text("750\n")  # per-mille, as the Jetson's sysfs file
+    thermal_zone(tmp_path / "thermal", 50.0)
+    cfg = health_config(tmp_path, model_path, gpu_load_path=str(load))
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+    try:
+        agent.heartbeats.check_health()
+        beat = agent.heartbeat()
+    finally:
+        agent.close()
+    assert beat.host["gpu_percent"] == 75.0
+    assert beat.host["max_temp_c"] == 50.0
+
+
+class AgentProcess:
+    """``edgewatch run`` in a child process, read line by line from its log."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.seen: List[str] = []
+
+    def wait_for(self, needle: str, timeout: float = 60) -> str:
+        deadline = time.time() + timeout
+        assert self.proc.stderr is not None
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"{needle!r} not logged; got {''.join(self.seen[-20:])}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=20)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.mark.integration
+def test_reload_keeps_the_command_line_overrides(tmp_path: Path, model_path: Path,
+                                                 write_config: Any) -> None:
+    cfg = write_config(tmp_path / "run.toml", **RUN_SECTIONS,
+                       model={"path": tmp_path / "missing.tflite"},
+                       store={"path": tmp_path / "from-file.db"})
+    db = tmp_path / "from-cli.db"
+    agent = AgentProcess("--config", str(cfg), "--db", str(db), "--model", str(model_path),
+                         "--source", "emulated:night?seed=2&size=320x240")
+    try:
+        first = agent.wait_for("running: source")
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait_for("reloaded")
+        second = agent.wait_for("running: source")
+        agent.wait_for("status: frames=")
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    for line in (first, second):
+        assert "emulated:night" in line and str(db) in line and str(model_path) in line, line
+    assert not (tmp_path / "from-file.db").exists()
+
+
+@pytest.mark.integration
+def test_reload_naming_a_missing_model_keeps_the_old_config(tmp_path: Path,
+                                                            write_config: Any) -> None:
+    cfg = write_config(tmp_path / "run.toml", **RUN_SECTIONS, store={"path": tmp_path / "m.db"})
+    good = cfg.read_text()
+    agent = AgentProcess("--config", str(cfg))
+    try:
+        agent.wait_for("status: frames=")
+        cfg.write_text(good.replace(str(Path(good.split('"')[1])), str(tmp_path / "nope.tflite")))
+        agent.proc.send_signal(signal.SIGHUP)
+        line = agent.wait_for("reload failed, keeping the old config")
+        assert "model not found" in line and "nope.tflite" in line
+        agent.wait_for("status: frames=")  # still running on the old config and model
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+
+
+# ---- long jobs: progress and a summary of what was and was not checked -------------------------
+def test_replay_summary_says_drift_was_never_checked_during_warm_up(
+        tmp_path: Path, model_path: Path, capsys: Any) -> None:
+    args = ["replay", "emulated:stationary?seed=2&size=320x240&duration=5", "--model",
+            str(model_path), "--db", str(tmp_path / "w.db"), "--fps", "30"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "replayed 150 frames (5s of video at 30 fps)" in out
+    assert "checked: rules" in out
+    assert "drift was never checked: the replay ended during warm-up (5 s of 300 s)" in out
+    assert main([*args, "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert facts["unchecked"] == {"drift": "the replay ended during warm-up (5 s of 300 s)"}
+    assert facts["reference"] is None and facts["frames"] == 150
+
+
+def test_replay_with_a_reference_checks_drift_and_reports_progress(tmp_path: Path,
+                                                                   model_path: Path) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    seen: List[int] = []
+    result = replay(cfg, open_source("emulated:stationary?seed=3&size=320x240&duration=60"),
+                    fps=30, on_frame=seen.append)
+    assert seen == list(range(1, 1801))  # every frame reaches the progress callback
+    assert result.unchecked == {} and result.reference == "warmup"
+
+
+def test_baseline_without_out_is_a_usage_error(tmp_path: Path, model_path: Path,
+                                               capsys: Any) -> None:
+    code = main(["baseline", "emulated:stationary?seed=1&size=320x240&duration=2", "--model",
+                 str(model_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("edgewatch: error:") and "--out" in err and "\n" not in err
+
+
+def test_an_agent_that_cannot_start_releases_what_it_opened(tmp_path: Path,
+                                                            model_path: Path) -> None:
+    import threading as _threading
+
+    from agent.errors import BaselineError
+    from agent.service import Agent
+
+    info = {"path": str(model_path), "sha256": ""}
+    before = {t.name for t in _threading.enumerate()}
+    bad = cfg_for(tmp_path, model_path, drift={"reference": str(tmp_path / "missing.npz")})
+    with pytest.raises(BaselineError):
+        Agent.start(bad, model_info=info)
+    assert {t.name for t in _threading.enumerate() if t.is_alive()} <= before  # no thread left
+    agent = Agent.start(cfg_for(tmp_path, model_path), model_info=info)  # the database is free
+    agent.close()
+
+
+def test_a_replay_too_short_for_one_evaluation_says_so(tmp_path: Path, model_path: Path) -> None:
+    cfg = cfg_for(tmp_path, model_path)
+    result = replay(cfg, open_source("emulated:stationary?seed=3&size=320x240"), fps=30,
+                    max_frames=10)
+    assert result.unchecked["rules"] == "the replay was shorter than one evaluation interval " \
+                                        "(0.3 s of 1 s)"
+    assert "warm-up" in result.unchecked["drift"]

@@ -5,44 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, List
+from typing import Any
 
-import numpy as np
-
-from ..alerts import AlertManager
 from ..drift.reference import build_reference
-from ..errors import BaselineError
+from ..errors import BaselineError, UsageError
 from ..inference import Model
-from ..monitor import FEATURES, Monitor, NullSink
-from ..sources import open_source
+from ..loop import collect_rows
+from ..monitor import FEATURES
+from ._format import Progress, duration
 from ._run import add_common, config_from_args
-
-
-def collect_features(cfg: Any, model: Model, uris: List[str], fps: float,
-                     max_frames: int | None) -> np.ndarray:
-    """Run the model and statistics over sources; returns (frames, features) in time order."""
-    rows: List[np.ndarray] = []
-    cfg = cfg.with_values(drift__enabled=False, rules__enabled=False)
-    for uri in uris:
-        alerts = AlertManager(device="baseline", camera="baseline", model={}, emit=lambda r: None)
-        mon = Monitor(cfg, alerts, model_info=model.info() | {"input_size": model.input_size},
-                      sink=NullSink(), output_spec=model.output_details)
-        source = open_source(uri)
-        i = 0
-        try:
-            while max_frames is None or i < max_frames:
-                frame = source.read()
-                if frame is None:
-                    break
-                outputs, latency = model(frame)
-                mon.observe(frame, outputs, latency, ts=i / fps)
-                rows.append(mon.ring.last(1)[1][0].copy())
-                i += 1
-        finally:
-            source.close()
-    if not rows:
-        raise BaselineError(f"no frames read from {', '.join(uris)} (check the sources)")
-    return np.vstack(rows)
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -58,12 +29,15 @@ def _baseline(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0 if result.get("ok") else 1
     if not args.sources or not args.out:
-        raise BaselineError("give SOURCE... and --out FILE (or --rebuild for the running agent)")
-    model = Model(cfg.model.path, runtime=cfg.model.runtime, num_threads=cfg.model.num_threads,
-                  delegate=cfg.model.delegate, input_range=cfg.model.input_range,
-                  color=cfg.model.color)
+        raise UsageError("give SOURCE... and --out FILE (or --rebuild for the running agent)")
+    model = Model.from_config(cfg.model)
     t0 = time.perf_counter()
-    values = collect_features(cfg, model, args.sources, args.fps, args.max_frames)
+    progress = Progress("baseline", args.max_frames * len(args.sources) if args.max_frames else None)
+    try:
+        values = collect_rows(cfg, model, args.sources, args.fps, args.max_frames,
+                              on_frame=progress.update)
+    finally:
+        progress.close()
     window = cfg.drift.window_frames
     if values.shape[0] < 2 * window:
         raise BaselineError(f"only {values.shape[0]} frames; a baseline needs at least "
@@ -77,8 +51,9 @@ def _baseline(args: argparse.Namespace) -> int:
         persistence_s=cfg.drift.for_s)
     ref.save(args.out)
     print(f"baseline: {values.shape[0]} frames from {len(args.sources)} source(s) in "
-          f"{time.perf_counter() - t0:.1f} s -> {args.out} (model sha256 {model.sha256[:12]}); "
-          f"set [drift] reference = \"{args.out}\"")
+          f"{duration(time.perf_counter() - t0)} -> {args.out} (model sha256 {model.sha256[:12]})")
+    print(f"drift thresholds calibrated for {len(ref.names)} features, windows of {window} "
+          f"frames; set [drift] reference = \"{args.out}\"")
     return 0
 
 

@@ -1,40 +1,92 @@
-"""``edgewatch central`` (follow a fleet over MQTT) and ``edgewatch fleet`` (look at it)."""
+"""``edgewatch central`` (follow a fleet over MQTT) and ``edgewatch fleet`` (look at it, act on it).
+
+Broker settings come from the device config's ``[mqtt]`` when ``--config`` is given, and the
+flags override them. The password may come from ``--password-env VAR`` or ``--password-file``
+rather than the command line (visible in ``/proc``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import signal
-import sqlite3
 import threading
 import time
-from typing import Any, Dict, Optional
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..commands import parse_duration
-from ..errors import CommandError, StoreError
+from ..errors import CommandError, StoreError, UsageError
+from ..mqttclient import PROTOCOLS, ClientSettings, read_password
+from ._format import duration, local_time, safe_text, table
 
 DEFAULT_DB = "edgewatch-central.db"
+DEFAULT_PREFIX = "edgewatch/v1"
 
 
-def _broker_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--broker", required=required, metavar="HOST", help="MQTT broker host")
-    p.add_argument("--port", type=int, default=1883, help="MQTT broker port (default: 1883)")
-    p.add_argument("--username", help="MQTT user name")
-    p.add_argument("--password", help="MQTT password")
-    p.add_argument("--tls-ca", metavar="FILE", help="CA certificate: connect with TLS")
-    p.add_argument("--prefix", default="edgewatch/v1", help="topic prefix (default: edgewatch/v1)")
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("broker (default: [mqtt] of --config)")
+    g.add_argument("--config", metavar="FILE", help="read broker, credentials, TLS and topic "
+                   "prefix from this device config's [mqtt] section")
+    g.add_argument("--broker", metavar="HOST", help="MQTT broker host")
+    g.add_argument("--port", type=int, help="MQTT broker port (default: 1883)")
+    g.add_argument("--protocol", choices=PROTOCOLS, help="MQTT protocol version (default: 5)")
+    g.add_argument("--username", help="MQTT user name")
+    g.add_argument("--password", help="MQTT password (visible to other local users: prefer "
+                   "--password-env or --password-file)")
+    g.add_argument("--password-env", metavar="VAR", help="read the MQTT password from this "
+                   "environment variable")
+    g.add_argument("--password-file", metavar="FILE", help="read the MQTT password from this file")
+    g.add_argument("--tls-ca", metavar="FILE", help="CA certificate: connect with TLS")
+    g.add_argument("--tls-cert", metavar="FILE", help="client certificate (with --tls-key)")
+    g.add_argument("--tls-key", metavar="FILE", help="client certificate's private key")
+    g.add_argument("--prefix", help=f"topic prefix (default: {DEFAULT_PREFIX})")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def _settings(args: argparse.Namespace, client_id: str, *,
+              persistent: bool = False) -> Tuple[ClientSettings, str]:
+    """Client settings and topic prefix: ``[mqtt]`` of --config, overridden by the flags."""
+    base: Dict[str, Any] = {}
+    if args.config:
+        from ..config import load_config
+
+        m = load_config(args.config).mqtt
+        base = {"host": m.host, "port": m.port, "protocol": m.protocol,
+                "keepalive": m.keepalive, "username": m.username, "password": m.password,
+                "tls": m.tls, "ca_file": m.ca_file, "cert_file": m.cert_file,
+                "key_file": m.key_file, "tls_insecure": m.tls_insecure,
+                "prefix": m.topic_prefix}
+    flags = {"host": args.broker, "port": args.port, "protocol": args.protocol,
+             "username": args.username, "ca_file": args.tls_ca, "cert_file": args.tls_cert,
+             "key_file": args.tls_key, "prefix": args.prefix}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if "host" not in base:
+        raise UsageError("give --broker HOST (or --config with an [mqtt] section)")
+    password = read_password(value=args.password, env=args.password_env,
+                             file=args.password_file)
+    if password is not None:
+        base["password"] = password
+    if base.get("ca_file") or base.get("cert_file"):
+        base["tls"] = True
+    prefix = str(base.pop("prefix", DEFAULT_PREFIX))
+    return ClientSettings(client_id=client_id, persistent=persistent, **base), prefix
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``central`` and ``fleet`` commands."""
     p = sub.add_parser("central", help="follow every device over MQTT into a SQLite file",
-                       description="Subscribe to the status, heartbeats, alerts and command "
-                       "results of every device and keep them in --db; mark devices offline on "
-                       "their last will or an overdue heartbeat; forward alerts to --webhook.")
-    _broker_args(p, required=True)
+                       description="Subscribe to the status, heartbeats, alerts and commands of "
+                       "every device and keep them in --db; mark devices offline on their last "
+                       "will or an overdue heartbeat; send alerts and device offline/online "
+                       "changes to --webhook, retrying until delivered.")
+    _broker_args(p)
     p.add_argument("--db", default=DEFAULT_DB, help=f"central database (default: {DEFAULT_DB})")
-    p.add_argument("--webhook", metavar="URL", help="POST each alert transition here as JSON "
-                   "(Slack-compatible 'text' field)")
+    p.add_argument("--webhook", metavar="URL", help="POST each alert transition and device "
+                   "offline/online change here as JSON (Slack-compatible 'text' field)")
+    p.add_argument("--webhook-expire", default="1d", metavar="DURATION", help="give up on a "
+                   "notification the webhook has not taken for this long (default: 1d)")
+    p.add_argument("--keep-history", default="30d", metavar="DURATION", help="drop heartbeats, "
+                   "commands and results older than this (default: 30d; alerts are kept)")
     p.add_argument("--share", metavar="GROUP", help="use MQTT 5 shared subscriptions "
                    "($share/GROUP/...) so several centrals split the load")
     p.add_argument("--offline-after", type=float, metavar="SECONDS", help="mark a device "
@@ -43,88 +95,132 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "sent while the central is down are delivered when it is back")
     p.set_defaults(func=run_central)
 
-    f = sub.add_parser("fleet", help="show devices and open alerts from the central database",
+    f = sub.add_parser("fleet", help="show devices, alerts and commands from the central "
+                       "database; ack or snooze an alert on a device",
                        description="Without a subcommand: one line per device.")
-    f.add_argument("--db", default=DEFAULT_DB, help=f"central database (default: {DEFAULT_DB})")
+    _view_args(f, sub_command=False)
     f.set_defaults(func=run_fleet)
     fsub = f.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
     a = fsub.add_parser("alerts", help="list open alerts across devices")
-    # SUPPRESS: 'fleet --db X alerts' keeps X instead of this default.
-    a.add_argument("--db", default=argparse.SUPPRESS, help="central database")
+    _view_args(a, sub_command=True)
     a.set_defaults(func=run_fleet_alerts)
+    c = fsub.add_parser("commands", help="list recent commands and their results")
+    _view_args(c, sub_command=True)
+    c.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
+    c.set_defaults(func=run_fleet_commands)
     for verb, text in (("ack", "acknowledge an alert on a device"),
                        ("snooze", "snooze an alert on a device")):
-        c = fsub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: publish "
-                            "the command and wait for the device's result.")
-        c.add_argument("device", help="device id")
-        c.add_argument("alert", help="alert id (see 'edgewatch fleet alerts')")
+        cmd = fsub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: "
+                              "publish the command and wait for the device's result.")
+        cmd.add_argument("device", help="device id")
+        cmd.add_argument("alert", help="alert id (see 'edgewatch fleet alerts')")
         if verb == "snooze":
-            c.add_argument("--duration", default="1h", help="how long: 30m, 1h, 2d, or seconds "
-                           "(default: 1h)")
-        c.add_argument("--timeout", type=float, default=10.0,
-                       help="seconds to wait for the result (default: 10)")
-        _broker_args(c, required=True)
-        c.set_defaults(func=run_fleet_command, verb=verb)
+            cmd.add_argument("--for", dest="duration", default="1h",
+                             help="how long, e.g. 30m, 2h (default 1h)")
+            cmd.add_argument("--duration", dest="duration", help=argparse.SUPPRESS)
+        cmd.add_argument("--timeout", type=float, default=10.0,
+                         help="seconds to wait for the result (default: 10)")
+        cmd.add_argument("--json", action="store_true", help="print the device's answer as JSON")
+        _broker_args(cmd)
+        cmd.set_defaults(func=run_fleet_command, verb=verb)
 
+
+def _view_args(p: argparse.ArgumentParser, sub_command: bool) -> None:
+    # SUPPRESS on subcommands: 'fleet --db X alerts' keeps X instead of the default.
+    default_db: Any = argparse.SUPPRESS if sub_command else DEFAULT_DB
+    default_json: Any = argparse.SUPPRESS if sub_command else False
+    p.add_argument("--db", default=default_db,
+                   help=f"central database (default: {DEFAULT_DB})")
+    p.add_argument("--json", action="store_true", default=default_json,
+                   help="machine-readable output (unix times, seconds)")
+
+
+# -- central ------------------------------------------------------------------------------------
 
 def run_central(args: argparse.Namespace) -> int:
-    """Handle ``edgewatch central``: run until SIGINT/SIGTERM."""
+    """Handle ``edgewatch central``: run until SIGINT/SIGTERM, or a writer that keeps failing."""
     from ..central import Central
 
-    central = Central(args.broker, args.port, args.db, prefix=args.prefix, webhook=args.webhook,
-                      share=args.share, username=args.username, password=args.password,
-                      tls_ca=args.tls_ca, offline_after=args.offline_after,
-                      client_id=args.client_id)
+    client_id = args.client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}"
+    settings, prefix = _settings(args, client_id, persistent=args.client_id is not None)
     stop = threading.Event()
+    central = Central(settings.host, settings.port, args.db, settings=settings, prefix=prefix,
+                      webhook=args.webhook, share=args.share, offline_after=args.offline_after,
+                      notify_expire_s=parse_duration(args.webhook_expire),
+                      keep_history_s=parse_duration(args.keep_history),
+                      on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    print(f"central: following {prefix}/+ on {settings.describe()} into {args.db}", flush=True)
     central.start()
-    print(f"central: following {args.prefix}/+ on {args.broker}:{args.port} into {args.db}",
-          flush=True)
     try:
         stop.wait()
     finally:
         central.stop()
+    if central.fatal:
+        raise StoreError(f"central stopped: {central.fatal}")
     return 0
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    import os
+# -- fleet views ---------------------------------------------------------------------------------
 
-    if not os.path.exists(path):
-        raise StoreError(f"central database not found: {path} (run 'edgewatch central' "
-                         "or pass --db)")
-    return sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+def _reader(args: argparse.Namespace) -> Any:
+    from ..central import CentralReader
+
+    return CentralReader(args.db)
 
 
-def _age(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+def _dump(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def run_fleet(args: argparse.Namespace) -> int:
-    """Handle ``edgewatch fleet``: one line per device."""
+    """Handle ``edgewatch fleet``: one line per device, then the central's own health."""
     from ..central import fleet_rows
 
     now = time.time()
-    with _connect(args.db) as conn:
-        rows = fleet_rows(conn, now)
-    print(f"{'DEVICE':<20} {'STATE':<8} {'SINCE':>6} {'HB AGE':>6} {'FPS':>6} {'TEMP':>6} "
-          f"{'ALERTS':>6}")
-    for r in rows:
-        since = _age(now - r["since"]) if r["since"] else "-"
-        fps = f"{r['fps']:.1f}" if isinstance(r["fps"], (int, float)) else "-"
-        temp = f"{r['temperature_c']:.0f}C" if isinstance(r["temperature_c"], (int, float)) else "-"
-        print(f"{r['device']:<20} {'online' if r['online'] else 'offline':<8} {since:>6} "
-              f"{_age(r['heartbeat_age_s']):>6} {fps:>6} {temp:>6} {r['open_alerts']:>6}")
-    if not rows:
-        print("(no devices seen yet)")
+    with _reader(args) as reader:
+        rows = fleet_rows(reader, now)
+        central = reader.central_status()
+        pending = reader.pending_notifications()
+    if args.json:
+        _dump({"devices": rows, "central": central, "notifications_pending": pending})
+        return 0
+    shown = [{"device": r["device"], "state": "online" if r["online"] else "offline",
+              "since": local_time(r["since"]), "heartbeat": _ago(r["heartbeat_age_s"]),
+              "fps": _num(r["fps"], "{:.1f}"), "temp": _num(r["temperature_c"], "{:.0f}C"),
+              "alerts": r["open_alerts"], "reason": r["reason"]} for r in rows]
+    print(table(shown, ["device", "state", "since", "heartbeat", "fps", "temp", "alerts",
+                        "reason"]) if shown else "(no devices seen yet)")
+    for line in _central_lines(central, pending, now):
+        print(line)
     return 0
+
+
+def _central_lines(status: Optional[Dict[str, Any]], pending: int, now: float) -> List[str]:
+    if status is None:
+        return ["central: no status saved yet (is 'edgewatch central' running on this file?)"]
+    bad = status.get("bad") or {}
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(bad.items()))
+    lines = [f"central: status of {_ago(now - float(status.get('ts') or now))} ago; broker "
+             f"{'connected' if status.get('connected') else 'NOT connected'}"
+             + (f" ({safe_text(status['broker_error'])})" if status.get("broker_error") else ""),
+             f"  bad messages skipped: {sum(bad.values())}" + (f" ({reasons})" if reasons else ""),
+             f"  dropped (queue full): {status.get('dropped', 0)}; notifications waiting: "
+             f"{pending}"]
+    for name, h in sorted((status.get("threads") or {}).items()):
+        if h.get("failures") or not h.get("alive"):
+            lines.append(f"  thread {name}: {'alive' if h.get('alive') else 'DEAD'}, "
+                         f"{h.get('failures')} failures, last: {safe_text(h.get('last_error'))}")
+    return lines
+
+
+def _ago(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else duration(max(0.0, seconds))
+
+
+def _num(value: Any, fmt: str) -> Optional[str]:
+    return fmt.format(value) if isinstance(value, (int, float)) else None
 
 
 def run_fleet_alerts(args: argparse.Namespace) -> int:
@@ -132,15 +228,37 @@ def run_fleet_alerts(args: argparse.Namespace) -> int:
     from ..central import open_alerts
 
     now = time.time()
-    with _connect(args.db) as conn:
-        rows = open_alerts(conn)
-    print(f"{'DEVICE':<20} {'ALERT':<34} {'SEVERITY':<8} {'AGE':>5} ACK MESSAGE")
-    for r in rows:
-        age = _age(now - r["starts_at"]) if r["starts_at"] else "-"
-        print(f"{r['device']:<20} {r['id']:<34} {r['severity'] or '-':<8} {age:>5} "
-              f"{'yes' if r['acknowledged'] else 'no ':<3} {r['message']}")
-    if not rows:
-        print("(no open alerts)")
+    with _reader(args) as reader:
+        rows = open_alerts(reader)
+    if args.json:
+        _dump(rows)
+        return 0
+    shown = [{**r, "since": local_time(r["starts_at"]),
+              "snoozed": local_time(r["snoozed_until"]) if (r["snoozed_until"] or 0) > now
+              else None} for r in rows]
+    print(table(shown, ["device", "id", "kind", "severity", "feature", "since", "acknowledged",
+                        "snoozed", "message"], {"id": "ALERT", "acknowledged": "ACK",
+                                                "snoozed": "SNOOZED UNTIL"})
+          if shown else "(no open alerts)")
+    return 0
+
+
+def run_fleet_commands(args: argparse.Namespace) -> int:
+    """Handle ``edgewatch fleet commands``: recent commands and their results."""
+    from ..central import recent_commands
+
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    with _reader(args) as reader:
+        rows = recent_commands(reader, args.limit)
+    if args.json:
+        _dump(rows)
+        return 0
+    shown = [{**r, "time": local_time(r["received"]),
+              "result": "pending" if r["ok"] is None else "ok" if r["ok"] else
+              f"failed: {r['error']}"} for r in rows]
+    print(table(shown, ["time", "device", "verb", "alert", "requested_by", "result"],
+                {"requested_by": "BY"}) if shown else "(no commands seen yet)")
     return 0
 
 
@@ -152,9 +270,18 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if args.verb == "snooze":
         body["duration"] = parse_duration(args.duration)
     if args.timeout <= 0:
-        raise CommandError(f"--timeout must be > 0, got {args.timeout}")
-    result = send_command(args.broker, args.port, args.device, args.verb, body,
-                          timeout=args.timeout, prefix=args.prefix, username=args.username,
-                          password=args.password, tls_ca=args.tls_ca)
-    print(json.dumps(result, sort_keys=True))
-    return 0 if result.get("ok") else 1
+        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+    settings, prefix = _settings(args, f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
+    result = send_command(settings, args.device, args.verb, body, timeout=args.timeout,
+                          prefix=prefix)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 0 if result.get("ok") else 1
+    if not result.get("ok"):
+        raise CommandError(f"{args.device} refused {args.verb}: "
+                           f"{safe_text(result.get('error') or 'no reason given')}")
+    answer = result.get("result") or {}
+    until = answer.get("until") if isinstance(answer, dict) else None
+    tail = f" until {local_time(until)}" if isinstance(until, (int, float)) else ""
+    print(f"{safe_text(args.device)}: {args.verb} {safe_text(args.alert)}: ok{tail}")
+    return 0

@@ -5,51 +5,72 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from ..config import Config, default_config_path, load_config
 from ..sources import open_source
+from ._format import Progress, duration
 
 log = logging.getLogger(__name__)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The config named by --config (or the default file), with --model/--db applied."""
-    path = getattr(args, "config", None) or default_config_path()
-    cfg = load_config(path)
-    overrides: dict[str, Any] = {}
+def overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """``section__key`` overrides from --model and --db."""
+    overrides: Dict[str, Any] = {}
     if getattr(args, "model", None):
         overrides["model__path"] = args.model
     if getattr(args, "db", None):
         overrides["store__path"] = args.db
+    return overrides
+
+
+def _config_path(args: argparse.Namespace) -> Optional[str]:
+    path = getattr(args, "config", None) or default_config_path()
+    return None if path is None else str(path)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config named by --config (or the default file), with --model/--db applied."""
+    cfg = load_config(_config_path(args))
+    overrides = overrides_from_args(args)
     return cfg.with_values(**overrides) if overrides else cfg
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..service import run_forever
+    from ..loop import run_forever
 
-    cfg = config_from_args(args)
+    overrides = overrides_from_args(args)  # kept on every reload (SIGHUP)
     if args.source:
-        cfg = cfg.with_values(source__uri=args.source)
-    path: Optional[str] = args.config or (str(default_config_path()) if default_config_path() else None)
-    return run_forever(path, config=cfg)
+        overrides["source__uri"] = args.source
+    path = _config_path(args)
+    cfg = load_config(path)
+    return run_forever(path, config=cfg.with_values(**overrides) if overrides else cfg,
+                       overrides=overrides)
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ..service import replay
+    from ..loop import replay
 
     cfg = config_from_args(args)
     size = (cfg.source.size[0], cfg.source.size[1]) if all(cfg.source.size) else None
     source = open_source(args.source, loop=False, size=size)
-    result = replay(cfg, source, fps=args.fps, max_frames=args.max_frames, start_ts=args.start)
+    progress = Progress("replay", args.max_frames)
+    try:
+        result = replay(cfg, source, fps=args.fps, max_frames=args.max_frames,
+                        start_ts=args.start, on_frame=progress.update)
+    finally:
+        progress.close()
     if args.json:
-        print(json.dumps({"frames": result.frames, "start_ts": result.start_ts, "fps": result.fps,
-                          "seconds": result.seconds, "db": result.db,
-                          "alert_transitions": result.alerts,
-                          "processing_fps": round(result.frames / max(result.seconds, 1e-9), 1)}))
-    else:
-        print(f"replayed {result.frames} frames ({result.frames / result.fps:.0f} s of video at "
-              f"{result.fps:g} fps) in {result.seconds:.1f} s; history in {result.db}")
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"replayed {result.frames} frames ({duration(result.frames / result.fps)} of video at "
+          f"{result.fps:g} fps) in {duration(result.seconds)}, {result.alerts} alert "
+          f"transition(s); history in {result.db}")
+    checked = [c for c in ("rules", "drift") if c not in result.unchecked]
+    if checked:
+        print(f"checked: {', '.join(checked)}")
+    for check, why in result.unchecked.items():
+        print(f"{check} was never checked: {why}")
     return 0
 
 

@@ -1,0 +1,190 @@
+"""Webhook notifications: checked URLs, bodies, and delivery from the central's database.
+
+What the operator must hear about (an alert transition, a device going offline or coming
+back) is written to the ``notifications`` table in the same transaction as the event itself,
+so it survives a webhook outage and a central restart. :class:`WebhookSender` (the
+``edgewatch-central-webhook`` thread) posts due notifications oldest first; a failed post is
+retried with exponential backoff (``backoff_s`` doubling up to ``max_backoff_s``) until it
+goes through or is older than ``expire_s``, and never dropped after a fixed number of tries.
+A delivered notification is deleted. Failures are logged once per change of state (failing,
+delivering again), with the URL redacted: a webhook URL often is a secret token.
+
+The body is JSON with a Slack-compatible ``text``:
+
+>>> redact("https://hooks.slack.com/services/T000/B000/XXXX")
+'https://hooks.slack.com/…'
+>>> check_url("file:///etc/passwd")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+agent.errors.ConfigError: --webhook must be an http:// or https:// URL ..., got 'file:///…' ...
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from ..errors import ConfigError
+from .records import AlertTransition
+from .store import CentralReader, CentralStore, DeviceChange, Notification
+
+log = logging.getLogger(__name__)
+
+__all__ = ["check_url", "redact", "webhook_body", "alert_body", "device_body", "WebhookSender"]
+
+StoreOp = Callable[[CentralStore], Any]
+RunInWriter = Callable[[StoreOp], Any]
+
+
+def redact(url: str) -> str:
+    """``scheme://host[:port]/…``: enough to tell which webhook, never its token."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+def check_url(url: str) -> str:
+    """``url`` when it is an http(s) URL with a host; a one-line :class:`ConfigError` if not."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a bad port raises ValueError
+    except ValueError:
+        ok = False
+    if not ok:
+        shown = redact(url) if "://" in url else url.split("/", 1)[0][:60]
+        raise ConfigError(f"--webhook must be an http:// or https:// URL with a host, got "
+                          f"{shown!r} (check the URL)")
+    return url
+
+
+def webhook_body(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The webhook JSON for one alert transition; ``text`` is what Slack shows."""
+    sev = str(record.get("severity", "")).upper()
+    text = (f"[{sev}] {record.get('device')}/{record.get('camera')} "
+            f"{record.get('transition')}: {record.get('message')}")
+    return {"text": text, "alert": dict(record)}
+
+
+def alert_body(rec: AlertTransition) -> Dict[str, Any]:
+    """The body for a stored transition; the device is the topic's, whatever the payload said."""
+    return webhook_body({**json.loads(rec.payload), "device": rec.device})
+
+
+def device_body(change: DeviceChange) -> Dict[str, Any]:
+    """The body for a device going offline or coming back online."""
+    state = "online" if change.online else "offline"
+    return {"text": f"[{state.upper()}] {change.device}: {change.reason}",
+            "device": {"device": change.device, "state": state, "reason": change.reason,
+                       "ts": change.ts}}
+
+
+class WebhookSender:
+    """Posts due notifications from the database; its ``step`` runs under the supervisor."""
+
+    def __init__(self, url: str, db_path: str, run_in_writer: RunInWriter, *,
+                 timeout_s: float = 5.0, backoff_s: float = 1.0, max_backoff_s: float = 300.0,
+                 expire_s: float = 86400.0, poll_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if expire_s <= 0 or backoff_s <= 0 or max_backoff_s < backoff_s:
+            raise ConfigError("webhook expiry and backoff must be > 0 and max >= backoff")
+        self.url = check_url(url)
+        self._db_path = db_path
+        self._reader: Optional[CentralReader] = None
+        self._run = run_in_writer
+        self.timeout_s, self.backoff_s, self.max_backoff_s = timeout_s, backoff_s, max_backoff_s
+        self.expire_s, self.poll_s, self._clock = expire_s, poll_s, clock
+        self._wake = threading.Event()
+        self._failing = False
+        self.counts = {"sent": 0, "failed_attempts": 0, "expired": 0}
+
+    def wake(self) -> None:
+        """Look for due notifications now (a new one was committed)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Close the read connection."""
+        self._wake.set()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def status(self) -> Dict[str, Any]:
+        """Counters and whether the webhook is failing now."""
+        return {**self.counts, "failing": self._failing, "url": redact(self.url)}
+
+    def step(self) -> None:
+        """Deliver what is due, expire what is too old, then wait for more (or ``poll_s``)."""
+        if self._reader is None:
+            self._reader = CentralReader(self._db_path)
+        now = self._clock()
+        expired = int(self._run(lambda s: s.expire(now - self.expire_s)) or 0)
+        if expired:
+            self.counts["expired"] += expired
+            log.warning("webhook %s: %d notification(s) undelivered for %.0f s expired",
+                        redact(self.url), expired, self.expire_s)
+        for note in self._reader.due_notifications(now):
+            self._deliver(note)
+        due = self._reader.next_due()
+        wait = self.poll_s if due is None else min(self.poll_s, max(0.0, due - self._clock()))
+        self._wake.wait(wait)
+        self._wake.clear()
+
+    def _deliver(self, note: Notification) -> None:
+        try:
+            self._post(note.body.encode())
+        except (OSError, ValueError, http.client.HTTPException, _HttpStatus) as exc:
+            self.counts["failed_attempts"] += 1
+            delay = min(self.backoff_s * 2.0 ** min(note.attempts, 30), self.max_backoff_s)
+            error = _describe(exc)
+            self._run(lambda s: s.retry_later(note.id, self._clock() + delay, error))
+            if not self._failing:
+                self._failing = True
+                log.warning("webhook %s failing: %s (notifications are kept and retried)",
+                            redact(self.url), error)
+            return
+        self._run(lambda s: s.delivered(note.id))
+        self.counts["sent"] += 1
+        if self._failing:
+            self._failing = False
+            log.info("webhook %s delivering again", redact(self.url))
+
+    def _post(self, data: bytes) -> None:
+        # http.client, not urllib: the connection is closed on every path (urllib leaves the
+        # socket of a timed-out or refused response to the garbage collector).
+        parts = urllib.parse.urlsplit(self.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname or "", parts.port, timeout=self.timeout_s)
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            if not 200 <= resp.status < 300:
+                raise _HttpStatus(resp.status, resp.reason)
+        finally:
+            conn.close()
+
+
+class _HttpStatus(Exception):
+    """The webhook answered, but not with 2xx."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _HttpStatus):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,309 @@
+"""The central service: the MQTT client, the writer, the webhook sender, the overdue check.
+
+Threads, each supervised (:mod:`agent.supervise`: failures counted, logged once per interval,
+reported in :meth:`Central.status` and ``edgewatch fleet``):
+
+- paho's network loop only queues messages (a bounded queue; overflow counted);
+- ``edgewatch-central-db`` (critical) is the one writer: it applies each message through
+  :class:`~agent.central.ingest.Ingest` and runs the other threads' store operations;
+  after ``max_consecutive`` failures in a row the central gives up (``on_fatal``) and
+  ``edgewatch central`` exits non-zero so that systemd restarts it;
+- ``edgewatch-central-webhook`` posts notifications from the database;
+- ``edgewatch-central-overdue`` marks silent devices offline and saves the status row.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import paho.mqtt.client as mqtt
+
+from ..errors import CommandError
+from ..mqttclient import ClientSettings, build_client, stop_client
+from ..supervise import Supervisor
+from .ingest import Ingest
+from .notify import WebhookSender, check_url
+from .store import CentralStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Central"]
+
+_QUEUE = 10000
+_CHECK_S = 1.0
+_STATUS_EVERY_S = 5.0
+
+
+@dataclass
+class _Op:
+    """A store operation another thread asks the writer to run."""
+
+    fn: Callable[[CentralStore], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: Optional[BaseException] = None
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    payload: bytes
+
+
+class Central:
+    """Follows every device under ``prefix`` on one broker into ``db_path``.
+
+    ``settings`` (from :mod:`agent.mqttclient`) replaces the broker arguments when given.
+    """
+
+    def __init__(self, host: str, port: int = 1883, db_path: str = "edgewatch-central.db", *,
+                 prefix: str = "edgewatch/v1", webhook: Optional[str] = None,
+                 share: Optional[str] = None, username: Optional[str] = None,
+                 password: Optional[str] = None, tls_ca: Optional[str] = None,
+                 cert_file: Optional[str] = None, key_file: Optional[str] = None,
+                 protocol: str = "5", offline_after: Optional[float] = None,
+                 client_id: Optional[str] = None, keepalive: int = 30,
+                 notify_expire_s: float = 86400.0, webhook_backoff_s: float = 1.0,
+                 keep_history_s: float = 30 * 86400.0,
+                 max_consecutive: int = 10,
+                 on_fatal: Optional[Callable[[str], None]] = None,
+                 settings: Optional[ClientSettings] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if offline_after is not None and offline_after <= 0:
+            raise CommandError(f"--offline-after must be > 0 seconds, got {offline_after}")
+        if webhook is not None:
+            check_url(webhook)
+        self.db_path, self.prefix = db_path, prefix
+        self.share, self.offline_after, self._clock = share, offline_after, clock
+        self._webhook_url, self._notify_expire_s = webhook, notify_expire_s
+        self._webhook_backoff_s = webhook_backoff_s
+        if keep_history_s <= 0:
+            raise CommandError(f"history retention must be > 0 seconds, got {keep_history_s}")
+        self.keep_history_s = keep_history_s
+        # A given client id means a persistent session: the broker queues QoS 1 alerts while
+        # the central is down. Without one, a random id and a clean session.
+        self.settings = settings or ClientSettings(
+            host=host, port=port, keepalive=keepalive, protocol=protocol,
+            client_id=client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
+            persistent=client_id is not None, username=username, password=password,
+            tls=bool(tls_ca or cert_file), ca_file=tls_ca, cert_file=cert_file,
+            key_file=key_file, reconnect_max_s=30)
+        self._client = build_client(self.settings)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._queue: queue.Queue[Union[_Message, _Op]] = queue.Queue(_QUEUE)
+        self._pending: Optional[_Message] = None
+        self._supervisor = Supervisor(max_consecutive=max_consecutive, on_fatal=on_fatal)
+        self._store: Optional[CentralStore] = None
+        self._ingest: Optional[Ingest] = None
+        self._sender: Optional[WebhookSender] = None
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker has acknowledged the subscriptions
+        self.dropped = 0
+        self.broker_error: Optional[str] = None
+        self._next_status = 0.0
+        self._saved_connected = False
+
+    def subscriptions(self) -> List[str]:
+        """The topic filters the central subscribes to (shared when ``share`` is set)."""
+        p = self.prefix
+        filters = [f"{p}/+/status", f"{p}/+/heartbeat", f"{p}/+/alerts",
+                   f"{p}/+/alerts/state/#", f"{p}/+/cmd/+"]
+        if self.share:
+            filters = [f"$share/{self.share}/{f}" for f in filters]
+        return filters
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Central:
+        """Open the database, start the threads, connect (retrying in the background)."""
+        self._store = CentralStore(self.db_path)
+        self._ingest = Ingest(self._store, self.prefix, notify=self._webhook_url is not None,
+                              offline_after=self.offline_after, clock=self._clock)
+        sup = self._supervisor
+        sup.spawn("edgewatch-central-db", self._write_step, critical=True, backoff_s=0.5)
+        sup.spawn("edgewatch-central-overdue", self._periodic, interval_s=_CHECK_S)
+        if self._webhook_url is not None:
+            self._sender = WebhookSender(self._webhook_url, self.db_path, self.run_in_writer,
+                                         expire_s=self._notify_expire_s,
+                                         backoff_s=self._webhook_backoff_s, clock=self._clock)
+            sup.spawn("edgewatch-central-webhook", self._sender.step, backoff_s=1.0)
+        self._connect()
+        return self
+
+    def _connect(self) -> None:
+        try:
+            # The first attempt in the foreground: its error says why (refused, no route,
+            # DNS). paho's loop then retries with backoff whatever happened here.
+            self._client.connect(**self.settings.connect_kwargs())
+        except (OSError, ValueError) as exc:
+            self._broker_down(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect, write what is queued, stop the threads."""
+        self.connected.clear()  # a requested disconnect is not a lost connection
+        stop_client(self._client)
+        with self._queue.all_tasks_done:
+            self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks,
+                                                timeout)
+        if self._sender is not None:
+            self._sender.wake()
+        self._supervisor.stop(timeout)
+        if self._sender is not None:
+            self._sender.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Central:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def fatal(self) -> Optional[str]:
+        """Why the central gave up (a critical thread kept failing), or None."""
+        return self._supervisor.fatal
+
+    def status(self) -> Dict[str, Any]:
+        """Counters of messages handled and refused, threads, webhook delivery."""
+        ingest = self._ingest
+        out: Dict[str, Any] = dict(ingest.counts) if ingest is not None else {}
+        out.update(
+            connected=self.connected.is_set(), broker=self.settings.describe(),
+            broker_error=self.broker_error, queue_depth=self._queue.qsize(),
+            dropped=self.dropped, bad=dict(ingest.bad) if ingest is not None else {},
+            bad_messages=ingest.bad_total if ingest is not None else 0,
+            threads=self._supervisor.health(), thread_failures=self._supervisor.failures(),
+            fatal=self._supervisor.fatal, ts=self._clock())
+        if self._sender is not None:
+            out.update({f"webhook_{k}": v for k, v in self._sender.status().items()})
+        return out
+
+    # -- network thread ---------------------------------------------------------------------
+
+    def _broker_down(self, why: str) -> None:
+        if why != self.broker_error:
+            log.warning("central: cannot reach broker %s: %s (retrying every %d-%d s)",
+                        self.settings.describe(), why, self.settings.reconnect_min_s,
+                        self.settings.reconnect_max_s)
+        self.broker_error = why
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any = None) -> None:
+        if reason.is_failure:
+            self._broker_down(f"the broker refused the connection: {reason} (check the "
+                              "username, password and client certificate)")
+            return
+        client.subscribe([(f, 1) for f in self.subscriptions()])
+        log.info("central: connected to %s", self.settings.describe())
+        self.broker_error = None
+        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any = None) -> None:
+        self.subscribed.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._broker_down(self.broker_error or "connection failed (broker down, wrong host or "
+                          "port, or a TLS handshake error)")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+        if self.connected.is_set():
+            log.warning("central: connection to %s lost: %s", self.settings.describe(), reason)
+        self.connected.clear()
+        self.subscribed.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            # Back-pressure on the broker for a while before dropping.
+            self._queue.put(_Message(msg.topic, bytes(msg.payload)), timeout=5.0)
+        except queue.Full:
+            self.dropped += 1
+
+    # -- the writer and the periodic check ---------------------------------------------------
+
+    def run_in_writer(self, fn: Callable[[CentralStore], Any], timeout: float = 30.0) -> Any:
+        """Run ``fn(store)`` on the writer thread and return its result (or raise its error)."""
+        op = _Op(fn)
+        self._queue.put(op, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while not op.done.wait(0.1):
+            if self._supervisor.stop_event.is_set() or time.monotonic() > deadline:
+                raise TimeoutError("the central's writer did not run the operation "
+                                   "(stopping, or busy for longer than "
+                                   f"{timeout:.0f} s)")
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _write_step(self) -> None:
+        assert self._ingest is not None and self._store is not None
+        item: Union[_Message, _Op, None] = self._pending
+        if item is None:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                return
+        try:
+            if isinstance(item, _Op):
+                self._run_op(item)
+            else:
+                # Kept until applied: a failure (disk full, say) retries it after a backoff.
+                self._pending = item
+                if self._ingest.handle(item.topic, item.payload) and self._sender is not None:
+                    self._sender.wake()
+                self._pending = None
+        finally:
+            if self._pending is None:
+                self._queue.task_done()
+
+    def _run_op(self, op: _Op) -> None:
+        assert self._store is not None
+        try:
+            op.result = op.fn(self._store)
+        except BaseException as exc:
+            op.error = exc
+            raise
+        finally:
+            op.done.set()
+
+    def _periodic(self) -> None:
+        ingest = self._ingest
+        assert ingest is not None
+        self._supervisor.check()  # a dead thread is noticed (and logged) within a second
+
+        def check(store: CentralStore) -> int:
+            changed = ingest.check_overdue()
+            now, connected = time.monotonic(), self.connected.is_set()
+            if now >= self._next_status or connected != self._saved_connected:
+                self._next_status = now + _STATUS_EVERY_S
+                self._saved_connected = connected
+                with store.transaction():
+                    pruned = store.prune(self._clock() - self.keep_history_s)
+                    store.put_status(self.status())
+                if pruned:
+                    log.info("central: dropped %d heartbeats and commands older than %.0f days",
+                             pruned, self.keep_history_s / 86400)
+            return changed
+
+        if self.run_in_writer(check) and self._sender is not None:
+            self._sender.wake()
+
+    def check_overdue(self) -> int:
+        """Mark online devices whose heartbeat is overdue offline now; how many changed."""
+        assert self._ingest is not None
+        ingest = self._ingest
+        return int(self.run_in_writer(lambda store: ingest.check_overdue()))

@@ -1,0 +1,369 @@
+"""The central's SQLite database: every table, every statement, numbered migrations.
+
+Only this module holds SQL for the central. :class:`CentralStore` is the one writer (the
+central's ``edgewatch-central-db`` thread calls it, one transaction per message);
+:class:`CentralReader` opens the same file read-only for ``edgewatch fleet`` and for the
+webhook sender's look-ups.
+
+Everything a device sends is keyed by ``(device, id)``: the device is the topic's (see
+:mod:`agent.central.records`), so one device cannot touch another's rows.
+
+Migrations are numbered and tracked by ``PRAGMA user_version``, each applied in its own
+transaction and re-checked under ``BEGIN IMMEDIATE`` (two centrals starting together migrate
+once):
+
+1. the first schema (devices, alerts keyed by id, alert events, heartbeats, command results);
+2. alerts, alert events and command results keyed by device; snooze state; commands sent;
+   the durable notification queue; the central's status row.
+
+History (heartbeats, commands, results) is pruned by age (``edgewatch central
+--keep-history``); alerts and their events are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ..errors import StoreError
+from .records import AlertTransition, CommandResult, CommandSent, Heartbeat
+
+__all__ = ["SCHEMA_VERSION", "CentralStore", "CentralReader", "DeviceChange", "Notification"]
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, online INT, since REAL,
+    reason TEXT, last_heartbeat_ts REAL, interval_s REAL, heartbeat TEXT);
+CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, device TEXT, fingerprint TEXT, seq INT,
+    state TEXT, transition TEXT, kind TEXT, severity TEXT, feature TEXT, message TEXT, ts REAL,
+    starts_at REAL, ends_at REAL, acknowledged INT, payload TEXT, received REAL);
+CREATE TABLE IF NOT EXISTS alert_events (id TEXT, seq INT, device TEXT, transition TEXT, ts REAL,
+    payload TEXT, PRIMARY KEY (id, seq));
+CREATE TABLE IF NOT EXISTS heartbeats (device TEXT, seq INT, ts REAL, received REAL,
+    payload TEXT, PRIMARY KEY (device, seq));
+CREATE TABLE IF NOT EXISTS command_results (device TEXT, id TEXT, verb TEXT, ok INT, ts REAL,
+    payload TEXT);
+CREATE INDEX IF NOT EXISTS idx_alerts_open ON alerts (state, device);
+CREATE INDEX IF NOT EXISTS idx_heartbeats_received ON heartbeats (received)
+"""
+_V2 = """
+CREATE TABLE alerts2 (device TEXT NOT NULL, id TEXT NOT NULL, fingerprint TEXT, seq INT,
+    state TEXT, transition TEXT, kind TEXT, severity TEXT, feature TEXT, camera TEXT,
+    message TEXT, ts REAL, starts_at REAL, ends_at REAL, acknowledged INT, snoozed_until REAL,
+    payload TEXT, received REAL, PRIMARY KEY (device, id));
+INSERT INTO alerts2 (device, id, fingerprint, seq, state, transition, kind, severity, feature,
+    message, ts, starts_at, ends_at, acknowledged, payload, received)
+    SELECT device, id, fingerprint, seq, state, transition, kind, severity, feature, message, ts,
+    starts_at, ends_at, acknowledged, payload, received FROM alerts;
+DROP TABLE alerts;
+ALTER TABLE alerts2 RENAME TO alerts;
+CREATE INDEX idx_alerts_open ON alerts (state, device);
+CREATE TABLE alert_events2 (device TEXT NOT NULL, id TEXT NOT NULL, seq INT NOT NULL,
+    transition TEXT, ts REAL, payload TEXT, PRIMARY KEY (device, id, seq));
+INSERT OR IGNORE INTO alert_events2 SELECT device, id, seq, transition, ts, payload
+    FROM alert_events;
+DROP TABLE alert_events;
+ALTER TABLE alert_events2 RENAME TO alert_events;
+CREATE TABLE command_results2 (device TEXT NOT NULL, id TEXT, verb TEXT, ok INT, error TEXT,
+    ts REAL, received REAL, payload TEXT);
+INSERT INTO command_results2 (device, id, verb, ok, ts, received, payload)
+    SELECT device, id, verb, ok, ts, ts, payload FROM command_results;
+DROP TABLE command_results;
+ALTER TABLE command_results2 RENAME TO command_results;
+CREATE INDEX idx_command_results ON command_results (device, id);
+CREATE INDEX idx_command_results_received ON command_results (received);
+CREATE TABLE commands (device TEXT NOT NULL, id TEXT NOT NULL, verb TEXT, alert TEXT,
+    requested_by TEXT, payload TEXT, received REAL, PRIMARY KEY (device, id));
+CREATE INDEX idx_commands_received ON commands (received);
+CREATE TABLE notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+    device TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL, next_at REAL NOT NULL,
+    attempts INT NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX idx_notifications_due ON notifications (next_at);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
+"""
+MIGRATIONS: Tuple[str, ...] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class DeviceChange:
+    """A device went offline or came back (first sightings are not changes)."""
+
+    device: str
+    online: bool
+    reason: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One webhook body waiting in the database to be delivered."""
+
+    id: int
+    kind: str
+    device: str
+    body: str
+    created: float
+    attempts: int
+
+
+def _connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        if not os.path.isfile(path):
+            raise StoreError(f"central database not found: {path} (run 'edgewatch central' "
+                             "or pass --db)")
+        uri = f"file:{os.path.abspath(path)}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreError(f"cannot open central database: {path} (create {directory} or "
+                         "pass --db)")
+    return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                           isolation_level=None)
+
+
+def migrate(conn: sqlite3.Connection, path: str = "") -> int:
+    """Apply pending migrations, each in its own transaction; return the schema version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"central database schema {version} is newer than this edgewatch "
+                         f"({SCHEMA_VERSION}): {path} (upgrade edgewatch)")
+    for number, sql in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another central may have migrated while we waited for the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] < number:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+class CentralStore:
+    """The writer: one connection, one transaction per message, named methods only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.conn = _connect(path)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.version = migrate(self.conn, path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open central database: {path}: {exc} (check --db)"
+                             ) from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- devices -------------------------------------------------------------------------
+
+    def set_online(self, device: str, online: bool, reason: str,
+                   now: float) -> Optional[DeviceChange]:
+        """Record a device's state; the change when it went offline or came back."""
+        row = self.conn.execute("SELECT online FROM devices WHERE device_id=?",
+                                (device,)).fetchone()
+        if row is None:
+            self.conn.execute("INSERT INTO devices (device_id, online, since, reason) "
+                              "VALUES (?,?,?,?)", (device, int(online), now, reason))
+            return None
+        if bool(row[0]) == online:
+            return None
+        self.conn.execute("UPDATE devices SET online=?, since=?, reason=? WHERE device_id=?",
+                          (int(online), now, reason, device))
+        return DeviceChange(device, online, reason, now)
+
+    def put_heartbeat(self, hb: Heartbeat, now: float) -> Optional[DeviceChange]:
+        """Store a heartbeat (once per ``(device, seq)``) and mark its device online."""
+        self.conn.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?,?,?)",
+                          (hb.device, hb.seq, hb.ts if hb.ts is not None else now, now,
+                           hb.payload))
+        change = self.set_online(hb.device, True, "heartbeat", now)
+        self.conn.execute("UPDATE devices SET last_heartbeat_ts=?, interval_s=?, heartbeat=? "
+                          "WHERE device_id=?", (now, hb.interval_s, hb.payload, hb.device))
+        return change
+
+    def online_devices(self) -> List[Tuple[str, float, Optional[float], Optional[float]]]:
+        """``(device, since, last heartbeat, interval)`` of every device marked online."""
+        rows = self.conn.execute("SELECT device_id, since, last_heartbeat_ts, interval_s "
+                                 "FROM devices WHERE online=1").fetchall()
+        return [(str(d), float(s), lh, iv) for d, s, lh, iv in rows]
+
+    # -- alerts ------------------------------------------------------------------------------
+
+    def put_alert(self, rec: AlertTransition, now: float) -> bool:
+        """Record a transition; False when ``(device, id, seq)`` was already seen (QoS 1)."""
+        cur = self.conn.execute("INSERT OR IGNORE INTO alert_events VALUES (?,?,?,?,?,?)",
+                                (rec.device, rec.id, rec.seq, rec.transition, rec.ts,
+                                 rec.payload))
+        if cur.rowcount == 0:
+            # Seen before; but an ack or snooze republishes the retained state with the same
+            # seq and new fields: keep the current state current, without a notification.
+            self.conn.execute("UPDATE alerts SET acknowledged=?, snoozed_until=?, payload=?, "
+                              "received=? WHERE device=? AND id=? AND seq=? AND payload!=?",
+                              (int(rec.acknowledged), rec.snoozed_until, rec.payload, now,
+                               rec.device, rec.id, rec.seq, rec.payload))
+            return False
+        old = self.conn.execute("SELECT seq FROM alerts WHERE device=? AND id=?",
+                                (rec.device, rec.id)).fetchone()
+        if old is None or rec.seq >= old[0]:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.device, rec.id, rec.fingerprint, rec.seq, rec.state, rec.transition,
+                 rec.kind, rec.severity, rec.feature, rec.camera, rec.message, rec.ts,
+                 rec.starts_at, rec.ends_at, int(rec.acknowledged), rec.snoozed_until,
+                 rec.payload, now))
+        return True
+
+    def resolve_cleared(self, device: str, fingerprint: str, now: float) -> None:
+        """A cleared retained state: the device's firing alert with that fingerprint resolved."""
+        self.conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?) "
+                          "WHERE device=? AND fingerprint=? AND state='firing'",
+                          (now, device, fingerprint))
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def put_command(self, cmd: CommandSent, now: float) -> None:
+        """A command seen on a device's command topic (from any operator)."""
+        self.conn.execute("INSERT OR IGNORE INTO commands VALUES (?,?,?,?,?,?,?)",
+                          (cmd.device, cmd.id, cmd.verb, cmd.alert, cmd.requested_by,
+                           cmd.payload, now))
+
+    def put_result(self, res: CommandResult, now: float) -> None:
+        """A device's answer to a command."""
+        self.conn.execute("INSERT INTO command_results VALUES (?,?,?,?,?,?,?,?)",
+                          (res.device, res.id, res.verb, int(res.ok), res.error, res.ts, now,
+                           res.payload))
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def enqueue(self, kind: str, device: str, body: Dict[str, Any], now: float) -> None:
+        """Keep a webhook body until it is delivered or expires."""
+        self.conn.execute("INSERT INTO notifications (kind, device, body, created, next_at) "
+                          "VALUES (?,?,?,?,?)", (kind, device, json.dumps(body), now, now))
+
+    def delivered(self, notification_id: int) -> None:
+        """The webhook took it: forget it."""
+        self.conn.execute("DELETE FROM notifications WHERE id=?", (notification_id,))
+
+    def retry_later(self, notification_id: int, next_at: float, error: str) -> None:
+        """Delivery failed: try again at ``next_at``."""
+        self.conn.execute("UPDATE notifications SET attempts=attempts+1, next_at=?, "
+                          "last_error=? WHERE id=?", (next_at, error[:500], notification_id))
+
+    def expire(self, before: float) -> int:
+        """Drop notifications created before ``before``; how many."""
+        return int(self.conn.execute("DELETE FROM notifications WHERE created < ?",
+                                     (before,)).rowcount)
+
+    def prune(self, before: float) -> int:
+        """Drop heartbeats, commands and results received before ``before``; rows dropped."""
+        n = 0
+        for table in ("heartbeats", "commands", "command_results"):
+            n += int(self.conn.execute(f"DELETE FROM {table} WHERE received < ?",  # noqa: S608
+                                       (before,)).rowcount)
+        return n
+
+    # -- the central's own status -------------------------------------------------------------
+
+    def put_status(self, status: Dict[str, Any]) -> None:
+        """The central's counters, for ``edgewatch fleet`` (which reads the file)."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('status', ?)",
+                          (json.dumps(status, default=str),))
+
+
+class CentralReader:
+    """Read-only queries for ``edgewatch fleet`` and the webhook sender."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.conn = _connect(path, read_only=True)
+            version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read central database: {path}: {exc} (check --db)"
+                             ) from exc
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"central database {path} has schema {version}, this edgewatch "
+                             f"reads {SCHEMA_VERSION} (run 'edgewatch central' on it once to "
+                             "migrate, or upgrade edgewatch)")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> CentralReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _dicts(self, sql: str, args: Tuple[Any, ...] = ()) -> List[Dict[str, Any]]:
+        cur = self.conn.execute(sql, args)
+        keys = [c[0] for c in cur.description]
+        return [dict(zip(keys, row)) for row in cur.fetchall()]
+
+    def devices(self) -> List[Dict[str, Any]]:
+        """Every device with its state, last heartbeat and number of firing alerts."""
+        return self._dicts(
+            "SELECT d.device_id AS device, d.online, d.since, d.reason, d.last_heartbeat_ts, "
+            "d.heartbeat, (SELECT count(*) FROM alerts a WHERE a.device=d.device_id AND "
+            "a.state='firing') AS open_alerts FROM devices d ORDER BY d.device_id")
+
+    def open_alerts(self) -> List[Dict[str, Any]]:
+        """Firing alerts across devices, oldest first."""
+        return self._dicts(
+            "SELECT device, id, kind, severity, feature, camera, starts_at, acknowledged, "
+            "snoozed_until, message FROM alerts WHERE state='firing' "
+            "ORDER BY starts_at, device")
+
+    def recent_commands(self, limit: int = 20) -> List[Dict[str, Any]]:
+        """The latest commands seen, newest first, each with its device's result if any."""
+        return self._dicts(
+            "SELECT c.received, c.device, c.id, c.verb, c.alert, c.requested_by, r.ok, r.error, "
+            "r.received AS answered FROM commands c LEFT JOIN command_results r "
+            "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC, c.rowid DESC LIMIT ?", (limit,))
+
+    def due_notifications(self, now: float, limit: int = 20) -> List[Notification]:
+        """Notifications whose next attempt is due, oldest first."""
+        rows = self.conn.execute("SELECT id, kind, device, body, created, attempts FROM "
+                                 "notifications WHERE next_at <= ? ORDER BY id LIMIT ?",
+                                 (now, limit)).fetchall()
+        return [Notification(*row) for row in rows]
+
+    def next_due(self) -> Optional[float]:
+        """When the next waiting notification is due, or None when none waits."""
+        row = self.conn.execute("SELECT min(next_at) FROM notifications").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def pending_notifications(self) -> int:
+        """How many notifications wait for delivery."""
+        return int(self.conn.execute("SELECT count(*) FROM notifications").fetchone()[0])
+
+    def central_status(self) -> Optional[Dict[str, Any]]:
+        """The counters the running central last wrote, or None."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='status'").fetchone()
+        return json.loads(row[0]) if row else None
