@@ -24,10 +24,12 @@ True
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple, Optional, Tuple
 from urllib.parse import parse_qsl
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from .errors import SourceError
 from .samples import photo_path
@@ -42,19 +44,39 @@ _BUMPED_SCENE = ("coffee.png", 0.5)
 _VEHICLE = "motorcycle_left.png"
 _NOISE_PAD = 64  # noise fields are this much larger than a frame: offsets give fresh noise
 _SLOT_S = 12.0  # passing objects are scheduled per slot of this many seconds
+
+Image = npt.NDArray[np.uint8]  # BGR (H, W, 3), or a single-channel mask
+Floats = npt.NDArray[np.float64]
+Sines = Tuple[Floats, Floats, Floats]  # amplitudes, angular frequencies, phases
+
+
+class _Crossing(NamedTuple):
+    """An object crossing the scene."""
+
+    start: float
+    duration: float
+    lane: float  # vertical centre, as a fraction of the height
+    leftwards: bool
+    kind: int  # 0: the vehicle photo, 1: a plain box truck
+    colour: Tuple[int, int, int]
+
+
+def _u8(image: Any) -> Image:
+    """An OpenCV result as the uint8 array it is (the stubs type it as any Mat); no copy."""
+    return np.asarray(image, dtype=np.uint8)
 _BASE_SIGMA = 2.5
 _DUSK_S = 120.0
 _URI_KEYS = ("seed", "fps", "size", "onset", "duration")
 
 
-def _load_photo(name: str) -> np.ndarray:
+def _load_photo(name: str) -> Image:
     image = cv2.imread(str(photo_path(name)), cv2.IMREAD_COLOR)
     if image is None:
         raise SourceError(f"cannot read sample photo: {name} (reinstall scikit-image)")
-    return image
+    return _u8(image)
 
 
-def _cover(image: np.ndarray, width: int, height: int, anchor_y: float) -> np.ndarray:
+def _cover(image: Image, width: int, height: int, anchor_y: float) -> Image:
     """Crop ``image`` to the aspect of width x height (anchored vertically), then resize."""
     h, w = image.shape[:2]
     if w / h > width / height:
@@ -65,10 +87,10 @@ def _cover(image: np.ndarray, width: int, height: int, anchor_y: float) -> np.nd
     y0 = round((h - ch) * anchor_y)
     crop = image[y0:y0 + ch, x0:x0 + cw]
     interp = cv2.INTER_AREA if cw > width else cv2.INTER_LINEAR
-    return cv2.resize(crop, (width, height), interpolation=interp)
+    return _u8(cv2.resize(crop, (width, height), interpolation=interp))
 
 
-def _sinusoids(rng: np.random.Generator, n: int, amp: float, fmin: float, fmax: float):
+def _sinusoids(rng: np.random.Generator, n: int, amp: float, fmin: float, fmax: float) -> Sines:
     """Random sum-of-sines parameters: smooth, closed-form in time, total amplitude ``amp``."""
     weights = rng.uniform(0.5, 1.0, n)
     return (
@@ -78,9 +100,20 @@ def _sinusoids(rng: np.random.Generator, n: int, amp: float, fmin: float, fmax: 
     )
 
 
-def _eval(params, t: float) -> float:
+def _eval(params: Sines, t: float) -> float:
     amps, omegas, phases = params
     return float(np.dot(amps, np.sin(omegas * t + phases)))
+
+
+def _crossing(rng: np.random.Generator, slot: int) -> _Crossing:
+    """A random crossing starting in ``slot`` (the draws keep their order: frames depend on it)."""
+    start = slot * _SLOT_S + rng.uniform(0.0, _SLOT_S - 1.0)
+    duration = rng.uniform(2.5, 6.0)
+    lane = rng.uniform(0.62, 0.85)
+    leftwards = bool(rng.integers(2))
+    kind = int(rng.integers(2))
+    b, g, r = (int(v) for v in rng.integers(20, 236, 3))
+    return _Crossing(start, duration, lane, leftwards, kind, (b, g, r))
 
 
 class EmulatedFeed:
@@ -137,11 +170,11 @@ class EmulatedFeed:
         self._gain = _sinusoids(rng, 3, 0.04, 0.003, 0.15)
         self._margin = int(math.ceil(4.0 * scale)) + 2
         self._scene = self._canvas(*_SCENE)
-        self._bumped: np.ndarray | None = None
-        self._noise: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-        self._events: dict[int, list[tuple]] = {}
-        self._frozen: np.ndarray | None = None
-        self._occluder: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._bumped: Optional[Image] = None
+        self._noise: dict[float, tuple[Image, Image]] = {}
+        self._events: dict[int, list[_Crossing]] = {}
+        self._frozen: Optional[Image] = None
+        self._occluder: Optional[tuple[Image, npt.NDArray[np.float32], npt.NDArray[np.float32]]] = None
         vehicle = _load_photo(_VEHICLE)
         vh = max(8, int(0.3 * height))
         vw = max(8, int(vh * vehicle.shape[1] / vehicle.shape[0] * 0.8))
@@ -150,7 +183,7 @@ class EmulatedFeed:
 
     # -- public API ------------------------------------------------------------------------
 
-    def read(self) -> np.ndarray | None:
+    def read(self) -> Optional[Image]:
         """The next frame, or None after ``duration`` seconds of frames or once closed."""
         if self._closed:
             return None
@@ -162,7 +195,7 @@ class EmulatedFeed:
         self.index += 1
         return frame
 
-    def frame_at(self, i: int) -> np.ndarray:
+    def frame_at(self, i: int) -> Image:
         """Frame number ``i`` (from 0), the same on every call for the same feed parameters."""
         if i < 0:
             raise ValueError(f"frame index must be >= 0, got {i}")
@@ -180,7 +213,7 @@ class EmulatedFeed:
 
     # -- rendering -------------------------------------------------------------------------
 
-    def _render(self, i: int, faulty: bool) -> np.ndarray:
+    def _render(self, i: int, faulty: bool) -> Image:
         width, height = self.size
         t = i / self.fps
         since = t - self.onset
@@ -216,29 +249,29 @@ class EmulatedFeed:
         elif scenario == "color_cast":
             cast = (1.4, 1.0, 0.7)
         gain = (1.0 + _eval(self._gain, t)) * brightness
-        frame = cv2.LUT(frame, self._lut(gain, fog, cast))
+        frame = _u8(cv2.LUT(frame, self._lut(gain, fog, cast)))
 
         pos, neg = self._noise_field(sigma)
         ys, xs = slice(offsets[0], offsets[0] + height), slice(offsets[1], offsets[1] + width)
-        frame = cv2.subtract(cv2.add(frame, pos[ys, xs]), neg[ys, xs])
+        frame = _u8(cv2.subtract(cv2.add(frame, pos[ys, xs]), neg[ys, xs]))
 
         if self.jpeg_every > 0 and i % self.jpeg_every == 0:
             ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
             if ok:
-                frame = cv2.imdecode(data, cv2.IMREAD_COLOR)
+                frame = _u8(cv2.imdecode(data, cv2.IMREAD_COLOR))
         return frame
 
-    def _canvas(self, name: str, anchor_y: float) -> np.ndarray:
+    def _canvas(self, name: str, anchor_y: float) -> Image:
         width, height = self.size
         m = self._margin
         return _cover(_load_photo(name), width + 2 * m, height + 2 * m, anchor_y)
 
-    def _bumped_scene(self) -> np.ndarray:
+    def _bumped_scene(self) -> Image:
         if self._bumped is None:
             self._bumped = self._canvas(*_BUMPED_SCENE)
         return self._bumped
 
-    def _jitter(self, canvas: np.ndarray, t: float) -> np.ndarray:
+    def _jitter(self, canvas: Image, t: float) -> Image:
         """The view of ``canvas`` at time ``t``: a small smooth shift and rotation."""
         width, height = self.size
         m = self._margin
@@ -249,34 +282,24 @@ class EmulatedFeed:
         tx = m + _eval(self._jx, t) + cx - (c * cx - s * cy)
         ty = m + _eval(self._jy, t) + cy - (s * cx + c * cy)
         matrix = np.array([[c, -s, tx], [s, c, ty]])
-        return cv2.warpAffine(
+        return _u8(cv2.warpAffine(
             canvas, matrix, (width, height),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT,
-        )
+        ))
 
-    def _slot_events(self, k: int) -> list[tuple]:
+    def _slot_events(self, k: int) -> list[_Crossing]:
         """Objects crossing in slot ``k``: (start, duration, lane y, leftwards, kind, colour)."""
         events = self._events.get(k)
         if events is None:
             rng = np.random.default_rng([self.seed, 0xB10B, k])
             count = int(rng.choice([0, 0, 1, 1, 2]))
-            events = [
-                (
-                    k * _SLOT_S + rng.uniform(0.0, _SLOT_S - 1.0),
-                    rng.uniform(2.5, 6.0),
-                    rng.uniform(0.62, 0.85),
-                    bool(rng.integers(2)),
-                    int(rng.integers(2)),
-                    tuple(int(v) for v in rng.integers(20, 236, 3)),
-                )
-                for _ in range(count)
-            ]
+            events = [_crossing(rng, k) for _ in range(count)]
             if len(self._events) > 64:
                 self._events.clear()
             self._events[k] = events
         return events
 
-    def _paste_objects(self, frame: np.ndarray, t: float) -> None:
+    def _paste_objects(self, frame: Image, t: float) -> None:
         width, height = self.size
         k = int(t // _SLOT_S)
         events = self._slot_events(k) + (self._slot_events(k - 1) if k > 0 else [])
@@ -297,7 +320,7 @@ class EmulatedFeed:
             else:  # a plain box truck, slightly lower than the vehicle photo
                 frame[y0 + (y1 - y0) // 4:y1, x0:x1] = colour
 
-    def _defocus(self, frame: np.ndarray, sigma: float) -> np.ndarray:
+    def _defocus(self, frame: Image, sigma: float) -> Image:
         """Gaussian defocus of ``sigma`` pixels, blurred at low resolution to stay cheap."""
         width, height = self.size
         factor = max(1, int(sigma / 2.0))
@@ -306,9 +329,9 @@ class EmulatedFeed:
             interpolation=cv2.INTER_AREA,
         )
         small = cv2.GaussianBlur(small, (0, 0), max(0.5, sigma / factor))
-        return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+        return _u8(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
 
-    def _occlude(self, frame: np.ndarray) -> np.ndarray:
+    def _occlude(self, frame: Image) -> Image:
         """Cover ~40% of the frame with a dark, out-of-focus blob stuck on the lens."""
         if self._occluder is None:
             width, height = self.size
@@ -324,16 +347,17 @@ class EmulatedFeed:
             dark = np.full_like(frame, 14)
             self._occluder = (dark, alpha, 1.0 - alpha)
         dark, alpha, keep = self._occluder
-        return cv2.blendLinear(frame, dark, keep, alpha)
+        return _u8(cv2.blendLinear(frame, dark, keep, alpha))
 
-    def _lut(self, gain: float, fog: float, cast: tuple[float, float, float]) -> np.ndarray:
+    def _lut(self, gain: float, fog: float, cast: tuple[float, float, float]) -> Image:
         """One table for every per-pixel tone change: fog, exposure, white balance."""
         v = np.arange(256, dtype=np.float32)
         v = v * (1.0 - fog) + 200.0 * fog
         table = np.stack([v * gain * c for c in cast], axis=-1)
-        return np.clip(table + 0.5, 0, 255).astype(np.uint8).reshape(256, 1, 3)
+        lut: Image = np.clip(table + 0.5, 0, 255).astype(np.uint8).reshape(256, 1, 3)
+        return lut
 
-    def _noise_field(self, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    def _noise_field(self, sigma: float) -> tuple[Image, Image]:
         """Positive and negative parts of a Gaussian noise field a little larger than a frame."""
         field = self._noise.get(sigma)
         if field is None:
@@ -365,7 +389,7 @@ def parse_emulated_uri(
         raise SourceError(
             f"unknown emulated scenario: {name!r} in {uri} (use one of {', '.join(SCENARIOS)})"
         )
-    kwargs: dict = {}
+    kwargs: dict[str, Any] = {}  # int seed, float fps/onset/duration, (w, h) size
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as exc:

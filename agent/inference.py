@@ -15,14 +15,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
+
+# An output tensor: its dtype is the model's (float32, or uint8/int8 when quantised).
+Tensor = npt.NDArray[Any]
+# A tensor's details as the runtime reports them: name, index, shape, dtype, quantization, ...
+TensorDetails = Dict[str, Any]
+
+
+class Interpreter(Protocol):
+    """The part of a TFLite ``Interpreter`` (any of the three runtimes) that edgewatch uses."""
+
+    def allocate_tensors(self) -> None: ...
+    def get_input_details(self) -> List[TensorDetails]: ...
+    def get_output_details(self) -> List[TensorDetails]: ...
+    def set_tensor(self, tensor_index: int, value: Tensor) -> None: ...
+    def invoke(self) -> None: ...
+    def get_tensor(self, tensor_index: int) -> Tensor: ...
+
 
 _RUNTIME_MODULES = {
     "tflite_runtime": "tflite_runtime.interpreter",
@@ -34,10 +52,12 @@ _INSTALL_HINT = (
 )
 
 
-def load_runtime(runtime: str = "auto") -> Tuple[str, Any, Optional[Callable[..., Any]]]:
+def load_runtime(
+    runtime: str = "auto",
+) -> Tuple[str, Callable[..., Interpreter], Optional[Callable[[str], object]]]:
     """Return ``(name, Interpreter class, load_delegate)`` for the chosen or first available runtime."""
     names = list(_RUNTIME_MODULES) if runtime == "auto" else [runtime]
-    errors = []
+    errors: List[str] = []
     for name in names:
         if name not in _RUNTIME_MODULES:
             raise ModelError(f"unknown runtime: {name} (use auto, {', '.join(_RUNTIME_MODULES)})")
@@ -93,6 +113,52 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open_interpreter(path: Path, interpreter_cls: Callable[..., Interpreter],
+                      load_delegate: Optional[Callable[[str], object]], *, runtime: str,
+                      delegate: str, num_threads: int) -> Interpreter:
+    """The interpreter for ``path`` with its tensors allocated, on ``delegate`` if one is named."""
+    delegates: List[object] = []
+    if delegate:
+        if load_delegate is None:
+            raise ModelError(f"runtime {runtime} cannot load delegates ([model] delegate)")
+        try:
+            delegates.append(load_delegate(delegate))
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise ModelError(
+                f"cannot load delegate {delegate}: {exc} (install it or clear [model] delegate)"
+            ) from None
+    try:
+        interpreter = interpreter_cls(
+            model_path=str(path),
+            num_threads=num_threads,
+            experimental_delegates=delegates or None,
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model: {path}: {first} (is it a valid .tflite file?)"
+        ) from None
+    return interpreter
+
+
+def _input_transform(dtype: np.dtype[Any], quantization: Optional[Tuple[float, int]],
+                     input_range: Tuple[float, float]) -> Tuple[float, float]:
+    """``(mul, add)`` such that ``pixel * mul + add`` is the input tensor's value."""
+    scale, zero = quantization or (0.0, 0)
+    lo, hi = input_range
+    if dtype == np.float32:
+        # pixel 0..255 -> [lo, hi]
+        return (hi - lo) / 255.0, lo
+    if scale:
+        # quantised input: q = real / scale + zero, real in [lo, hi] as for float
+        mul, add = (hi - lo) / 255.0 / scale, lo / scale + zero
+        if dtype == np.uint8 and abs(mul - 1) < 1e-3 and abs(add) < 0.5:
+            return 1.0, 0.0
+        return mul, add
+    return 1.0, 0.0 if dtype == np.uint8 else -128.0
+
+
 class Model:
     """A loaded TFLite model that turns BGR frames into output arrays."""
 
@@ -115,69 +181,36 @@ class Model:
         if verify:
             verify_model_file(self.path, self.runtime)
         self.delegate = delegate
-        delegates = []
-        if delegate:
-            if load_delegate is None:
-                raise ModelError(f"runtime {self.runtime} cannot load delegates ([model] delegate)")
-            try:
-                delegates.append(load_delegate(delegate))
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise ModelError(
-                    f"cannot load delegate {delegate}: {exc} (install it or clear [model] delegate)"
-                ) from None
-        try:
-            self.interpreter = interpreter_cls(
-                model_path=str(self.path),
-                num_threads=num_threads,
-                experimental_delegates=delegates or None,
-            )
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"cannot load model: {self.path}: {first} (is it a valid .tflite file?)"
-            ) from None
+        self.interpreter = _open_interpreter(self.path, interpreter_cls, load_delegate,
+                                             runtime=self.runtime, delegate=delegate,
+                                             num_threads=num_threads)
         self.input_details = self.interpreter.get_input_details()
         self.output_details = self.interpreter.get_output_details()
         detail = self.input_details[0]
         shape = [int(v) for v in detail["shape"]]
         if len(shape) != 4 or shape[3] not in (1, 3):
             raise ModelError(f"unsupported input shape {shape} in {self.path} (need [1, H, W, 1|3])")
-        self.input_index = detail["index"]
+        self.input_index = int(detail["index"])
         self.input_dtype = np.dtype(detail["dtype"])
         self.input_size = (shape[2], shape[1])  # (width, height)
         self.channels = shape[3]
         self.color = color
-        scale, zero = detail.get("quantization", (0.0, 0))
-        lo, hi = input_range
-        if self.input_dtype == np.float32:
-            # pixel 0..255 -> [lo, hi]
-            self._mul, self._add = (hi - lo) / 255.0, lo
-        elif scale:
-            # quantised input: q = real / scale + zero, real in [lo, hi] as for float
-            self._mul, self._add = (hi - lo) / 255.0 / scale, lo / scale + zero
-            if self.input_dtype == np.uint8 and abs(self._mul - 1) < 1e-3 and abs(self._add) < 0.5:
-                self._mul, self._add = 1.0, 0.0
-        else:
-            self._mul, self._add = 1.0, 0.0 if self.input_dtype == np.uint8 else -128.0
+        self._mul, self._add = _input_transform(self.input_dtype, detail.get("quantization"),
+                                                input_range)
         w, h = self.input_size
         self._resized = np.empty((h, w, 3), np.uint8)
         self._rgb = np.empty((h, w, 3), np.uint8)
+        self._gray = np.empty((h, w), np.uint8)
         self._tensor = np.empty((1, h, w, self.channels), self.input_dtype)
         self._work = np.empty((h, w, self.channels), np.float32)
 
-    @property
-    def output_names(self) -> List[str]:
-        """Names of the model's outputs, in the interpreter's order."""
-        return [d["name"] for d in self.output_details]
-
-    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def prepare(self, frame_bgr: npt.NDArray[np.uint8]) -> Tensor:
         """Resize and normalise a BGR frame into the model's input tensor (preallocated)."""
         cv2.resize(frame_bgr, self.input_size, dst=self._resized, interpolation=cv2.INTER_LINEAR)
-        src: np.ndarray = self._resized
+        src: npt.NDArray[np.uint8] = self._resized
         if self.channels == 1:
-            gray = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
-            src = gray[:, :, None]
+            cv2.cvtColor(src, cv2.COLOR_BGR2GRAY, dst=self._gray)
+            src = self._gray[:, :, None]
         elif self.color == "rgb":
             cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=self._rgb)
             src = self._rgb
@@ -192,20 +225,20 @@ class Model:
             self._tensor[0] = self._work
         return self._tensor
 
-    def invoke(self) -> List[np.ndarray]:
+    def invoke(self) -> List[Tensor]:
         """Run the interpreter on the prepared input and return copies of its outputs."""
         self.interpreter.set_tensor(self.input_index, self._tensor)
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(d["index"]) for d in self.output_details]
 
-    def __call__(self, frame_bgr: np.ndarray) -> Tuple[List[np.ndarray], float]:
+    def __call__(self, frame_bgr: npt.NDArray[np.uint8]) -> Tuple[List[Tensor], float]:
         """Prepare, invoke, and return ``(outputs, latency_s)`` for one frame."""
         t0 = time.perf_counter()
         self.prepare(frame_bgr)
         outputs = self.invoke()
         return outputs, time.perf_counter() - t0
 
-    def info(self) -> dict:
+    def info(self) -> Dict[str, Any]:
         """The model's identity for heartbeats, alerts and baselines."""
         return {
             "path": str(self.path),

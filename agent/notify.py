@@ -15,11 +15,11 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Notifier", "WatchdogGate"]
+__all__ = ["Notifier"]
 
 
 def _env_watchdog_usec() -> Optional[int]:
@@ -153,45 +153,6 @@ class Notifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class WatchdogGate:
-    """Pings the watchdog only once every named part (e.g. "frames", "store") has beaten since.
-
-    Each part calls ``beat(name)`` when it made progress; a part that hangs stops the pings.
-    Lock-free: a beat lost to a race only delays the next ping, which the half-interval
-    rate limit absorbs.
-    """
-
-    def __init__(self, notifier: Notifier, parts: Iterable[str] = ("frames",)) -> None:
-        required = frozenset(parts)
-        if not required:
-            raise ValueError("WatchdogGate needs at least one part name")
-        self._notifier = notifier
-        self._required = required
-        self._seen: set[str] = set()
-
-    @property
-    def parts(self) -> frozenset[str]:
-        """The part names that must all beat between two pings."""
-        return self._required
-
-    @property
-    def waiting_for(self) -> frozenset[str]:
-        """Parts that have not beaten since the last ping (for a status line or a log)."""
-        return self._required - self._seen
-
-    def beat(self, part: str = "frames") -> bool:
-        """Record progress of ``part``; True when this beat sent a watchdog ping."""
-        if part not in self._required:
-            raise ValueError(f"unknown watchdog part {part!r}; valid: {sorted(self._required)}")
-        self._seen.add(part)
-        if len(self._seen) < len(self._required):
-            return False
-        if self._notifier.watchdog():
-            self._seen.clear()
-            return True
-        return False
 
 
 def _one_line(text: str) -> str:

@@ -12,11 +12,12 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Tuple, Union, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from .emulated import parse_emulated_uri
 from .errors import SourceError
@@ -26,6 +27,19 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 _STREAM_TIMEOUT_MS = 5000
+
+Frame = npt.NDArray[np.uint8]  # BGR, (H, W, 3)
+RawFrame = npt.NDArray[np.generic]  # as decoded: grey, BGRA, 16-bit or float, any of them
+
+
+class Capture(Protocol):
+    """The part of ``cv2.VideoCapture`` a source uses (a test may pass another capture)."""
+
+    def isOpened(self) -> bool: ...
+    def read(self) -> Tuple[bool, Optional[RawFrame]]: ...
+    def get(self, propId: int) -> float: ...
+    def set(self, propId: int, value: float) -> bool: ...
+    def release(self) -> None: ...
 
 
 @runtime_checkable
@@ -44,28 +58,31 @@ class Source(Protocol):
     def live(self) -> bool:
         """True for cameras and network streams, False for files and emulated feeds."""
 
-    def read(self) -> np.ndarray | None:
+    def read(self) -> Optional[Frame]:
         """The next BGR uint8 frame, or None when the source is finished."""
 
     def close(self) -> None:
         """Release the source; ``read()`` returns None afterwards."""
 
 
-def to_bgr(frame: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+def to_bgr(frame: RawFrame, size: Optional[tuple[int, int]] = None) -> Frame:
     """``frame`` as BGR uint8 (from gray, BGRA or 16-bit), resized to ``size`` (w, h) if given."""
     if frame.dtype == np.uint16:
-        frame = (frame >> 8).astype(np.uint8)
+        out: Frame = (frame.astype(np.uint16, copy=False) >> 8).astype(np.uint8)
     elif frame.dtype != np.uint8:
-        frame = np.clip(frame, 0, 255).astype(np.uint8)
-    if frame.ndim == 2 or frame.shape[2] == 1:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    elif frame.shape[2] == 4:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    if size is not None and (frame.shape[1], frame.shape[0]) != tuple(size):
-        shrink = frame.shape[1] > size[0]
-        frame = cv2.resize(frame, tuple(size), interpolation=(
-            cv2.INTER_AREA if shrink else cv2.INTER_LINEAR))
-    return frame
+        out = np.clip(frame, 0, 255).astype(np.uint8)
+    else:
+        out = frame.astype(np.uint8, copy=False)
+    # OpenCV returns the uint8 arrays it is given; its stubs type them as any Mat.
+    if out.ndim == 2 or out.shape[2] == 1:
+        out = np.asarray(cv2.cvtColor(out, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    elif out.shape[2] == 4:
+        out = np.asarray(cv2.cvtColor(out, cv2.COLOR_BGRA2BGR), dtype=np.uint8)
+    if size is not None and (out.shape[1], out.shape[0]) != tuple(size):
+        shrink = out.shape[1] > size[0]
+        out = np.asarray(cv2.resize(out, (size[0], size[1]), interpolation=(
+            cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)), dtype=np.uint8)
+    return out
 
 
 def redact(uri: str) -> str:
@@ -80,7 +97,7 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _fps_of(capture: Any) -> float | None:
+def _fps_of(capture: Capture) -> Optional[float]:
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     return fps if 0.0 < fps < 1000.0 else None
 
@@ -94,7 +111,7 @@ class VideoFileSource:
         self.name = str(path)
         self.loop = loop
         self.size = size
-        self._capture: Any = cv2.VideoCapture(str(path))
+        self._capture: Optional[Capture] = cv2.VideoCapture(str(path))
         if not self._capture.isOpened():
             raise SourceError(
                 f"cannot open source: {path} (OpenCV cannot decode this file; "
@@ -103,7 +120,7 @@ class VideoFileSource:
         self.fps = _fps_of(self._capture)
         self.rewinds = 0
 
-    def read(self) -> np.ndarray | None:
+    def read(self) -> Optional[Frame]:
         """The next frame; at the end, None or (with ``loop``) the first frame again."""
         if self._capture is None:
             return None
@@ -123,7 +140,7 @@ class VideoFileSource:
             self._capture = None
 
 
-def _natural_key(path: Path) -> list:
+def _natural_key(path: Path) -> list[Union[int, str]]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
@@ -159,7 +176,7 @@ class ImageFolderSource:
             )
         return cls(files, str(folder), loop=loop, size=size)
 
-    def read(self) -> np.ndarray | None:
+    def read(self) -> Optional[Frame]:
         """The next readable image; unreadable files are skipped and counted in ``skipped``."""
         while not self._closed:
             if self._next >= len(self.files):
@@ -206,7 +223,7 @@ class LiveSource:
         reconnect_initial_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         give_up_after_s: float | None = None,
-        capture_factory: Callable[[], Any] | None = None,
+        capture_factory: Optional[Callable[[], Capture]] = None,
         sleep: Callable[[float], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -229,7 +246,7 @@ class LiveSource:
         self._io = threading.Lock()  # held while the capture is read, released or replaced
         self._sleep = sleep or self._stop.wait
         self._clock = clock
-        self._capture: Any = self._factory()
+        self._capture: Optional[Capture] = self._factory()
         if not self._capture.isOpened():
             self._capture.release()
             raise SourceError(
@@ -238,7 +255,7 @@ class LiveSource:
             )
         self.fps = _fps_of(self._capture)
 
-    def _default_capture(self) -> Any:
+    def _default_capture(self) -> Capture:
         if isinstance(self.target, int) or str(self.target).startswith("/dev/"):
             capture = cv2.VideoCapture(self.target, cv2.CAP_V4L2)
             capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
@@ -254,7 +271,7 @@ class LiveSource:
             ])
         return cv2.VideoCapture(str(self.target))
 
-    def read(self) -> np.ndarray | None:
+    def read(self) -> Optional[Frame]:
         """The next frame, reconnecting as long as it takes; None once closed."""
         frame = None if self._stop.is_set() else self._read_once()
         if frame is None and not self._stop.is_set():
@@ -264,7 +281,7 @@ class LiveSource:
             return None
         return None if frame is None else to_bgr(frame, self.size)
 
-    def _read_once(self) -> np.ndarray | None:
+    def _read_once(self) -> Optional[RawFrame]:
         with self._io:
             if self._capture is None:
                 return None
@@ -284,7 +301,7 @@ class LiveSource:
         if capture is not None:
             capture.release()
 
-    def _reconnect(self) -> np.ndarray | None:
+    def _reconnect(self) -> Optional[RawFrame]:
         """Reopen with delays doubling from initial to max until a frame comes; that frame."""
         self.state = "reconnecting"
         started = self._clock()
@@ -355,20 +372,22 @@ def open_source(
     uri = uri.strip()
     if uri.startswith("emulated:"):
         return parse_emulated_uri(uri, size=size, loop=loop)
-    live: dict[str, Any] = dict(
-        size=size, reconnect_initial_s=reconnect_initial_s, reconnect_max_s=reconnect_max_s
-    )
+
+    def live(target: Union[int, str], name: Optional[str] = None) -> LiveSource:
+        return LiveSource(target, name=name, size=size, reconnect_initial_s=reconnect_initial_s,
+                          reconnect_max_s=reconnect_max_s)
+
     if re.fullmatch(r"\d+", uri):
-        return LiveSource(int(uri), name=f"camera {uri}", **live)
+        return live(int(uri), name=f"camera {uri}")
     if uri.startswith("/dev/video"):
         if not Path(uri).exists():
             raise SourceError(
                 f"cannot open source: {uri} (no such device; list cameras with "
                 "`ls /dev/video*` and check the camera is plugged in)"
             )
-        return LiveSource(uri, **live)
+        return live(uri)
     if uri.startswith(_STREAM_SCHEMES):
-        return LiveSource(uri, **live)
+        return live(uri)
     path = Path(uri).expanduser()
     if path.is_dir():
         return ImageFolderSource.from_dir(path, loop=loop, size=size)

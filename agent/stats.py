@@ -25,9 +25,11 @@ applies them to the whole frame (the benchmark's baseline).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 IMAGE_FEATURES: tuple[str, ...] = (
     "brightness",
@@ -54,7 +56,8 @@ STAT_SPECS: tuple[tuple[str, str, str], ...] = (
      "sample patch, neighbours step px apart (low = blurred)", ">= 0"),
     ("saturation", "mean HSV saturation", "0-1"),
     ("colorfulness", "Hasler-Suesstrunk colourfulness (rg/yb opponent spread + 0.3 mean)", ">= 0"),
-    ("entropy", "Shannon entropy of the 256-bin luma histogram", "0-8 bits"),
+    ("entropy", "Shannon entropy of the 256-bin luma histogram, Miller-Madow corrected",
+     "0-8 bits"),
     ("overexposed", "fraction of luma >= 250", "0-1"),
     ("underexposed", "fraction of luma <= 5", "0-1"),
     ("noise", "noise sigma by Immerkaer's fast method at the middle row of each sample patch",
@@ -85,46 +88,48 @@ _OPPONENT = np.array(
 )
 _OPP_TO_BGR = np.linalg.inv(_OPPONENT[:, :3].astype(np.float64)).tolist()
 _IMMERKAER_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+# A BGR (H, W, 3) or grey (H, W) uint8 image.
+Image = npt.NDArray[np.uint8]
 _RGYB = np.array([[0.0, -1.0, 1.0], [-1.0, 0.5, 0.5]], np.float32)  # R-G, (R+G)/2-B from BGR
 
 
 # --- reference definitions over a whole image -------------------------------------------
 
 
-def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
+def to_gray(frame_bgr: Image) -> Image:
     """BT.601 luma of a BGR uint8 image."""
-    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+    return np.asarray(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
 
 
-def brightness(gray: np.ndarray) -> float:
+def brightness(gray: Image) -> float:
     """Mean luma, 0-255."""
     return float(cv2.mean(gray)[0])
 
 
-def contrast(gray: np.ndarray) -> float:
+def contrast(gray: Image) -> float:
     """Standard deviation of luma."""
     return float(cv2.meanStdDev(gray)[1][0, 0])
 
 
-def laplacian_variance(gray: np.ndarray) -> float:
+def laplacian_variance(gray: Image) -> float:
     """Variance of the 4-neighbour Laplacian: the classic blur detector (low = blurred)."""
     sd = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1])[1][0, 0]
     return float(sd * sd)
 
 
-def saturation(frame_bgr: np.ndarray) -> float:
+def saturation(frame_bgr: Image) -> float:
     """Mean HSV saturation, 0-1."""
     return float(cv2.mean(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2HSV))[1]) / 255.0
 
 
-def colorfulness(frame_bgr: np.ndarray) -> float:
+def colorfulness(frame_bgr: Image) -> float:
     """Hasler & Suesstrunk (2003) colourfulness: sigma_rgyb + 0.3 * mu_rgyb."""
     opp = cv2.transform(frame_bgr.astype(np.float32), _RGYB)
     mu, sd = cv2.meanStdDev(opp)
     return float(math.hypot(sd[0, 0], sd[1, 0]) + 0.3 * math.hypot(mu[0, 0], mu[1, 0]))
 
 
-def luma_entropy(gray: np.ndarray) -> float:
+def luma_entropy(gray: Image) -> float:
     """Shannon entropy in bits of the 256-bin luma histogram, 0-8.
 
     With the Miller-Madow correction ((bins used - 1) / (2 N ln 2)), which removes most of
@@ -135,47 +140,47 @@ def luma_entropy(gray: np.ndarray) -> float:
     return min(8.0, float(-(p * np.log2(p)).sum() + (p.size - 1) / (2 * gray.size * math.log(2))))
 
 
-def overexposed(gray: np.ndarray, level: int = OVER_LEVEL) -> float:
+def overexposed(gray: Image, level: int = OVER_LEVEL) -> float:
     """Fraction of pixels with luma >= level."""
     return float(np.count_nonzero(gray >= level)) / gray.size
 
 
-def underexposed(gray: np.ndarray, level: int = UNDER_LEVEL) -> float:
+def underexposed(gray: Image, level: int = UNDER_LEVEL) -> float:
     """Fraction of pixels with luma <= level."""
     return float(np.count_nonzero(gray <= level)) / gray.size
 
 
-def noise_sigma(gray: np.ndarray) -> float:
+def noise_sigma(gray: Image) -> float:
     """Immerkaer (1996) fast noise sigma: mean |[1,-2,1]x[1,-2,1] * I| * sqrt(pi/2) / 6."""
     resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER_KERNEL)[1:-1, 1:-1]
     return float(cv2.norm(resp, cv2.NORM_L1)) / resp.size * _IMMERKAER
 
 
-def edge_density(gray: np.ndarray, level: int = EDGE_LEVEL) -> float:
+def edge_density(gray: Image, level: int = EDGE_LEVEL) -> float:
     """Fraction of pixels whose forward-difference gradient max(|dx|, |dy|) is >= level."""
     grad = cv2.max(cv2.absdiff(gray[:-1, 1:], gray[:-1, :-1]),
                    cv2.absdiff(gray[1:, :-1], gray[:-1, :-1]))
     return float(np.count_nonzero(grad >= level)) / grad.size
 
 
-def channel_means(frame_bgr: np.ndarray) -> tuple[float, float, float]:
+def channel_means(frame_bgr: Image) -> tuple[float, float, float]:
     """Mean of the B, G and R channels."""
     b, g, r, _ = cv2.mean(frame_bgr)
     return float(b), float(g), float(r)
 
 
-def mean_abs_diff(gray: np.ndarray, prev_gray: np.ndarray) -> float:
+def mean_abs_diff(gray: Image, prev_gray: Image) -> float:
     """Mean absolute luma difference between two frames (0 for a frozen feed)."""
     return float(cv2.mean(cv2.absdiff(gray, prev_gray))[0])
 
 
-def motion_fraction(gray: np.ndarray, prev_gray: np.ndarray, level: int = MOTION_LEVEL) -> float:
+def motion_fraction(gray: Image, prev_gray: Image, level: int = MOTION_LEVEL) -> float:
     """Fraction of pixels whose luma changed by >= level."""
     diff = cv2.absdiff(gray, prev_gray)
     return float(np.count_nonzero(diff >= level)) / gray.size
 
 
-def naive_stats(frame_bgr: np.ndarray, prev_gray: np.ndarray | None) -> dict[str, float]:
+def naive_stats(frame_bgr: Image, prev_gray: Optional[Image]) -> dict[str, float]:
     """Every IMAGE_FEATURES statistic computed on the full frame (the benchmark baseline)."""
     gray = to_gray(frame_bgr)
     b, g, r = channel_means(frame_bgr)
@@ -281,7 +286,7 @@ class ImageStats:
         """Forget the previous frame (the next diff/motion is NaN)."""
         self._has_prev = False
 
-    def sample_coords(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def sample_coords(self, shape: tuple[int, ...]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """(ys, xs) frame coordinates of every sample pixel for a frame of ``shape``."""
         h, w = int(shape[0]), int(shape[1])
         cols, rows = self._size
@@ -321,7 +326,7 @@ class ImageStats:
             self._map = np.dstack([xs, ys]).astype(np.int16)
         self._shape = shape
 
-    def compute(self, frame_bgr: np.ndarray, out: np.ndarray) -> None:
+    def compute(self, frame_bgr: Image, out: npt.NDArray[np.float32]) -> None:
         """Write len(IMAGE_FEATURES) values for one BGR uint8 frame into ``out``."""
         if frame_bgr.shape != self._shape:
             if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:

@@ -10,15 +10,17 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.alerts import AlertManager
 from agent.config import Config, load_config
-from agent.inference import Model
+from agent.inference import Model, Tensor
 from agent.monitor import Monitor, NullSink
 from agent.samples import blazeface_model_path
 from agent.sources import open_source
 
 FPS = 30.0
+Frame = npt.NDArray[np.uint8]
 # One interpreter thread: on a busy 2-core machine the 2-thread XNNPACK pool (the config
 # default) stalls at its barriers, 30-350 ms a frame instead of ~2 ms, and swamps the figures.
 THREADS = 1
@@ -29,7 +31,7 @@ def feed_uri(width: int, height: int, seed: int = 1) -> str:
     return f"emulated:stationary?seed={seed}&size={width}x{height}"
 
 
-def make_config(store_path: str, threads: int = THREADS, **sections: Dict[str, Any]) -> Config:
+def make_config(store_path: str, *, threads: int = THREADS, **sections: Dict[str, Any]) -> Config:
     """A config like the service's: the real BlazeFace model, MQTT off, store at ``store_path``."""
     data: Dict[str, Dict[str, Any]] = {
         "model": {"path": str(blazeface_model_path()), "num_threads": threads},
@@ -60,11 +62,11 @@ def build_monitor(config: Config, model: Model) -> Monitor:
                    output_spec=model.output_details, expected_fps=FPS)
 
 
-def make_frames(uri: str, n: int) -> List[np.ndarray]:
+def make_frames(uri: str, n: int) -> List[Frame]:
     """``n`` consecutive distinct frames of a finite-memory emulated feed."""
     source = open_source(uri)
     try:
-        frames = []
+        frames: List[Frame] = []
         for _ in range(n):
             frame = source.read()
             if frame is None:
@@ -76,13 +78,13 @@ def make_frames(uri: str, n: int) -> List[np.ndarray]:
 
 
 def precompute_outputs(model: Model,
-                       frames: Sequence[np.ndarray]) -> List[Tuple[List[np.ndarray], float]]:
+                       frames: Sequence[Frame]) -> List[Tuple[List[Tensor], float]]:
     """``(outputs, latency_s)`` of the model for each frame (copies, safe to keep)."""
     return [([np.array(o, copy=True) for o in outs], lat)
             for outs, lat in (model(f) for f in frames)]
 
 
-def us_stats(ns: np.ndarray) -> Tuple[float, float]:
+def us_stats(ns: npt.NDArray[np.int64]) -> Tuple[float, float]:
     """Median and p95 in microseconds of per-call nanosecond timings."""
     if ns.size == 0:
         return float("nan"), float("nan")

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from agent.config import Config  # noqa: E402
 from agent.emulated import SCENARIOS  # noqa: E402
 
 log = logging.getLogger("bench_detection")
@@ -155,12 +156,12 @@ def build_baseline(uri: str, workdir: Path, threads: int, code: str, use_cache: 
 
 
 # ---- one replay (runs in a worker process) ----------------------------------------------
-def _for_s(cfg: Any, kind: str, feature: str) -> float:
+def _for_s(cfg: Config, kind: str, feature: str) -> float:
     """The ``for`` duration the alert manager applied to this kind/feature."""
     if kind in ("data_drift", "prediction_drift"):
-        return cfg.drift.for_s
+        return float(cfg.drift.for_s)
     if kind == "device_health":
-        return cfg.health.for_s
+        return float(cfg.health.for_s)
     rules = {"black_frames": "black_for_s", "saturated_frames": "saturated_for_s",
              "frozen_frames": "frozen_for_s", "blur": "blur_for_s", "fps": "fps_for_s",
              "latency_ms": "latency_for_s", "outlier_frames": "outlier_for_s", "stalled": None}
@@ -209,7 +210,7 @@ def replay_job(job: Dict[str, Any]) -> Dict[str, Any]:
 
     cache = Path(job["cache"])
     if job["use_cache"] and cache.is_file():
-        result = json.loads(cache.read_text())
+        result: Dict[str, Any] = json.loads(cache.read_text())
         result["cached"] = True
         return result
     db = Path(job["db"])

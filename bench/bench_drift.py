@@ -14,8 +14,10 @@ import argparse
 import math
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 from scipy.signal import lfilter
 
@@ -27,13 +29,13 @@ WINDOW = 4096
 TARGET_MS = 2.0
 
 
-def ar1(seed: int, frames: int, rho: float = 0.98) -> np.ndarray:
+def ar1(seed: int, frames: int, rho: float = 0.98) -> npt.NDArray[np.float32]:
     """Seeded AR(1) series (frames, FEATURES) with unit marginal variance, float32."""
     noise = np.random.default_rng(seed).normal(size=(frames, FEATURES)) * math.sqrt(1 - rho**2)
-    return lfilter([1.0], [1.0, -rho], noise, axis=0).astype(np.float32)
+    return np.asarray(lfilter([1.0], [1.0, -rho], noise, axis=0), dtype=np.float32)
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls (after one warm-up)."""
     fn()
     times = []

@@ -22,11 +22,12 @@ import argparse
 import gc
 import tempfile
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 from _common import (
     FPS,
+    Frame,
     build_monitor,
     feed_uri,
     load_model,
@@ -51,7 +52,7 @@ TARGET_SCALE = 1.2
 class HookCase:
     """One frame size: its frames, precomputed outputs, monitor and collected timings."""
 
-    def __init__(self, size: tuple, config: Config, model: Model, n_frames: int) -> None:
+    def __init__(self, size: Tuple[int, int], config: Config, model: Model, n_frames: int) -> None:
         self.size = size
         self.label = f"{size[0]}x{size[1]}"
         t = time.perf_counter()
@@ -98,14 +99,14 @@ class HookCase:
         perf = time.perf_counter_ns
         for _ in range(calls):
             k = self.naive_i % n
-            prev: Optional[np.ndarray] = self.grays[(k - 1) % n]
+            prev: Optional[Frame] = self.grays[(k - 1) % n]
             t0 = perf()
             naive_stats(self.frames[k], prev)
             self.naive.append(perf() - t0)
             self.naive_i += 1
 
 
-def in_loop(size: tuple, config: Config, model: Model, frames: int) -> List[int]:
+def in_loop(size: Tuple[int, int], config: Config, model: Model, frames: int) -> List[int]:
     """Observe timings inside a real source -> model -> observe loop (steady calls only).
 
     Each frame comes fresh from the emulated camera and has just been resized by the
@@ -120,6 +121,8 @@ def in_loop(size: tuple, config: Config, model: Model, frames: int) -> List[int]
     try:
         for i in range(frames):
             frame = source.read()
+            if frame is None:
+                break
             outs, lat = model(frame)
             before = (mon._next_eval, mon._window_start)
             t0 = perf()

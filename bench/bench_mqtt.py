@@ -21,12 +21,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.mqtt import MqttConfig, MqttLink, alert_outbox_messages, topics  # noqa: E402
 from agent.store import Store  # noqa: E402
@@ -44,7 +45,7 @@ def _record(seq: int, device: str) -> Dict[str, Any]:
             "acknowledged": False, "snoozed_until": None}
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A throw-away Mosquitto on a free loopback port."""
     exe = "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else shutil.which(
         "mosquitto")
@@ -96,7 +97,7 @@ def drain_backlog(host: str, port: int, n_alerts: int = 10000, *, workdir: Optio
         if got["n"] >= n_alerts:
             done.set()
 
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub")
     sub.on_message = on_message
     sub.connect(host, port)
     sub.subscribe(t.alerts, qos=1)
@@ -134,16 +135,16 @@ def replay_ratio(host: str, port: int, workdir: Path, rounds: int = 3,
     from agent.sources import open_source
 
     uri = "emulated:night?seed=3&size=640x480&onset=20"
-    section = {"drift": {"warmup_s": 15, "window_frames": 150, "eval_interval_s": 1, "for_s": 2},
-               "service": {"heartbeat_interval_s": 1.0}, "health": {"enabled": False}}
+    drift = {"warmup_s": 15, "window_frames": 150, "eval_interval_s": 1, "for_s": 2}
     model = load_model(make_config(str(workdir / "m.db")))
-    times = {True: [], False: []}  # type: Dict[bool, list]
+    times: Dict[bool, List[float]] = {True: [], False: []}
     alerts = 0
     for r in range(rounds):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
             mqtt_section = {"enabled": on, "host": host, "port": port, "device_id": "bench",
                             "heartbeat_interval_s": 1.0}
-            cfg = make_config(str(workdir / f"r{r}-{int(on)}.db"), mqtt=mqtt_section, **section)
+            cfg = make_config(str(workdir / f"r{r}-{int(on)}.db"), mqtt=mqtt_section, drift=drift,
+                              service={"heartbeat_interval_s": 1.0}, health={"enabled": False})
             res = replay(cfg, open_source(uri), fps=30, max_frames=frames, model=model)
             times[on].append(res.seconds)
             alerts += res.alerts if on else 0

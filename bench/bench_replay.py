@@ -23,10 +23,10 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 from _common import (
     FPS,
     THREADS,
+    Frame,
     feed_uri,
     load_model,
     machine_line,
@@ -98,7 +98,7 @@ def throughput(model: Model, tmp: str, rounds: int, frames: int) -> None:
 class CycleSource:
     """A finite source that repeats pre-generated frames and reads RSS at chosen frame counts."""
 
-    def __init__(self, frames: Sequence[np.ndarray], total: int,
+    def __init__(self, frames: Sequence[Frame], total: int,
                  checkpoints: Sequence[int]) -> None:
         self._frames = list(frames)
         self._total = total
@@ -122,7 +122,7 @@ class CycleSource:
         """Not a camera."""
         return False
 
-    def read(self) -> Optional[np.ndarray]:
+    def read(self) -> Optional[Frame]:
         """The next frame of the cycle; None after ``total`` frames (RSS read before each check)."""
         i = self.index
         if self._checks and i == self._checks[0]:

@@ -16,20 +16,24 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.buffers import RingBuffer  # noqa: E402
 from agent.confidence import CONFIDENCE_FEATURES, make_decoder  # noqa: E402
+from agent.inference import Tensor, TensorDetails, load_runtime  # noqa: E402
 from agent.samples import blazeface_model_path, photo_path  # noqa: E402
-from agent.stats import IMAGE_FEATURES, ImageStats, naive_stats  # noqa: E402
+from agent.stats import IMAGE_FEATURES, Image, ImageStats, naive_stats, to_gray  # noqa: E402
+
+Frame = Image
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
 SIZES = ((640, 480), (1920, 1080))
 BUDGET_US = 100.0
 
 
-def frames(size: tuple[int, int], rng: np.random.Generator) -> list[np.ndarray]:
+def frames(size: tuple[int, int], rng: np.random.Generator) -> list[Frame]:
     """One noisy frame per sample photo at ``size``."""
     out = []
     for name in PHOTOS:
@@ -53,13 +57,10 @@ def timeit(fn: Callable[[int], object], n: int) -> tuple[float, float]:
     return float(np.median(t) * 1e6), float(np.percentile(t, 95) * 1e6)
 
 
-def blazeface_outputs(imgs: list[np.ndarray]) -> tuple[list, list[list[np.ndarray]]]:
+def blazeface_outputs(imgs: list[Frame]) -> tuple[list[TensorDetails], list[list[Tensor]]]:
     """Output details and real BlazeFace outputs for each frame."""
-    try:
-        from tflite_runtime.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - the LiteRT package
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore
-    it = Interpreter(model_path=str(blazeface_model_path()))
+    _, interpreter_cls, _ = load_runtime("auto")  # the runtime fallback lives in one place
+    it = interpreter_cls(model_path=str(blazeface_model_path()))
     it.allocate_tensors()
     inp = it.get_input_details()[0]["index"]
     details = it.get_output_details()
@@ -93,12 +94,13 @@ def main() -> int:
         imgs = small if size == SIZES[0] else frames(size, rng)
         stats = ImageStats()
         vals = np.empty(len(IMAGE_FEATURES), np.float32)
-        grays = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in imgs]
+        grays = [to_gray(f) for f in imgs]
 
-        def ours_fn(i: int, s: ImageStats = stats, f: list = imgs, v: np.ndarray = vals) -> None:
+        def ours_fn(i: int, s: ImageStats = stats, f: list[Frame] = imgs,
+                    v: npt.NDArray[np.float32] = vals) -> None:
             s.compute(f[i % len(f)], v)
 
-        def naive_fn(i: int, f: list = imgs, g: list = grays) -> object:
+        def naive_fn(i: int, f: list[Frame] = imgs, g: list[Frame] = grays) -> object:
             return naive_stats(f[i % len(f)], g[(i + 1) % len(g)])
 
         med, p95 = timeit(ours_fn, n)

@@ -4,21 +4,33 @@
 brokers with options (TLS, password file, ACL file, a shared persistence dir) that tests can
 stop, start and restart; every process is killed at teardown even when the test fails.
 Without Mosquitto the fixtures skip, except under ``CI=true`` where they fail.
+``listeners`` makes real paho clients that record what they receive. conftest.py registers
+every fixture here; tests that use them are marked ``integration``.
+
+Synchronisation is on what the broker did, never on a delay: ``Listener.wait_connected``
+returns once the broker's SUBACK has arrived, and ``Broker.wait_suback(client_id)`` waits for
+the broker to log its SUBACK to another client (the agent's MQTT link, the central).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Union
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -72,7 +84,7 @@ class Broker:
         self.workdir = workdir
         self.options = options
         self.port = free_port()
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.log_path = workdir / "mosquitto.log"
         self.conf_path = workdir / "mosquitto.conf"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +190,20 @@ class Broker:
         """The broker's log so far (for failure messages)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until ``count`` lines of the broker's log match the regex ``pattern``."""
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while len(regex.findall(self.log())) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"broker log: {pattern!r} not seen {count}x in {timeout}s")
+            time.sleep(0.02)
+
+    def wait_suback(self, client_id: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until the broker has sent ``count`` SUBACKs to ``client_id`` (its subscriptions
+        are in place; messages published from now on reach it)."""
+        self.wait_log(rf"Sending SUBACK to {re.escape(client_id)}$", count, timeout)
+
 
 BrokerFactory = Callable[..., Broker]
 
@@ -188,9 +214,9 @@ def broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerF
     exe = require_mosquitto()
     made: List[Broker] = []
 
-    def make(start: bool = True, **options: object) -> Broker:
+    def make(start: bool = True, **options: Any) -> Broker:
         workdir = tmp_path_factory.mktemp("mosquitto")
-        broker = Broker(exe, workdir, BrokerOptions(**options))  # type: ignore[arg-type]
+        broker = Broker(exe, workdir, BrokerOptions(**options))
         made.append(broker)
         if start:
             broker.start()
@@ -221,24 +247,34 @@ def broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]
         broker.kill()
 
 
-class Listener:
-    """A real paho client that records what it receives, for assertions in tests."""
+class Endpoint(Protocol):
+    """Where a broker listens (a :class:`Broker`, or a broker a test started itself)."""
 
-    def __init__(self, broker: Broker, topics: List[str], *, client_id: str = "",
+    host: str
+    port: int
+
+
+class Listener:
+    """A real paho client that records what it receives, for assertions in tests.
+
+    It subscribes to ``topics`` (QoS 1) on every connect; ``wait_connected`` returns once the
+    broker has acknowledged them. A subscription the broker refuses (an ACL) is recorded in
+    ``refused_topics``, not raised: tests of the ACL check it.
+    """
+
+    def __init__(self, broker: Endpoint, topics: List[str], *, client_id: str = "",
                  persistent: bool = False, protocol: str = "3.1.1", username: Optional[str] = None,
                  password: Optional[str] = None, ca_file: Optional[Path] = None) -> None:
-        import threading
-
-        import paho.mqtt.client as mqtt
-
-        self.messages: List = []
+        self.messages: List[mqtt.MQTTMessage] = []
         self.cond = threading.Condition()
-        self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.refused: Optional[str] = None
+        self.refused_topics: List[str] = []
         self._topics = topics
+        self._sub_mid: Optional[int] = None
         v5 = protocol == "5"
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+            CallbackAPIVersion.VERSION2, client_id=client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else not persistent,
         )
@@ -248,31 +284,43 @@ class Listener:
             self.client.tls_set(ca_certs=str(ca_file))
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_disconnect = lambda *a: self.subscribed.clear()
         self.client.connect_async(broker.host, broker.port, keepalive=5)
         self.client.loop_start()
 
-    def _on_connect(self, client, userdata, flags, reason, properties=None) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any = None) -> None:
         if reason.is_failure:
             self.refused = str(reason)
             return
-        for topic in self._topics:
-            client.subscribe(topic, qos=1)
-        self.connected.set()
+        if not self._topics:
+            self.subscribed.set()
+            return
+        # One SUBSCRIBE for every topic: one SUBACK says they are all in place.
+        _, self._sub_mid = client.subscribe([(topic, 1) for topic in self._topics])
 
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reasons: List[ReasonCode], properties: Any = None) -> None:
+        if mid != self._sub_mid:
+            return
+        self.refused_topics = [t for t, r in zip(self._topics, reasons) if r.is_failure]
+        self.subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.cond:
             self.messages.append(msg)
             self.cond.notify_all()
 
     def wait_connected(self, timeout: float = 5.0) -> None:
-        """Block until connected and subscribed (SUBACK not awaited: a short settle)."""
-        if not self.connected.wait(timeout):
-            raise AssertionError(f"listener not connected in {timeout}s (refused: {self.refused})")
-        time.sleep(0.2)
+        """Block until connected and the broker's SUBACK for every topic has arrived."""
+        if not self.subscribed.wait(timeout):
+            raise AssertionError(f"listener not connected and subscribed in {timeout}s "
+                                 f"(refused: {self.refused})")
 
-    def wait_for(self, predicate: Callable[[List], bool], timeout: float = 10.0) -> List:
+    def wait_for(self, predicate: Callable[[List[mqtt.MQTTMessage]], bool],
+                 timeout: float = 10.0) -> List[mqtt.MQTTMessage]:
         """Wait until ``predicate(messages)`` holds; the messages so far, or AssertionError."""
         with self.cond:
             if not self.cond.wait_for(lambda: predicate(self.messages), timeout):
@@ -280,12 +328,13 @@ class Listener:
                 raise AssertionError(f"condition not met in {timeout}s; received {seen}")
             return list(self.messages)
 
-    def on(self, topic: str) -> List:
+    def on(self, topic: str) -> List[mqtt.MQTTMessage]:
         """Messages received so far on exactly ``topic``."""
         with self.cond:
             return [m for m in self.messages if m.topic == topic]
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False):
+    def publish(self, topic: str, payload: Union[bytes, str], qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Publish and wait for it to leave."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(5)
@@ -297,10 +346,8 @@ class Listener:
         self.client.loop_stop()
 
 
-def _brief(payload: bytes) -> object:
+def _brief(payload: Union[bytes, bytearray]) -> object:
     """The seq of a JSON payload when it has one, else its first bytes."""
-    import json
-
     try:
         return json.loads(payload).get("seq", payload[:60])
     except (ValueError, AttributeError):
@@ -312,8 +359,8 @@ def listeners() -> Iterator[Callable[..., Listener]]:
     """Make :class:`Listener` clients that are closed at teardown."""
     made: List[Listener] = []
 
-    def make(broker: Broker, topics: List[str], **kwargs: object) -> Listener:
-        listener = Listener(broker, topics, **kwargs)  # type: ignore[arg-type]
+    def make(broker: Broker, topics: List[str], **kwargs: Any) -> Listener:
+        listener = Listener(broker, topics, **kwargs)
         made.append(listener)
         return listener
 
@@ -324,7 +371,7 @@ def listeners() -> Iterator[Callable[..., Listener]]:
             listener.close()
 
 
-def make_tls_files(directory: Path, host: str = "127.0.0.1") -> dict:
+def make_tls_files(directory: Path, host: str = "127.0.0.1") -> Dict[str, Path]:
     """A throw-away CA and a server cert for ``host`` made with the openssl command."""
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -347,7 +394,7 @@ def make_tls_files(directory: Path, host: str = "127.0.0.1") -> dict:
     return {"cafile": ca_crt, "certfile": crt, "keyfile": key}
 
 
-def make_password_file(path: Path, users: dict) -> Path:
+def make_password_file(path: Path, users: Dict[str, str]) -> Path:
     """A Mosquitto password file for ``{user: password}`` made with mosquitto_passwd."""
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not os.access(tool, os.X_OK):

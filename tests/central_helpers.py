@@ -91,11 +91,3 @@ def webhook() -> Iterator[type]:
     server.shutdown()
     server.server_close()
 
-
-def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` (a database read) until it holds, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

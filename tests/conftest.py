@@ -1,17 +1,71 @@
-"""Shared fixtures: the real BlazeFace model, sample photos, and the Mosquitto broker."""
+"""Shared fixtures: the real BlazeFace model, sample photos, config files and the broker.
+
+Test helpers used by more than one file live in ``helpers.py``; the Mosquitto fixtures in
+``broker.py`` (registered here). A test that starts a process is marked ``integration``:
+the broker fixtures mark their users here, other tests carry the mark themselves, and a test
+that starts a process without it fails (``_processes_need_integration_mark``).
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-# Broker fixtures live in their own module; importing them registers them with pytest.
-from broker import broker, broker_factory  # noqa: F401,E402
+# Importing the broker fixtures registers them with pytest for every test module.
+from broker import broker, broker_factory, broker_session, listeners  # noqa: F401
 
 from agent.samples import blazeface_model_path, photo_path
+
+# Fixtures that start Mosquitto: a test using any of them is an integration test.
+PROCESS_FIXTURES = {"broker", "broker_factory", "broker_session", "listeners"}
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Mark every test that uses a broker fixture ``integration``."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _loads_a_model() -> bool:
+    """True when the caller is the agent's own model probe (``verify_model_file``): loading
+    a model checks it in a child first; that is the agent at work, not a test's process."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "verify_model_file":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]  # None ends the walk
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _processes_need_integration_mark(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that starts a process (from its own thread) without the integration mark."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    started: List[Any] = []
+    original = subprocess.Popen.__init__
+
+    def init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread() and not _loads_a_model():
+            started.append(args)
+        original(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = init  # type: ignore[method-assign]  # undone below
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = original  # type: ignore[method-assign]
+    if started:
+        pytest.fail(f"{request.node.nodeid} starts a process ({started[0]!r}); "
+                    "mark it @pytest.mark.integration", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.cli import main
 from agent.store import open_db
 
 
+@pytest.mark.integration
 def test_alerts_cli_talks_to_the_running_agent(tmp_path: Path, write_config: Any,
                                                capsys: Any) -> None:
     db = tmp_path / "live.db"

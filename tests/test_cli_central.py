@@ -19,8 +19,7 @@ from typing import Any
 import broker as broker_fixtures
 import central_helpers
 import pytest
-from test_commands import DictControl
-from test_mqtt import link_config, make_alert, wait
+from helpers import DictControl, link_config, make_alert, wait
 
 from agent.central import CentralStore
 from agent.central.records import parse
@@ -169,10 +168,11 @@ def test_fleet_ack_from_the_cli_shows_in_fleet_commands(broker, tmp_path, centra
     try:
         link.start()
         wait(lambda: link.connected, what="device connected")
+        broker.wait_suback("dev1")  # the link's cmd/+ subscription
         common = ["--broker", broker.host, "--port", str(broker.port), "--timeout", "5"]
         assert main(["fleet", "ack", "dev1", "a1", *common]) == 0
         assert capsys.readouterr().out.strip() == "dev1: ack a1: ok"
-        central_helpers.wait_until(
+        wait(
             lambda: central_helpers.query(db, "SELECT r.ok FROM commands c JOIN "
                                           "command_results r USING (device, id)") == [(1,)],
             what="command and result recorded")

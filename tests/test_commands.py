@@ -8,79 +8,18 @@ CommandError for unknown alerts and targets.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
-import broker as broker_fixtures
 import pytest
+from helpers import DictControl, wait
 
 from agent.commands import VERBS, handle_command, make_command_handler, parse_duration
 from agent.errors import CommandError
 from agent.mqtt import MqttConfig, MqttLink
 from agent.store import Store
 
-listeners = broker_fixtures.listeners  # the fixture, registered for this module
-
 NOW = 1_700_000_000.0
-KINDS = {"data_drift", "prediction_drift", "camera_fault", "anomaly", "performance"}
-FEATURES = {"brightness", "contrast", "blur"}
-
-
-class DictControl:
-    """A tiny in-memory ControlAPI (the real one is the AlertManager)."""
-
-    def __init__(self) -> None:
-        self.alerts: Dict[str, Dict[str, Any]] = {"a1": {"acknowledged": False}}
-        self.snoozed: Dict[str, float] = {}
-        self.disabled: set = set()
-        self.thresholds: Dict[tuple, float] = {}
-        self.rebaselines = 0
-        self.calls: List[str] = []
-
-    def _target(self, target: str) -> str:
-        if target not in KINDS | FEATURES | set(self.alerts):
-            raise CommandError(f"unknown target: {target} (a kind, a feature or an alert id)")
-        return target
-
-    def ack(self, alert: str) -> Dict[str, Any]:
-        self.calls.append("ack")
-        if alert not in self.alerts:
-            raise CommandError(f"unknown alert: {alert}")
-        self.alerts[alert]["acknowledged"] = True
-        return {"alert": alert, "acknowledged": True}
-
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
-        self.calls.append("snooze")
-        self.snoozed[self._target(target)] = until
-        return {"target": target, "until": until}
-
-    def disable(self, target: str) -> Dict[str, Any]:
-        self.calls.append("disable")
-        self.disabled.add(self._target(target))
-        return {"target": target, "enabled": False}
-
-    def enable(self, target: str) -> Dict[str, Any]:
-        self.calls.append("enable")
-        self.disabled.discard(self._target(target))
-        return {"target": target, "enabled": True}
-
-    def set_threshold(self, feature: str, value: float,
-                      metric: Optional[str] = None) -> Dict[str, Any]:
-        self.calls.append("set_threshold")
-        if feature not in FEATURES:
-            raise CommandError(f"unknown feature: {feature}")
-        self.thresholds[(feature, metric)] = value
-        return {"feature": feature, "metric": metric, "value": value}
-
-    def rebaseline(self) -> Dict[str, Any]:
-        self.calls.append("rebaseline")
-        self.rebaselines += 1
-        return {"rebaseline": "started"}
-
-    def status(self) -> Dict[str, Any]:
-        self.calls.append("status")
-        return {"open_alerts": len(self.alerts)}
 
 
 def run(verb: str, body: Any, api: DictControl, **kw: Any) -> Dict[str, Any]:
@@ -208,10 +147,8 @@ def test_commands_through_the_broker(broker, tmp_path: Path, listeners) -> None:
     try:
         listener.wait_connected()
         link.start()
-        deadline = time.monotonic() + 5
-        while not link.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)  # the link's cmd/+ SUBACK
+        wait(lambda: link.connected, what="link connected")
+        broker.wait_suback("dev1")  # the link's cmd/+ subscription
         sent = [
             ("ack", {"id": "1", "alert": "a1"}),
             ("snooze", {"id": "2", "target": "blur", "duration": "1h"}),

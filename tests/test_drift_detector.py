@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import ar1
 from scipy import stats
-from scipy.signal import lfilter
 
 from agent.drift import build_reference, evaluate
 from agent.drift.reference import Reference
@@ -17,12 +17,6 @@ FRAMES = 108_000  # one hour at 30 fps
 WINDOW = 4096
 STRIDE = 1024
 NAMES = [f"f{i}" for i in range(FEATURES)]
-
-
-def ar1(seed: int, frames: int = FRAMES, features: int = FEATURES, rho: float = 0.98):
-    """Seeded AR(1) series with unit marginal variance, float32 like the ring buffer."""
-    noise = np.random.default_rng(seed).normal(size=(frames, features)) * math.sqrt(1 - rho**2)
-    return lfilter([1.0], [1.0, -rho], noise, axis=0).astype(np.float32)
 
 
 def max_streaks(ref: Reference, stream: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -41,14 +35,15 @@ def max_streaks(ref: Reference, stream: np.ndarray) -> tuple[np.ndarray, list[np
 
 @pytest.fixture(scope="module")
 def ref() -> Reference:
-    return build_reference(ar1(4), NAMES, window_frames=WINDOW, eval_stride_frames=STRIDE,
+    return build_reference(ar1(4, FRAMES, FEATURES), NAMES, window_frames=WINDOW,
+                           eval_stride_frames=STRIDE,
                            fps=30.0, model_sha256="0" * 64, model_path="m.tflite",
                            origin="baseline", source="AR(1) seed 4", created=0.0)
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_stationary_stream_never_alerts(ref, seed):
-    longest, flags = max_streaks(ref, ar1(seed))
+    longest, flags = max_streaks(ref, ar1(seed, FRAMES, FEATURES))
     assert len(flags) == (FRAMES - WINDOW) // STRIDE + 1
     assert longest.max() < ref.persistence_evals  # no P consecutive exceedances: no alert
     assert longest.max() == 0  # and, with this margin, not a single exceedance
@@ -56,7 +51,7 @@ def test_stationary_stream_never_alerts(ref, seed):
 
 def test_mean_shift_is_flagged_within_one_window(ref):
     onset = FRAMES // 2
-    stream = ar1(21)
+    stream = ar1(21, FRAMES, FEATURES)
     stream[onset:] += 1.5  # 1.5 marginal standard deviations
     _, flags = max_streaks(ref, stream)
     starts = np.arange(len(flags)) * STRIDE
@@ -81,7 +76,7 @@ def test_mean_shift_is_flagged_within_one_window(ref):
 
 
 def test_report_contents(ref):
-    window = ar1(30, WINDOW)
+    window = ar1(30, WINDOW, FEATURES)
     window[:, 3] += 3.0
     report = evaluate(ref, window)
     assert report.drifted == ("f3",)
@@ -103,7 +98,7 @@ def test_report_contents(ref):
 
 
 def test_features_subset_and_override(ref):
-    window = ar1(31, WINDOW)
+    window = ar1(31, WINDOW, FEATURES)
     window[:, 5] += 0.8  # a real but moderate shift: under the calibrated threshold
     plain = evaluate(ref, window, features=["f5", "f2"])
     assert plain.names == ("f5", "f2") and plain.drifted == ()
@@ -131,7 +126,7 @@ def test_effect_size_gate_blocks_tiny_shifts():
 
 
 def test_nan_constant_empty_and_short_windows(ref):
-    window = ar1(32, WINDOW)
+    window = ar1(32, WINDOW, FEATURES)
     window[:, 0] = np.nan
     window[::2, 1] = np.nan
     window[:, 2] = 0.0
@@ -153,7 +148,7 @@ def test_float32_window_matches_float64_window(ref):
     # float32 windows (the ring buffer) are sorted by a radix sort, float64 ones by np.sort:
     # both must give the same report, including NaN with the sign bit set (x86's default NaN,
     # e.g. from inf - inf), signed zeros and values equal to KS grid points.
-    window = ar1(33, WINDOW)
+    window = ar1(33, WINDOW, FEATURES)
     window[:, 0] += 2.0
     window[:100, 1] = np.array([0xFFC00000], dtype=np.uint32).view(np.float32)[0]
     assert np.signbit(window[0, 1]) and np.isnan(window[0, 1])

@@ -6,19 +6,13 @@ import math
 
 import numpy as np
 import pytest
-from scipy.signal import lfilter
+from helpers import ar1
 
 from agent.drift.reference import FORMAT_VERSION, KS_GRID, Reference, build_reference, sketch
 from agent.errors import BaselineError
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
-
-
-def ar1(seed: int, frames: int, features: int, rho: float = 0.98) -> np.ndarray:
-    """Seeded AR(1) series with unit marginal variance, float32 like the ring buffer."""
-    noise = np.random.default_rng(seed).normal(size=(frames, features)) * math.sqrt(1 - rho**2)
-    return lfilter([1.0], [1.0, -rho], noise, axis=0).astype(np.float32)
 
 
 def make(values: np.ndarray, **kw) -> Reference:

@@ -84,6 +84,7 @@ def test_parse_time_rejects_garbage(bad):
         parse_time(bad, NOW)
 
 
+@pytest.mark.integration
 def test_snapshot_while_another_process_writes(tmp_path):
     path = tmp_path / "live.db"
     open_db(str(path)).close()

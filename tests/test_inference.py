@@ -28,7 +28,7 @@ def test_unknown_or_missing_runtime_names_packages() -> None:
 def test_blazeface_finds_the_astronaut_face(model_path: Path, astronaut: Path) -> None:
     model = Model(model_path)
     assert model.input_size == (128, 128)
-    assert model.output_names == ["regressors", "classificators"]
+    assert [d["name"] for d in model.output_details] == ["regressors", "classificators"]
     outputs, latency = model(cv2.imread(str(astronaut)))
     scores = 1 / (1 + np.exp(-np.clip(outputs[1].ravel(), -50, 50)))
     assert scores.max() > 0.8

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # every test here runs the installer or a script
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_USER_EXISTS = subprocess.run(["id", "-u", "edgewatch"], capture_output=True).returncode == 0
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-import broker as broker_fixtures
 import numpy as np
 import pytest
 
@@ -18,8 +17,6 @@ from agent.emulated import EmulatedFeed
 from agent.notify import Notifier
 from agent.service import replay, run
 from agent.sources import open_source
-
-listeners = broker_fixtures.listeners
 
 
 class StallingSource:

@@ -6,51 +6,25 @@ Listeners are real paho clients; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import broker as broker_fixtures
 import pytest
-from broker import Broker, make_password_file, make_tls_files
+from broker import make_password_file, make_tls_files
+from helpers import (
+    kill9,
+    link_config,
+    make_alert,
+    outbox_depth,
+    put_alerts,
+    start_link_process,
+    wait,
+)
 
 from agent.errors import ConfigError
 from agent.mqtt import MqttConfig, MqttLink, alert_outbox_messages, topics
 from agent.store import Store
-
-listeners = broker_fixtures.listeners  # the fixture, registered for this module
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_alert(seq: int, *, device: str = "dev1", state: str = "firing",
-               fingerprint: str = "00aa11bb22cc33dd", alert_id: str = "") -> Dict[str, Any]:
-    """A schema-1 alert record as the alert manager makes them."""
-    now = 1_700_000_000.0 + seq
-    return {
-        "schema": 1, "id": alert_id or f"a{seq:04x}", "fingerprint": fingerprint, "seq": seq,
-        "transition": "firing" if state == "firing" else "resolved", "state": state,
-        "ts": now, "starts_at": now, "ends_at": None if state == "firing" else now,
-        "device": device, "camera": "cam0", "kind": "data_drift", "severity": "warning",
-        "feature": "brightness", "metric": "psi", "value": 0.4, "threshold": 0.25,
-        "expected": {"mean": 120.0}, "observed": {"mean": 60.0},
-        "window": {"start": now - 60, "end": now, "frames": 600},
-        "model": {"path": "m.tflite", "sha256": "ab"}, "message": f"brightness drifted #{seq}",
-        "acknowledged": False, "snoozed_until": None,
-    }
-
-
-def link_config(broker: Broker, device: str = "dev1", **kw: Any) -> MqttConfig:
-    """An enabled config pointing at the test broker, with fast timings."""
-    base = dict(enabled=True, host=broker.host, port=broker.port, device_id=device,
-                keepalive=5, reconnect_min_s=1, reconnect_max_s=1)
-    base.update(kw)
-    return MqttConfig(**base)
 
 
 @pytest.fixture
@@ -59,28 +33,6 @@ def store(tmp_path: Path):
     s = Store(str(tmp_path / "agent.db"), flush_interval_s=0.2).start()
     yield s
     s.close()
-
-
-def put_alerts(store: Store, records: List[Dict[str, Any]], device: str = "dev1") -> None:
-    """Write alert transitions with their outbox rows, as the alert manager does."""
-    t = topics("edgewatch/v1", device)
-    for record in records:
-        store.put_alert(record, alert_outbox_messages(t, record))
-
-
-def wait(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
-
-
-def outbox_depth(store: Store) -> int:
-    with store.read() as conn:
-        return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
 
 # -- pure parts ---------------------------------------------------------------------------------
@@ -196,9 +148,12 @@ def test_alerts_arrive_in_order_and_outbox_is_emptied(broker, store, listeners) 
     link.close()
     # Retained state: only the still-firing fingerprints remain on the broker.
     late = listeners(broker, ["edgewatch/v1/dev1/alerts/state/#"])
-    late.wait_for(lambda ms: len(ms) >= 2)
-    time.sleep(0.3)
-    assert sorted(m.topic.rsplit("/", 1)[1] for m in late.messages) == [
+    late.wait_connected()
+    # Retained messages come right after the SUBACK, so once a message published later has
+    # arrived, every retained one has.
+    late.publish("edgewatch/v1/dev1/alerts/state/marker", b"m")
+    msgs = late.wait_for(lambda ms: any(m.topic.endswith("/marker") for m in ms))
+    assert sorted(m.topic.rsplit("/", 1)[1] for m in msgs if m.retain) == [
         f"{0:016x}", f"{1:016x}"]
 
 
@@ -218,8 +173,8 @@ def test_broker_outage_then_delivery_in_order(broker, store, listeners) -> None:
     assert link.status()["disconnects"] == 1
     records = [make_alert(i) for i in range(2, 52)]
     put_alerts(store, records)
-    time.sleep(0.5)
-    assert outbox_depth(store) == 2 * len(records)  # kept while the broker is down
+    wait(lambda: outbox_depth(store) == 2 * len(records), what="outbox holds them")
+    assert not link.connected  # kept while the broker is down
     broker.start()
     msgs = listener.wait_for(lambda ms: len(ms) >= 1 + len(records), timeout=20)
     seqs = [json.loads(m.payload)["seq"] for m in msgs]
@@ -230,60 +185,6 @@ def test_broker_outage_then_delivery_in_order(broker, store, listeners) -> None:
     status = link.status()
     assert status["connects"] == 2 and status["connected"]
     link.close()
-
-
-_LINK_SCRIPT = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
-    from agent.mqtt import MqttConfig, MqttLink, alert_outbox_messages, topics
-    from agent.store import Store
-    sys.path.insert(0, {tests!r})
-    from test_mqtt import make_alert
-    store = Store({db!r}, flush_interval_s=0.1).start()
-    cfg = MqttConfig(enabled=True, host="127.0.0.1", port={port}, device_id={device!r},
-                     keepalive={keepalive}, reconnect_min_s=1, reconnect_max_s=1)
-    link = MqttLink(cfg, store)
-    link.start()
-    t = topics("edgewatch/v1", {device!r})
-    for seq in range({first}, {last}):
-        rec = make_alert(seq, device={device!r})
-        store.put_alert(rec, alert_outbox_messages(t, rec))
-    while True:
-        with store.read() as conn:
-            n = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        if n >= {expect_depth} and (link.connected or not {need_connected}):
-            break
-        time.sleep(0.05)
-    print("ready", n, flush=True)
-    time.sleep(600)
-""")
-
-
-def start_link_process(tmp_path: Path, broker: Broker, *, first: int = 0, last: int = 0,
-                       keepalive: int = 2, need_connected: bool = True,
-                       expect_depth: int = 0, device: str = "dev1") -> subprocess.Popen:
-    """A separate Python process running a Store + MqttLink; waits for its 'ready' line."""
-    script = _LINK_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"),
-                                 db=str(tmp_path / f"{device}.db"), port=broker.port,
-                                 device=device,
-                                 keepalive=keepalive, first=first, last=last,
-                                 need_connected=need_connected, expect_depth=expect_depth)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("ready"):
-        proc.kill()
-        _, err = proc.communicate(5)
-        raise AssertionError(f"link process did not start: {line!r} {err[-2000:]}")
-    return proc
-
-
-def kill9(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(5)
-    for stream in (proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
 
 
 @pytest.mark.integration
@@ -390,7 +291,7 @@ def test_commands_dispatched_and_handler_errors_answered(broker, store, listener
     link = MqttLink(link_config(broker, max_payload_kb=1), store, command_handler=handler)
     link.start()
     wait(lambda: link.connected, what="link connected")
-    time.sleep(0.2)  # let the cmd/+ SUBACK land
+    broker.wait_suback("dev1")  # the link's cmd/+ subscription
     listener.publish("edgewatch/v1/dev1/cmd/ping", json.dumps({"id": "r1"}))
     listener.publish("edgewatch/v1/dev1/cmd/boom", json.dumps({"id": "r2"}))
     listener.publish("edgewatch/v1/dev1/cmd/ping", b"x" * 2048)
@@ -410,7 +311,7 @@ def test_close_while_broker_is_down_returns_quickly(broker, store) -> None:
     broker.stop()
     link = MqttLink(link_config(broker), store)
     link.start()
-    time.sleep(0.5)
+    wait(lambda: link.status()["last_error"], what="a connection attempt")
     status = link.status()
     assert not status["connected"] and "cannot reach broker" in status["last_error"]
     t0 = time.monotonic()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.notify import Notifier, WatchdogGate
+from agent.notify import Notifier
 
 
 class FakeClock:
@@ -138,22 +138,3 @@ def test_send_errors_are_logged_once_and_never_raised(tmp_path, caplog):
 def test_rejects_a_nonpositive_watchdog():
     with pytest.raises(ValueError, match="watchdog_usec"):
         Notifier("/nonexistent", watchdog_usec=0)
-
-
-def test_gate_pings_only_when_every_part_progressed(server):
-    sock, path = server
-    clock = FakeClock()
-    notifier = Notifier(path, watchdog_usec=2_000_000, clock=clock)
-    gate = WatchdogGate(notifier, ("frames", "store"))
-    for _ in range(10):  # frames flow but the store writer is stuck
-        assert gate.beat("frames") is False
-    assert gate.waiting_for == {"store"}
-    assert gate.beat("store") is True
-    assert gate.waiting_for == {"frames", "store"}
-    clock.now += 5.0
-    assert gate.beat("store") is False  # frames stalled since the last ping
-    assert gate.beat("frames") is True
-    notifier.close()
-    assert _recv_all(sock) == ["WATCHDOG=1", "WATCHDOG=1"]
-    with pytest.raises(ValueError, match="unknown watchdog part"):
-        gate.beat("camera")

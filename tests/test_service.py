@@ -175,6 +175,7 @@ RUN_SECTIONS: Dict[str, Dict[str, Any]] = {
 }
 
 
+@pytest.mark.integration
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path, write_config: Any) -> None:
     cfg = write_config(tmp_path / "run.toml", **RUN_SECTIONS,
                        store={"path": tmp_path / "run.db", "flush_interval_s": 0.5})
@@ -220,6 +221,7 @@ def test_every_command_has_help() -> None:
                 assert action.help, f"{name} {action.dest}"
 
 
+@pytest.mark.integration
 def test_sighup_reloads_or_keeps_the_old_config(tmp_path: Path, write_config: Any) -> None:
     cfg = write_config(tmp_path / "run.toml", **RUN_SECTIONS, store={"path": tmp_path / "hup.db"})
     good = cfg.read_text()

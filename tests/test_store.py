@@ -93,16 +93,26 @@ def test_open_db_missing_directory_is_a_clean_error(tmp_path):
 
 
 def test_rows_are_batched_until_flush_or_close(tmp_path):
+    timed = tmp_path / "timed.db"
+    started = time.monotonic()
+    st = Store(str(timed), flush_interval_s=0.5, queue_size=64).start()
+    try:
+        for i in range(3):
+            assert st.put("windows", {"ts_start": NOW + i, "ts_end": NOW + i + 1, "frames": 30,
+                                      "camera": "cam0", "summary": {}})
+        assert wait_for(lambda: count(timed, "windows") == 3)
+        # One transaction per interval: nothing is visible before the first one is due.
+        assert time.monotonic() - started >= 0.5
+    finally:
+        st.close()
     path = tmp_path / "h.db"
     st = Store(str(path), flush_interval_s=60.0, queue_size=64).start()
     try:
         for i in range(10):
             assert st.put("windows", {"ts_start": NOW + i, "ts_end": NOW + i + 1, "frames": 30,
                                       "camera": "cam0", "summary": {"brightness": {"mean": i}}})
-        time.sleep(0.3)
-        assert count(path, "windows") == 0  # not flushed yet: one transaction per interval
     finally:
-        st.close()
+        st.close()  # long before the interval: closing flushes
     assert count(path, "windows") == 10
     with st.read() as conn:
         rows = store_mod.recent_windows(conn, NOW + 5, NOW + 7)
@@ -292,8 +302,9 @@ def test_disk_full_keeps_alerts_in_memory_and_recovers(tmp_path, caplog):
             st.put_alert(alert(i, msg=big), [outbox_msg(i)])
         assert wait_for(lambda: "full" in (st.stats()["last_error"] or ""), 5)
         assert "max_db_mb" in st.stats()["last_error"]
+        errors_before = st.stats()["write_errors"]
         accepted = sum(st.put("events", {"ts": NOW + i, "kind": "k"}) for i in range(200))
-        time.sleep(0.6)  # several retries, all failing
+        assert wait_for(lambda: st.stats()["write_errors"] >= errors_before + 2)  # retries fail
         stats = st.stats()
         assert stats["write_errors"] >= 2
         assert accepted < 200 and stats["dropped"] == 200 - accepted  # bulk bounded, counted

@@ -61,6 +61,7 @@ def test_unit_has_the_contract_settings():
     assert "ProcSubset" not in d
 
 
+@pytest.mark.integration
 @needs_analyze
 def test_systemd_analyze_verify(tmp_path):
     # verify insists that ExecStart= exists and is executable; /opt/edgewatch is not installed
@@ -86,6 +87,7 @@ def test_systemd_analyze_verify(tmp_path):
     assert proc.stdout + proc.stderr == ""
 
 
+@pytest.mark.integration
 @needs_analyze
 def test_systemd_analyze_security_is_ok_or_better():
     # --offline=yes scores the unit file itself, without a running systemd (systemd >= 250).
@@ -128,6 +130,7 @@ MDWE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_tflite_runs_without_writable_executable_memory():
     # systemd's MemoryDenyWriteExecute= is a seccomp filter that needs a systemd-run service;
     # the kernel's PR_SET_MDWE (Linux >= 6.3) refuses the same W+X mappings in-process.

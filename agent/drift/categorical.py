@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["chi2_sf", "chi2_test", "gammaincc", "js_divergence"]
 
 _EPS = 1e-15
 _MAX_ITER = 10000
 
+Floats = npt.NDArray[np.float64]
 
-def _counts(p_counts: np.ndarray, q_counts: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+
+def _counts(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike, name: str) -> tuple[Floats, Floats]:
     p = np.nan_to_num(np.asarray(p_counts, dtype=np.float64).ravel(), nan=0.0)
     q = np.nan_to_num(np.asarray(q_counts, dtype=np.float64).ravel(), nan=0.0)
     if p.shape != q.shape:
@@ -31,14 +34,22 @@ def _counts(p_counts: np.ndarray, q_counts: np.ndarray, name: str) -> tuple[np.n
     return p, q
 
 
-def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) between two count vectors; NaN counts = 0."""
+def js_divergence(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two count vectors; NaN counts = 0.
+
+    >>> js_divergence([10, 10, 0], [5, 5, 0])  # same proportions
+    0.0
+    >>> js_divergence([1, 0], [0, 1])  # disjoint support
+    1.0
+    >>> round(js_divergence([50, 30, 20], [20, 30, 50]), 4)
+    0.0958
+    """
     p, q = _counts(p_counts, q_counts, "js_divergence")
     p = p / p.sum()
     q = q / q.sum()
     m = (p + q) / 2
 
-    def _kl(a: np.ndarray) -> float:
+    def _kl(a: Floats) -> float:
         nz = a > 0
         return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
 
@@ -89,8 +100,13 @@ def chi2_sf(statistic: float, dof: float) -> float:
     return gammaincc(dof / 2.0, statistic / 2.0)
 
 
-def chi2_test(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
-    """Chi-square homogeneity test of two count vectors -> (statistic, p-value)."""
+def chi2_test(ref_counts: npt.ArrayLike, cur_counts: npt.ArrayLike) -> tuple[float, float]:
+    """Chi-square homogeneity test of two count vectors -> (statistic, p-value).
+
+    >>> stat, p = chi2_test([50, 30, 20], [20, 30, 50])
+    >>> round(stat, 3), f"{p:.2e}"
+    (25.714, '2.61e-06')
+    """
     r, c = _counts(ref_counts, cur_counts, "chi2_test")
     keep = (r + c) > 0
     table = np.vstack([r[keep], c[keep]])

@@ -1,107 +1,164 @@
-"""Two-sample Kolmogorov-Smirnov statistic and its asymptotic p-value, without scipy.
+"""Two-sample Kolmogorov-Smirnov statistic and its p-value, written from the published methods.
 
-``ks_2samp`` agrees with ``scipy.stats.ks_2samp(a, b, method="asymp")``: the statistic is
-computed the same way and the p-value is ``kstwo.sf(d, round(n1*n2/(n1+n2)))``, i.e. the
-two-sided one-sample Kolmogorov distribution of Simard & L'Ecuyer (2011).
+The statistic of ``ks_2samp`` is the sup of the difference of the two empirical CDFs, taken at
+every point of both samples. Its p-value is the two-sided one-sample Kolmogorov law at the
+rounded harmonic size ``en = round(n1 * n2 / (n1 + n2))``: ``P(D_en >= d)``. That is the same
+convention as ``scipy.stats.ks_2samp(method="asymp")``, which the tests use as the oracle
+(SciPy is a test-only dependency; nothing here imports it).
 
-The Kolmogorov-distribution code below is ported from SciPy (``scipy/stats/_ksstats.py``,
-``_kolmogn`` and helpers, by Paul van Mulbregt) and the one-sided Smirnov survival function
-follows the Birnbaum-Tingey sum of ``xsf/cephes/kolmogorov.h``. SciPy is distributed under
-the BSD 3-Clause License, Copyright (c) 2001-2002 Enthought, Inc. 2003, SciPy Developers.
-Differences: the Smirnov sum is evaluated in float64 log space instead of double-double, and
-n!/n^n is applied in log space; both agree with SciPy far below 1e-9.
+``kolmogorov_sf(n, x) = P(D_n >= x)`` follows the choice of method by region of Simard and
+L'Ecuyer, "Computing the Two-Sided Kolmogorov-Smirnov Distribution", Journal of Statistical
+Software 39(11), 2011, section 3:
 
-``ks_statistic_sorted`` is the fast path used by the detector: statistic only, inputs sorted.
+- exact closed forms of Ruben and Gambino (1982) for ``n x <= 1`` and ``n x >= n - 1``;
+- ``2 P(D_n^+ >= x)`` for ``x >= 1/2`` (exact there, the two one-sided events are disjoint)
+  and, in the upper tail (``n x^2 >= 4`` for n <= 140, ``>= 2.2`` above), as Miller's (1956)
+  approximation. The one-sided probability is the exact Birnbaum-Tingey (1951) sum, evaluated
+  term by term in log space;
+- elsewhere for n <= 140, and for ``n x^(3/2) < 1.4`` up to n = 100000, the exact Durbin matrix
+  of Marsaglia, Tsang and Wang, "Evaluating Kolmogorov's Distribution", Journal of Statistical
+  Software 8(18), 2003: ``P(D_n < x) = n!/n^n * (H^n)[k, k]``. (Simard and L'Ecuyer use
+  Pomeranz's recursion for ``0.754693 <= n x^2 < 4``; Durbin's matrix is exact there too and
+  costs under a millisecond at its size, m <= 47, so one exact method serves both.);
+- otherwise the Pelz-Good (1976) asymptotic series to order ``n^(-3/2)``, with the terms as
+  given by Simard and L'Ecuyer (their equations for K0..K3).
+
+``ks_statistic_sorted`` (statistic only, inputs sorted) and ``ks_grid``/``ks_statistic_grid``
+(statistic at a grid of reference quantiles) are the detector's fast paths; it needs no p-value.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from ._clean import finite_values
 
 __all__ = ["KSResult", "kolmogorov_sf", "ks_2samp", "ks_grid", "ks_pvalue", "ks_statistic_grid",
            "ks_statistic_sorted"]
 
-_E128 = 128
-_EP128 = float(np.ldexp(1.0, _E128))
-_EM128 = float(np.ldexp(1.0, -_E128))
-_SQRT2PI = math.sqrt(2 * math.pi)
-_LOG_2PI = math.log(2 * math.pi)
-_MIN_LOG = -708
-_MINLOG_CEPHES = -7.08396418532264106224e2
-_SQRT3 = math.sqrt(3)
-_PI2 = math.pi**2
-_PI4 = math.pi**4
-_PI6 = math.pi**6
-_SMIRNOV_MAX_COMPUTE_N = 1000000
-_STIRLING_COEFFS = [-2.955065359477124183e-2, 6.4102564102564102564e-3,
-                    -1.9175269175269175269e-3, 8.4175084175084175084e-4,
-                    -5.952380952380952381e-4, 7.9365079365079365079e-4,
-                    -2.7777777777777777778e-3, 8.3333333333333333333e-2]
+Floats = npt.NDArray[np.float64]
+
+# Region boundaries of Simard and L'Ecuyer (2011), section 3.
+_SMALL_N = 140
+_DURBIN_MAX_N = 100_000
+_DURBIN_NX32 = 1.4  # n x^(3/2) below this: Durbin's matrix (n > 140)
+_MILLER_NX2_SMALL_N = 4.0  # n x^2 from which Miller's approximation is used (n <= 140)
+_MILLER_NX2 = 2.2  # the same for n > 140
+_ZERO_NX2 = 370.0  # P(D_n >= x) < 1e-300 beyond this (n > 140)
+# exp(-_LOG_NEGLIGIBLE) ~ 1e-26: series terms smaller than this relative to the first are dropped.
+_LOG_NEGLIGIBLE = 60.0
 
 
 class KSResult(NamedTuple):
-    """Two-sample KS statistic (sup of the ECDF difference) and its asymptotic p-value."""
+    """Two-sample KS statistic (sup of the ECDF difference) and its p-value."""
 
     statistic: float
     pvalue: float
 
 
-def _clean(values: np.ndarray, name: str) -> np.ndarray:
-    return finite_values(values, name, "ks_2samp")
+def ks_2samp(reference: npt.ArrayLike, current: npt.ArrayLike) -> KSResult:
+    """Two-sided two-sample KS test, as ``scipy.stats.ks_2samp(method="asymp")``; NaN dropped.
 
-
-def ks_2samp(reference: np.ndarray, current: np.ndarray) -> KSResult:
-    """Two-sided two-sample KS test; matches scipy's ``ks_2samp(method="asymp")``; NaN dropped."""
-    data1 = np.sort(_clean(reference, "reference"))
-    data2 = np.sort(_clean(current, "current"))
-    n1, n2 = data1.size, data2.size
-    data_all = np.concatenate([data1, data2])
-    cdf1 = np.searchsorted(data1, data_all, side="right") / n1
-    cdf2 = np.searchsorted(data2, data_all, side="right") / n2
-    cddiffs = cdf1 - cdf2
-    min_s = float(np.clip(-cddiffs.min(), 0, 1))
-    max_s = float(cddiffs.max())
-    d = max(min_s, max_s)
-    return KSResult(d, ks_pvalue(d, n1, n2))
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=500), rng.normal(0.3, size=400)
+    >>> r = ks_2samp(a, b)
+    >>> round(r.statistic, 4), f"{r.pvalue:.2e}"
+    (0.1575, '2.82e-05')
+    >>> ks_2samp(a, a)
+    KSResult(statistic=0.0, pvalue=1.0)
+    """
+    data1 = np.sort(finite_values(reference, "reference", "ks_2samp"))
+    data2 = np.sort(finite_values(current, "current", "ks_2samp"))
+    d = ks_statistic_sorted(data1, data2)
+    return KSResult(d, ks_pvalue(d, data1.size, data2.size))
 
 
 def ks_pvalue(statistic: float, n1: float, n2: float) -> float:
-    """Asymptotic two-sided p-value of a two-sample KS statistic for sample sizes n1, n2."""
-    m, n = sorted([float(n1), float(n2)], reverse=True)
-    en = round(m * n / (m + n)) if m + n > 0 else 0
-    # np.round rounds half to even, as scipy does; Python's round() does the same.
+    """Two-sided p-value of a two-sample KS statistic for sample sizes n1, n2 (may be fractional).
+
+    >>> round(ks_pvalue(0.1, 300, 200), 6)  # P(D_120 >= 0.1)
+    0.169461
+    """
+    total = float(n1) + float(n2)
+    # Python's round() rounds half to even, as numpy (and so scipy) does.
+    en = round(float(n1) * float(n2) / total) if total > 0 else 0
     if en < 1:
         return float("nan")
     return kolmogorov_sf(int(en), float(statistic))
 
 
 def kolmogorov_sf(n: int, x: float) -> float:
-    """P(D_n > x) for the two-sided one-sample KS statistic (scipy ``kstwo.sf(x, n)``)."""
+    """``P(D_n >= x)`` for the two-sided one-sample KS statistic of n points (scipy's
+    ``kstwo.sf(x, n)``); see the module docstring for the method in each region.
+
+    >>> kolmogorov_sf(1, 0.75)  # D_1 = max(U, 1 - U) is uniform on [1/2, 1]
+    0.5
+    >>> round(kolmogorov_sf(1000, 0.05), 6)
+    0.013012
+    """
     if math.isnan(x):
         return float("nan")
-    if x <= 0.5 / n:  # scipy's kstwo support starts at 0.5/n
+    t = n * x
+    if t <= 0.5:  # D_n >= 1/(2n) always
         return 1.0
-    return _clip(_kolmogn(n, x, cdf=False))
+    if x >= 1.0:
+        return 0.0
+    if t <= 1.0:  # Ruben and Gambino: P(D_n < x) = n! (2x - 1/n)^n
+        return _clip(-math.expm1(_log_factorial_over_power(n) + n * math.log(2 * t - 1)))
+    if t >= n - 1:  # Ruben and Gambino
+        return _clip(2 * (1.0 - x) ** n)
+    nx2 = t * x
+    if x >= 0.5 or nx2 >= (_MILLER_NX2_SMALL_N if n <= _SMALL_N else _MILLER_NX2):
+        return 0.0 if n > _SMALL_N and nx2 >= _ZERO_NX2 else _clip(2 * smirnov_sf(n, x))
+    if n <= _SMALL_N or (n <= _DURBIN_MAX_N and n * x**1.5 < _DURBIN_NX32):
+        return _clip(1.0 - _durbin_cdf(n, x))
+    return _clip(1.0 - _pelz_good_cdf(n, x))
+
+
+def smirnov_sf(n: int, x: float) -> float:
+    """``P(D_n^+ >= x)`` for the one-sided KS statistic (Birnbaum and Tingey 1951), exactly.
+
+    P = x * sum_{0 <= j < n(1-x)} C(n, j) (1 - x - j/n)^(n-j) (x + j/n)^(j-1); every term is
+    positive, so the sum is taken in log space with no cancellation.
+
+    >>> round(smirnov_sf(1, 0.25), 12)  # D_1^+ = 1 - U
+    0.75
+    """
+    if x <= 0.0:
+        return 1.0
+    if x >= 1.0 or 2.0 * n * x * x > 745.0:  # P <= exp(-2 n x^2) (Hoeffding), below float range
+        return 0.0
+    j = np.arange(0, math.ceil(n * (1.0 - x)), dtype=np.float64)
+    rest = (n - j - n * x) / n  # 1 - x - j/n
+    keep = rest > 0
+    j, rest = j[keep], rest[keep]
+    # log C(n, j) by a running sum of log((n - j + 1) / j), exact enough for n in the millions.
+    log_binom = np.concatenate([[0.0], np.cumsum(np.log((n - j[1:] + 1) / j[1:]))])
+    log_terms = log_binom + (n - j) * np.log(rest) + (j - 1) * np.log(x + j / n) + math.log(x)
+    top = float(log_terms.max())
+    return _clip(math.exp(top) * float(np.exp(log_terms - top).sum()))
 
 
 def ks_statistic_sorted(
-    ref_sorted: np.ndarray,
-    cur_sorted: np.ndarray,
-    ref_cdf_at_ref: np.ndarray | None = None,
+    ref_sorted: Floats,
+    cur_sorted: Floats,
+    ref_cdf_at_ref: Optional[Floats] = None,
 ) -> float:
     """KS statistic of two sorted, NaN-free, non-empty 1-D samples (fast path, no p-value).
 
     ``ref_cdf_at_ref`` (``searchsorted(ref, ref, "right") / len(ref)``) may be precomputed.
+
+    >>> round(ks_statistic_sorted(np.array([1.0, 2.0, 3.0]), np.array([2.5, 9.0])), 6)
+    0.666667
     """
     m, n = ref_sorted.shape[0], cur_sorted.shape[0]
     if ref_cdf_at_ref is None:
         ref_cdf_at_ref = np.searchsorted(ref_sorted, ref_sorted, side="right") / m
-    # ECDF difference evaluated at every point of both samples, as scipy does on data_all.
+    # ECDF difference evaluated at every point of both samples (the ECDFs jump only there).
     at_ref = ref_cdf_at_ref - np.searchsorted(cur_sorted, ref_sorted, side="right") / n
     at_cur = (np.searchsorted(ref_sorted, cur_sorted, side="right") / m
               - np.searchsorted(cur_sorted, cur_sorted, side="right") / n)
@@ -109,7 +166,7 @@ def ks_statistic_sorted(
     return float(min(max(d, 0.0), 1.0))
 
 
-def ks_grid(ref_sorted: np.ndarray, size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ks_grid(ref_sorted: Floats, size: int = 512) -> tuple[Floats, Floats, Floats]:
     """Grid for ``ks_statistic_grid``: ``size`` evenly spaced points of a sorted reference
     sample with the reference ECDF at each point and just below it."""
     m = ref_sorted.shape[0]
@@ -120,8 +177,8 @@ def ks_grid(ref_sorted: np.ndarray, size: int = 512) -> tuple[np.ndarray, np.nda
             np.searchsorted(ref_sorted, grid, side="left") / m)
 
 
-def ks_statistic_grid(grid: np.ndarray, cdf_at: np.ndarray, cdf_below: np.ndarray,
-                      cur_sorted: np.ndarray) -> float:
+def ks_statistic_grid(grid: Floats, cdf_at: Floats, cdf_below: Floats,
+                      cur_sorted: Floats) -> float:
     """KS distance evaluated only at a grid of reference quantiles (see ``ks_grid``).
 
     It is a lower bound of the full statistic, short of it by at most the mass of either
@@ -136,7 +193,7 @@ def ks_statistic_grid(grid: np.ndarray, cdf_at: np.ndarray, cdf_below: np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------
-# Kolmogorov distribution (ported from scipy/stats/_ksstats.py, BSD-3-Clause, see module doc)
+# Kolmogorov distribution kernels
 # ---------------------------------------------------------------------------------------------
 
 
@@ -144,254 +201,94 @@ def _clip(p: float) -> float:
     return float(min(max(p, 0.0), 1.0))
 
 
-def _select(cdfprob: float, sfprob: float, cdf: bool) -> float:
-    return _clip(cdfprob if cdf else sfprob)
+def _log_factorial_over_power(n: int) -> float:
+    """log(n! / n^n)."""
+    return math.lgamma(n + 1) - n * math.log(n)
 
 
-def _log_nfactorial_div_n_pow_n(n: int) -> float:
-    rn = 1.0 / n
-    return float(np.log(n) / 2 - n + _LOG_2PI / 2 + rn * np.polyval(_STIRLING_COEFFS, rn / n))
-
-
-def _kolmogn_dmtw(n: int, d: float) -> float:
-    """Pr(D_n <= d) by the Marsaglia-Tsang-Wang form of Durbin's matrix algorithm."""
-    if d >= 1.0:
-        return 1.0
-    nd = n * d
-    if nd <= 0.5:
-        return 0.0
-    k = int(np.ceil(nd))
-    h = k - nd
+def _durbin_matrix(n: int, x: float) -> tuple[Floats, int]:
+    """Marsaglia-Tsang-Wang's m x m matrix H for ``x = (k - h)/n``, 0 <= h < 1, and k."""
+    k = math.ceil(n * x)
+    h = k - n * x
     m = 2 * k - 1
-    H = np.zeros([m, m])
-    intm = np.arange(1, m + 1)
-    v = 1.0 - h**intm
-    w = np.empty(m)
-    fac = 1.0
-    for j in intm:
-        w[j - 1] = fac
-        fac /= j
-        v[j - 1] *= fac
-    tt = max(2 * h - 1.0, 0) ** m - 2 * h**m
-    v[-1] = (1.0 + tt) * fac
-    for i in range(1, m):
-        H[i - 1:, i] = w[:m - i + 1]
-    H[:, 0] = v
-    H[-1, :] = np.flip(v, axis=0)
-    Hpwr = np.eye(m)
-    nn = n
-    expnt = 0
-    Hexpnt = 0
-    while nn > 0:
-        if nn % 2:
-            Hpwr = np.matmul(Hpwr, H)
-            expnt += Hexpnt
-        H = np.matmul(H, H)
-        Hexpnt *= 2
-        if np.abs(H[k - 1, k - 1]) > _EP128:
-            H /= _EP128
-            Hexpnt += _E128
-        nn = nn // 2
-    p = float(Hpwr[k - 1, k - 1])
-    if p <= 0.0:
+    i = np.arange(m)
+    lag = i[:, None] - i[None, :] + 1  # H[i, j] = 1/(i - j + 1)! below the superdiagonal
+    fact = np.array([math.factorial(v) for v in range(m + 1)], dtype=np.float64)
+    H: Floats = np.where(lag >= 0, 1.0 / fact[np.clip(lag, 0, m)], 0.0)
+    powers = h ** np.arange(1, m + 1, dtype=np.float64)  # h^1 .. h^m
+    H[:, 0] -= powers / fact[1:]  # (1 - h^(i+1)) / (i+1)!
+    H[m - 1, :] -= powers[::-1] / fact[m:0:-1]  # (1 - h^(m-j)) / (m-j)!
+    if 2 * h - 1 > 0:
+        H[m - 1, 0] += (2 * h - 1) ** m / fact[m]
+    return H, k
+
+
+def _rescaled(a: Floats) -> tuple[Floats, int]:
+    """``a / 2^e`` with its largest entry in [0.5, 1), and e (exact: a power-of-two scale)."""
+    _, e = math.frexp(float(np.abs(a).max()) or 1.0)
+    return np.ldexp(a, -e), e
+
+
+def _durbin_cdf(n: int, x: float) -> float:
+    """``P(D_n < x)`` by Durbin's matrix, H^n by repeated squaring (Marsaglia-Tsang-Wang 2003).
+
+    The entries of H are non-negative, so the product loses no precision to cancellation;
+    powers of two keep it within float range, and n!/n^n is applied in log space.
+    """
+    base, k = _durbin_matrix(n, x)
+    result: Floats = np.eye(base.shape[0])
+    base_exp = result_exp = 0
+    power = n
+    while True:
+        if power & 1:
+            result, e = _rescaled(result @ base)
+            result_exp += base_exp + e
+        power >>= 1
+        if not power:
+            break
+        base, e = _rescaled(base @ base)
+        base_exp = 2 * base_exp + e
+    corner = float(result[k - 1, k - 1])
+    if corner <= 0.0:
         return 0.0
-    # Multiply by n!/n^n in log space (scipy loops n times with rescaling).
-    logp = math.log(p) + expnt * math.log(2.0) + _log_nfactorial_div_n_pow_n(n)
-    return math.exp(logp) if logp < 700 else float("inf")
+    log_p = math.log(corner) + result_exp * math.log(2.0) + _log_factorial_over_power(n)
+    return _clip(math.exp(min(log_p, 0.0)))
 
 
-def _pomeranz_j1j2(i: int, n: int, ll: int, ceilf: int, roundf: int) -> tuple[int, int]:
-    if i == 0:
-        j1, j2 = -ll - ceilf - 1, ll + ceilf - 1
-    else:
-        ip1div2, ip1mod2 = divmod(i + 1, 2)
-        if ip1mod2 == 0:
-            if ip1div2 == n + 1:
-                j1, j2 = n - ll - ceilf - 1, n + ll + ceilf - 1
-            else:
-                j1, j2 = ip1div2 - 1 - ll - roundf - 1, ip1div2 + ll - 1 + ceilf - 1
-        else:
-            j1, j2 = ip1div2 - 1 - ll - 1, ip1div2 + ll + roundf - 1
-    return max(j1 + 2, 0), min(j2, n)
+def _pelz_good_cdf(n: int, x: float) -> float:
+    """``P(D_n <= x)`` by the Pelz-Good series K0 + K1/sqrt(n) + K2/n + K3/n^(3/2), z = x sqrt(n).
 
-
-def _kolmogn_pomeranz(n: int, x: float) -> float:
-    """Pr(D_n <= x) by the Pomeranz (1974) recursion."""
-    t = n * x
-    ll = int(np.floor(t))
-    f = 1.0 * (t - ll)
-    g = min(f, 1.0 - f)
-    ceilf = 1 if f > 0 else 0
-    roundf = 1 if f > 0.5 else 0
-    npwrs = 2 * (ll + 1)
-    gpower = np.empty(npwrs)
-    twogpower = np.empty(npwrs)
-    onem2gpower = np.empty(npwrs)
-    gpower[0] = twogpower[0] = onem2gpower[0] = 1.0
-    expnt = 0
-    g_n, two_g_n, one_m2g_n = g / n, 2 * g / n, (1 - 2 * g) / n
-    for m in range(1, npwrs):
-        gpower[m] = gpower[m - 1] * g_n / m
-        twogpower[m] = twogpower[m - 1] * two_g_n / m
-        onem2gpower[m] = onem2gpower[m - 1] * one_m2g_n / m
-    V0 = np.zeros([npwrs])
-    V1 = np.zeros([npwrs])
-    V1[0] = 1
-    V0s, V1s = 0, 0
-    j1, j2 = _pomeranz_j1j2(0, n, ll, ceilf, roundf)
-    for i in range(1, 2 * n + 2):
-        k1 = j1
-        V0, V1 = V1, V0
-        V0s, V1s = V1s, V0s
-        V1.fill(0.0)
-        j1, j2 = _pomeranz_j1j2(i, n, ll, ceilf, roundf)
-        if i == 1 or i == 2 * n + 1:
-            pwrs = gpower
-        else:
-            pwrs = twogpower if i % 2 else onem2gpower
-        ln2 = j2 - k1 + 1
-        if ln2 > 0:
-            conv = np.convolve(V0[k1 - V0s:k1 - V0s + ln2], pwrs[:ln2])
-            conv_start = j1 - k1
-            conv_len = j2 - j1 + 1
-            V1[:conv_len] = conv[conv_start:conv_start + conv_len]
-            if 0 < np.max(V1) < _EM128:
-                V1 *= _EP128
-                expnt -= _E128
-            V1s = V0s + j1 - k1
-    ans = float(V1[n - V1s])
-    for m in range(1, n + 1):
-        if abs(ans) > _EP128:
-            ans *= _EM128
-            expnt += _E128
-        ans *= m
-    if expnt != 0:
-        ans = float(np.ldexp(ans, expnt))
-    return _clip(ans)
-
-
-def _kolmogn_pelzgood(n: int, x: float) -> float:
-    """Pelz-Good approximation to Pr(D_n <= x)."""
-    if x <= 0.0:
+    With u_k = pi^2 (k - 1/2)^2 / (2 z^2) and v_k = pi^2 k^2 / (2 z^2), k = 1, 2, ...:
+      K0 = sqrt(2 pi)/z sum e^-u_k
+      K1 = sqrt(pi/2)/(3 z^4) sum (pi^2 (k-1/2)^2 - z^2) e^-u_k
+      K2 = sqrt(pi/2)/(36 z^7) sum (6z^6 + 2z^4 + pi^2 (2z^4 - 5z^2)(k-1/2)^2
+                                    + pi^4 (1 - 2z^2)(k-1/2)^4) e^-u_k
+           - sqrt(pi/2)/(18 z^3) sum pi^2 k^2 e^-v_k
+      K3 = sqrt(pi/2)/(3240 z^10) sum (-30z^6 - 90z^8 + pi^2 (135z^4 - 96z^6)(k-1/2)^2
+                                       + pi^4 (212z^4 - 60z^2)(k-1/2)^4
+                                       + pi^6 (5 - 30z^2)(k-1/2)^6) e^-u_k
+           + sqrt(pi/2)/(108 z^6) sum (3 pi^2 k^2 z^2 - pi^4 k^4) e^-v_k
+    """
+    z = x * math.sqrt(n)
+    z2 = z * z
+    if math.pi**2 / (8 * z2) > 700.0:  # e^-u_1 underflows: the CDF is 0 in float64
         return 0.0
-    if x >= 1.0:
-        return 1.0
-    z = np.sqrt(n) * x
-    zsquared, zthree, zfour, zsix = z**2, z**3, z**4, z**6
-    qlog = -_PI2 / 8 / zsquared
-    if qlog < _MIN_LOG:
-        return 0.0
-    q = np.exp(qlog)
-    k1a = -zsquared
-    k1b = _PI2 / 4
-    k2a = 6 * zsix + 2 * zfour
-    k2b = (2 * zfour - 5 * zsquared) * _PI2 / 4
-    k2c = _PI4 * (1 - 2 * zsquared) / 16
-    k3d = _PI6 * (5 - 30 * zsquared) / 64
-    k3c = _PI4 * (-60 * zsquared + 212 * zfour) / 16
-    k3b = _PI2 * (135 * zfour - 96 * zsix) / 4
-    k3a = -30 * zsix - 90 * z**8
-    K0to3 = np.zeros(4)
-    maxk = int(np.ceil(16 * z / np.pi))
-    for k in range(maxk, 0, -1):
-        m = 2 * k - 1
-        msquared, mfour, msix = m**2, m**4, m**6
-        qpower = np.power(q, 8 * k)
-        coeffs = np.array([1.0,
-                           k1a + k1b * msquared,
-                           k2a + k2b * msquared + k2c * mfour,
-                           k3a + k3b * msquared + k3c * mfour + k3d * msix])
-        K0to3 *= qpower
-        K0to3 += coeffs
-    K0to3 *= q
-    K0to3 *= _SQRT2PI
-    K0to3 /= np.array([z, 6 * zfour, 72 * z**7, 6480 * z**10])
-    q = np.exp(-_PI2 / 2 / zsquared)
-    ks = np.arange(maxk, 0, -1)
-    ksquared = ks**2
-    sqrt3z = _SQRT3 * z
-    kspi = np.pi * ks
-    qpwers = q**ksquared
-    k2extra = np.sum(ksquared * qpwers) * _PI2 * _SQRT2PI / (-36 * zthree)
-    K0to3[2] += k2extra
-    k3extra = np.sum((sqrt3z + kspi) * (sqrt3z - kspi) * ksquared * qpwers)
-    K0to3[3] += k3extra * _PI2 * _SQRT2PI / (216 * zsix)
-    K0to3 /= np.power(n * 1.0, np.arange(4) / 2.0)
-    return float(np.sum(K0to3))
-
-
-def _smirnov_sf(n: int, x: float) -> float:
-    """One-sided Smirnov survival function P(D_n^+ >= x) (scipy.special.smirnov)."""
-    if n == 1:
-        return x
-    if x <= 0.0:
-        return 1.0
-    if x >= 1.0:
-        return 0.0
-    nx = n * x
-    nxfl = math.floor(nx)
-    if nxfl == 0 or (nxfl == 1 and nx == 1.0):
-        return 1.0 - x * (1.0 + x) ** (n - 1)
-    if -2 * n * x * x < _MINLOG_CEPHES:
-        return 0.0
-    if nxfl >= n - 1:
-        return (1.0 - x) ** n
-    if n > _SMIRNOV_MAX_COMPUTE_N:
-        logp = -((6.0 * n * x + 1) ** 2) / 18.0 / n
-        if logp < -math.log(2):
-            return math.exp(logp)
-        return 1.0 - (-math.expm1(logp))
-    # Birnbaum-Tingey: sf = x * sum_{v: 1-x-v/n > 0} C(n,v) (x+v/n)^(v-1) (1-x-v/n)^(n-v)
-    v = np.arange(0, n + 1, dtype=np.float64)
-    rest = (n - v - nx) / n
-    v = v[rest > 0]
-    rest = rest[rest > 0]
-    logc = np.concatenate([[0.0], np.cumsum(np.log((n - v[1:] + 1) / v[1:]))])
-    logt = logc + (v - 1) * np.log(x + v / n) + (n - v) * np.log(rest) + math.log(x)
-    top = float(logt.max())
-    return _clip(math.exp(top) * float(np.sum(np.exp(logt - top))))
-
-
-def _kolmogn(n: int, x: float, cdf: bool = True) -> float:
-    """CDF (or SF) of the two-sided one-sample KS statistic (Simard & L'Ecuyer 2011)."""
-    if x >= 1.0:
-        return _select(1.0, 0.0, cdf)
-    if x <= 0.0:
-        return _select(0.0, 1.0, cdf)
-    t = n * x
-    if t <= 1.0:
-        if t <= 0.5:
-            return _select(0.0, 1.0, cdf)
-        if n <= 140:
-            prob = float(np.prod(np.arange(1, n + 1) * (1.0 / n) * (2 * t - 1)))
-        else:
-            prob = math.exp(_log_nfactorial_div_n_pow_n(n) + n * math.log(2 * t - 1))
-        return _select(prob, 1.0 - prob, cdf)
-    if t >= n - 1:
-        prob = 2 * (1.0 - x) ** n
-        return _select(1 - prob, prob, cdf)
-    if x >= 0.5:
-        prob = 2 * _smirnov_sf(n, x)
-        return _select(1.0 - prob, prob, cdf)
-    nxsquared = t * x
-    if n <= 140:
-        if nxsquared <= 0.754693:
-            prob = _kolmogn_dmtw(n, x)
-            return _select(prob, 1.0 - prob, cdf)
-        if nxsquared <= 4:
-            prob = _kolmogn_pomeranz(n, x)
-            return _select(prob, 1.0 - prob, cdf)
-        prob = 2 * _smirnov_sf(n, x)
-        return _select(1.0 - prob, prob, cdf)
-    if not cdf:
-        if nxsquared >= 370.0:
-            return 0.0
-        if nxsquared >= 2.2:
-            return _clip(2 * _smirnov_sf(n, x))
-    if nxsquared >= 18.0:
-        cdfprob = 1.0
-    elif n <= 100000 and n * x**1.5 <= 1.4:
-        cdfprob = _kolmogn_dmtw(n, x)
-    else:
-        cdfprob = _kolmogn_pelzgood(n, x)
-    return _select(cdfprob, 1.0 - cdfprob, cdf)
+    # Terms until e^-u_k < e^-60: the polynomial factors grow far slower than that decays.
+    kmax = int(math.ceil(z * math.sqrt(2 * (_LOG_NEGLIGIBLE + 20)) / math.pi)) + 2
+    k = np.arange(1, kmax + 1, dtype=np.float64)
+    a2 = (math.pi * (k - 0.5)) ** 2  # pi^2 (k - 1/2)^2
+    b2 = (math.pi * k) ** 2  # pi^2 k^2
+    eu = np.exp(-a2 / (2 * z2))
+    ev = np.exp(-b2 / (2 * z2))
+    z4, z6, z8 = z2 * z2, z2**3, z2**4
+    s = math.sqrt(math.pi / 2)
+    k0 = 2 * s / z * float(eu.sum())
+    k1 = s / (3 * z4) * float(((a2 - z2) * eu).sum())
+    poly2 = (6 * z6 + 2 * z4) + (2 * z4 - 5 * z2) * a2 + (1 - 2 * z2) * a2**2
+    k2 = s / (36 * z**7) * float((poly2 * eu).sum()) - s / (18 * z**3) * float((b2 * ev).sum())
+    poly3 = ((-30 * z6 - 90 * z8) + (135 * z4 - 96 * z6) * a2 + (212 * z4 - 60 * z2) * a2**2
+             + (5 - 30 * z2) * a2**3)
+    k3 = (s / (3240 * z**10) * float((poly3 * eu).sum())
+          + s / (108 * z6) * float(((3 * z2 - b2) * b2 * ev).sum()))
+    root = math.sqrt(n)
+    return _clip(k0 + k1 / root + k2 / n + k3 / (n * root))

@@ -10,8 +10,10 @@ spread (IQR/1.349, else its standard deviation, else 1.0 for constant data) make
 from __future__ import annotations
 
 import functools
+from typing import Any, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from ._clean import finite_values
 
@@ -19,12 +21,16 @@ __all__ = ["robust_scale", "wasserstein", "wasserstein_sorted"]
 
 _IQR_TO_SIGMA = 1.349
 
+# Sorted samples may be float32 (sketches) or float64; the distance is computed in their dtype.
+Samples = npt.NDArray[np.floating[Any]]
+Index = npt.NDArray[np.int64]
 
-def _clean(values: np.ndarray, name: str) -> np.ndarray:
+
+def _clean(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
     return finite_values(values, name, "wasserstein")
 
 
-def robust_scale(values: np.ndarray) -> float:
+def robust_scale(values: npt.ArrayLike) -> float:
     """Spread used for normalising: IQR/1.349, falling back to std, then 1.0 when constant."""
     arr = _clean(values, "reference")
     q25, q75 = np.quantile(arr, [0.25, 0.75])
@@ -35,7 +41,7 @@ def robust_scale(values: np.ndarray) -> float:
 
 
 @functools.lru_cache(maxsize=32)
-def _plan(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _plan(m: int, n: int) -> tuple[Index, Index, npt.NDArray[np.float64]]:
     """Indices into both sorted samples and lengths of the merged quantile intervals."""
     breaks = np.union1d(np.arange(1, m + 1, dtype=np.int64) * n,
                         np.arange(1, n + 1, dtype=np.int64) * m)
@@ -47,7 +53,7 @@ def _plan(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return iu, iv, lengths
 
 
-def wasserstein_sorted(u_sorted: np.ndarray, v_sorted: np.ndarray) -> np.ndarray | float:
+def wasserstein_sorted(u_sorted: Samples, v_sorted: Samples) -> Union[Samples, float]:
     """Raw W1 between sorted samples along the last axis (1-D, or (F, m) with (F, n))."""
     m, n = u_sorted.shape[-1], v_sorted.shape[-1]
     if n % m == 0 or m % n == 0:
@@ -81,8 +87,18 @@ def wasserstein_sorted(u_sorted: np.ndarray, v_sorted: np.ndarray) -> np.ndarray
     return float(out) if np.ndim(out) == 0 else out
 
 
-def wasserstein(reference: np.ndarray, current: np.ndarray, scale: float | None = None) -> float:
-    """W1(reference, current) / scale (default ``robust_scale(reference)``); NaN dropped."""
+def wasserstein(reference: npt.ArrayLike, current: npt.ArrayLike, scale: Optional[float] = None) -> float:
+    """W1(reference, current) / scale (default ``robust_scale(reference)``); NaN dropped.
+
+    >>> wasserstein([0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0], scale=1.0)  # shifted by 1
+    1.0
+    >>> rng = np.random.default_rng(0)
+    >>> ref = rng.normal(size=2000)
+    >>> round(wasserstein(ref, ref + 0.5), 3)  # half a (robust) standard deviation
+    0.496
+    >>> round(wasserstein(ref, rng.normal(size=1000)), 3)  # sampling noise only
+    0.043
+    """
     ref = np.sort(_clean(reference, "reference"))
     cur = np.sort(_clean(current, "current"))
     if scale is None:
