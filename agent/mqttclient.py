@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -38,7 +39,8 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROTOCOLS", "Will", "ClientSettings", "build_client", "read_password"]
+__all__ = ["PROTOCOLS", "Will", "ClientSettings", "build_client", "stop_client",
+           "read_password"]
 
 PROTOCOLS = ("5", "3.1.1")
 _WEEK_S = 7 * 86400
@@ -145,6 +147,32 @@ def build_client(s: ClientSettings) -> mqtt.Client:
     client.max_inflight_messages_set(s.max_inflight)
     client.max_queued_messages_set(s.max_queued)
     return client
+
+
+def stop_client(client: mqtt.Client, timeout: float = 2.0) -> None:
+    """Disconnect (waiting up to ``timeout`` for it), stop the network thread, close sockets.
+
+    ``disconnect()`` then ``loop_stop()`` alone can stop the thread before it has sent the
+    DISCONNECT and closed the socket; the socket then leaks until garbage collection.
+    """
+    gone = threading.Event()
+    previous = client.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        gone.set()
+        if previous is not None:
+            previous(*args)
+
+    client.on_disconnect = on_disconnect
+    connected = client.is_connected()
+    client.disconnect()  # also stops reconnect attempts
+    if connected:
+        gone.wait(timeout)
+    client.loop_stop()
+    # Also the wake-up socket pair loop_start() opened: paho closes it only in __del__, which
+    # in a reference cycle (client <-> callbacks' owner) may run after the sockets' own
+    # finalisers, leaking them. paho has no public call for it.
+    client._reset_sockets()
 
 
 def read_password(*, value: Optional[str] = None, env: Optional[str] = None,

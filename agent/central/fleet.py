@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 
 from ..errors import CommandError
 from ..mqtt import topics
-from ..mqttclient import ClientSettings, build_client
+from ..mqttclient import ClientSettings, build_client, stop_client
 from .store import CentralReader
 
 __all__ = ["fleet_rows", "open_alerts", "recent_commands", "send_command"]
@@ -108,5 +108,4 @@ def send_command(settings: ClientSettings, device: str, verb: str, body: Mapping
                                f"(is it online? see 'edgewatch fleet')")
         return got
     finally:
-        client.disconnect()
-        client.loop_stop()
+        stop_client(client)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import paho.mqtt.client as mqtt
 
 from ..errors import CommandError
-from ..mqttclient import ClientSettings, build_client
+from ..mqttclient import ClientSettings, build_client, stop_client
 from ..supervise import Supervisor
 from .ingest import Ingest
 from .notify import WebhookSender, check_url
@@ -152,8 +152,7 @@ class Central:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect, write what is queued, stop the threads."""
         self.connected.clear()  # a requested disconnect is not a lost connection
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop_client(self._client)
         with self._queue.all_tasks_done:
             self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks,
                                                 timeout)
