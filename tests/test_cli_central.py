@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
 import broker as broker_fixtures
 import central_helpers
@@ -213,3 +213,57 @@ def test_fleet_shows_the_centrals_own_health(tmp_path, capsys) -> None:
     assert main(["fleet", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["central"]["bad"] == {"bad_field": 2,
                                                                      "too_deep": 1}
+
+
+def write_central_config(path: Path, central: Dict[str, Any], mqtt: Dict[str, Any]) -> Path:
+    from conftest import toml_text
+
+    path.write_text(toml_text({"central": central, "mqtt": mqtt}))
+    return path
+
+
+@pytest.mark.parametrize("central, mqtt, words", [
+    ({"dbx": "c.db"}, {}, "unknown key 'central.dbx' (valid keys: db, webhook"),
+    ({"webhook": "file:///etc/passwd"}, {}, "central.webhook: must be an http:// or https://"),
+    ({"keep_history_days": 0}, {}, "central.keep_history_days: must be > 0"),
+    ({}, {"prot": "5"}, "unknown key 'mqtt.prot'"),
+])
+def test_a_bad_central_config_is_one_line_naming_file_and_key(tmp_path, capsys, central,
+                                                              mqtt, words: str) -> None:
+    cfg = write_central_config(tmp_path / "central.toml", central, mqtt)
+    assert main(["central", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(cfg) in err and words in err
+
+
+@pytest.mark.integration
+def test_central_runs_from_its_config_file_and_fleet_reads_it(broker, tmp_path, capsys,
+                                                              listeners) -> None:
+    db = tmp_path / "from-config.db"
+    cfg = write_central_config(tmp_path / "central.toml",
+                               {"db": str(db), "keep_history_days": 7},
+                               {"host": broker.host, "port": broker.port, "protocol": "5"})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == (f"central: following edgewatch/v1/+ on "
+                                f"mqtt://127.0.0.1:{broker.port} into {db}")
+        pub = listeners(broker, [])
+        pub.wait_connected()
+        alert = make_alert(1, device="cam-a")  # retained: the central gets it once subscribed
+        pub.publish(f"edgewatch/v1/cam-a/alerts/state/{alert['fingerprint']}",
+                    json.dumps(alert), retain=True)
+        wait(lambda: central_helpers.query(db, "SELECT count(*) FROM alerts") == [(1,)],
+             what="alert stored in the configured database")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    assert main(["fleet", "alerts", "--config", str(cfg), "--json"]) == 0
+    assert [r["device"] for r in json.loads(capsys.readouterr().out)] == ["cam-a"]
