@@ -34,6 +34,25 @@ P = "edgewatch/v1"
 REPO = Path(__file__).resolve().parent.parent
 
 
+def start_central(*args: str) -> subprocess.Popen[str]:
+    """``edgewatch central ARGS`` in its own process, with this checkout first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "central", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def terminate(proc: subprocess.Popen[str]) -> int:
+    """SIGTERM, wait, close the pipes; the exit code."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
 def store_message(db: Path, device: str, kind: str, payload: Any) -> None:
     """Put one parsed message into the central database, as the central's writer would."""
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -133,12 +152,8 @@ def test_central_refuses_a_webhook_that_is_not_http(tmp_path, url: str, capsys) 
 def test_central_says_at_once_it_cannot_reach_the_broker_and_keeps_trying(
         broker_factory, tmp_path) -> None:
     later = broker_factory(start=False)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "central", "--broker", later.host, "--port",
-         str(later.port), "--db", str(tmp_path / "c.db"), "--offline-after", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
+    proc = start_central("--broker", later.host, "--port", str(later.port), "--db",
+                         str(tmp_path / "c.db"), "--offline-after", "60")
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -150,11 +165,7 @@ def test_central_says_at_once_it_cannot_reach_the_broker_and_keeps_trying(
             assert line, "central exited"
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        assert terminate(proc) == 0
 
 
 @pytest.mark.integration
@@ -243,10 +254,7 @@ def test_central_runs_from_its_config_file_and_fleet_reads_it(broker, tmp_path, 
     cfg = write_central_config(tmp_path / "central.toml",
                                {"db": str(db), "keep_history_days": 7},
                                {"host": broker.host, "port": broker.port, "protocol": "5"})
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = start_central("--config", str(cfg))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -260,10 +268,6 @@ def test_central_runs_from_its_config_file_and_fleet_reads_it(broker, tmp_path, 
         wait(lambda: central_helpers.query(db, "SELECT count(*) FROM alerts") == [(1,)],
              what="alert stored in the configured database")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        assert terminate(proc) == 0
     assert main(["fleet", "alerts", "--config", str(cfg), "--json"]) == 0
     assert [r["device"] for r in json.loads(capsys.readouterr().out)] == ["cam-a"]
