@@ -35,6 +35,7 @@ def central_factory(tmp_path: Path) -> Iterator:
 
     def make(broker: Any, **kw: Any) -> Central:
         kw.setdefault("keepalive", 5)
+        kw.setdefault("group_wait_s", 0.0)  # notifications at once unless a test groups them
         central = Central(broker.host, broker.port, str(tmp_path / "central.db"), **kw)
         made.append(central)
         central.start()

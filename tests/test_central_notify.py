@@ -141,3 +141,26 @@ def test_redact_keeps_scheme_host_and_port_only() -> None:
     assert redact(f"https://hooks.slack.com:8443/services/{SECRET}?x=1") == \
         "https://hooks.slack.com:8443/…"
     assert check_url("https://hooks.example/x") == "https://hooks.example/x"
+
+
+def test_a_storm_of_devices_going_dark_is_one_webhook_call(broker, tmp_path, central_factory,
+                                                            listeners, webhook) -> None:
+    webhook.fail_first = 0
+    n = 40
+    central = central_factory(broker, webhook=webhook.url, group_wait_s=3.0)
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    for i in range(n):  # first sightings: online, nothing to tell
+        pub.publish(f"{P}/cam-{i:02d}/heartbeat", json.dumps(heartbeat(f"cam-{i:02d}", 1)))
+    wait(lambda: central.status()["heartbeats"] == n, what="every device seen")
+    for i in range(n):  # dusk: every last will at once
+        pub.publish(f"{P}/cam-{i:02d}/status", "offline")
+    [body] = webhook.wait_for(1)
+    wait(lambda: pending(tmp_path / "central.db") == [], what="the group delivered")
+    assert len(webhook.received) == 1
+    assert body["group"] == "device/offline" and body["count"] == n
+    assert body["devices"] == [f"cam-{i:02d}" for i in range(n)]
+    assert body["text"].splitlines()[0].startswith(f"[OFFLINE] {n} devices: cam-00, cam-01")
+    assert "(+20 more)" in body["text"].splitlines()[0]
+    status = central.status()
+    assert (status["webhook_sent"], status["webhook_notifications_sent"]) == (1, n)

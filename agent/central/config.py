@@ -41,6 +41,7 @@ class CentralSection:
     db: str = "edgewatch-central.db"  # the central's SQLite file
     webhook: Optional[str] = None  # http(s) URL for alert and device notifications
     webhook_expire_s: float = 86400.0  # give up on a notification undelivered this long
+    group_wait_s: float = 5.0  # hold notifications so a storm leaves as one call per group
     keep_history_days: float = 30.0  # heartbeats, commands and results older are dropped
     offline_after_s: Optional[float] = None  # default: 3 x the device's heartbeat interval
     share: Optional[str] = None  # MQTT 5 shared-subscription group
@@ -55,6 +56,8 @@ class CentralSection:
             except ConfigError as exc:
                 raise ConfigError(f"central.webhook: {str(exc).replace('--webhook ', '')}"
                                   ) from None
+        if self.group_wait_s < 0:
+            raise ConfigError(f"central.group_wait_s: must be >= 0, got {self.group_wait_s}")
         for key in ("webhook_expire_s", "keep_history_days", "offline_after_s"):
             value = getattr(self, key)
             if value is not None and not value > 0:

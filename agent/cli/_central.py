@@ -97,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "offline/online change here as JSON (Slack-compatible 'text' field)")
     p.add_argument("--webhook-expire", metavar="DURATION", help="give up on a notification "
                    "the webhook has not taken for this long (default: 1d)")
+    p.add_argument("--group-wait", metavar="DURATION", help="hold each notification this long "
+                   "so that a storm of one kind leaves as one webhook call listing the devices "
+                   "(default: 5s; 0 sends at once)")
     p.add_argument("--keep-history", metavar="DURATION", help="drop heartbeats, commands and "
                    "results older than this (default: 30d; alerts are kept)")
     p.add_argument("--share", metavar="GROUP", help="use MQTT 5 shared subscriptions "
@@ -163,11 +166,13 @@ def run_central(args: argparse.Namespace) -> int:
     db = args.db or c.db
     expire = parse_duration(args.webhook_expire) if args.webhook_expire else c.webhook_expire_s
     keep = parse_duration(args.keep_history) if args.keep_history else c.keep_history_days * 86400
+    group_wait = c.group_wait_s if args.group_wait is None else (
+        0.0 if args.group_wait.strip() in ("0", "0s") else parse_duration(args.group_wait))
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
                       webhook=args.webhook or c.webhook, share=args.share or c.share,
                       offline_after=args.offline_after or c.offline_after_s,
-                      notify_expire_s=expire, keep_history_s=keep,
+                      notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
