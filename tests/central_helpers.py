@@ -8,14 +8,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
 from agent.central import Central
 
 
-def query(db: Path, sql: str, *args: Any) -> List[tuple]:
+def query(db: Path, sql: str, *args: Any) -> List[Tuple[Any, ...]]:
     """Rows of ``sql`` on the SQLite file ``db``."""
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, args).fetchall()
@@ -29,7 +29,7 @@ def heartbeat(device: str, seq: int, interval: float = 30.0) -> Dict[str, Any]:
 
 
 @pytest.fixture
-def central_factory(tmp_path: Path) -> Iterator:
+def central_factory(tmp_path: Path) -> Iterator[Callable[..., Central]]:
     """``make(broker, **kw)``: a started Central on ``tmp_path/central.db``, subscribed."""
     made: List[Central] = []
 
@@ -81,7 +81,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webhook() -> Iterator[type]:
+def webhook() -> Iterator[type[Hook]]:
     """A local HTTP receiver; ``webhook.url``, ``.received``, ``.fail_first`` (default 1)."""
     Hook.received, Hook.fail_first, Hook.attempts = [], 1, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
