@@ -36,7 +36,7 @@ test: install broker
 
 lint: install
 	$(BIN)/ruff check agent tests bench
-	$(BIN)/mypy agent
+	$(BIN)/mypy --strict agent
 
 bench: install broker
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,60 +1,39 @@
 """Alert lifecycle, like Alertmanager's: pending, firing, repeat, resolved.
 
-Detectors (drift, rules, health) hand :class:`Observation` values to an
-:class:`AlertManager`, which applies ``for`` durations (persistence), hysteresis
-(``clear`` must hold for ``clear_for_s`` before resolving), one fingerprint per kind,
-camera and feature, repeat notifications, inhibition of drift while a camera fault is
-firing, and the operator's controls: acknowledge, snooze, disable/enable, thresholds.
+Detectors (drift, rules, health) hand :class:`~agent.records.Observation` values, one per
+metric checked, breach or not, to an :class:`AlertManager`, which applies ``for`` durations
+(persistence), hysteresis (``clear`` must hold for ``clear_for_s`` before resolving), one
+fingerprint per kind, camera and feature, repeat notifications, inhibition of drift while a
+camera fault is firing, and the operator's controls: acknowledge, snooze, disable/enable,
+thresholds.
 
-Every transition becomes one alert record (see README) passed to ``emit``; the service
-sends it to SQLite and MQTT. The manager does no I/O and reads no clock: ``now`` is
-passed in, so replays with synthetic time behave exactly as live.
+Every transition becomes one :class:`~agent.records.AlertTransition` passed to ``emit``; the
+service stores ``to_dict()`` of it in SQLite and sends it over MQTT. The manager does no I/O
+and reads no clock: ``now`` is passed in, so replays with synthetic time behave exactly as live.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import CommandError
+from .records import KINDS, SCHEMA, SEVERITIES, AlertTransition, Observation
+
+__all__ = ["INHIBITED_BY_CAMERA_FAULT", "KINDS", "SCHEMA", "SEVERITIES", "AlertManager",
+           "AlertTransition", "Observation", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("data_drift", "prediction_drift", "camera_fault", "anomaly", "performance",
-         "device_health")
-SEVERITIES = ("warning", "critical")
 INHIBITED_BY_CAMERA_FAULT = ("data_drift", "prediction_drift", "anomaly")
-SCHEMA = 1
 
-
-@dataclass(frozen=True)
-class Observation:
-    """One detector's verdict on one feature at one evaluation."""
-
-    kind: str
-    feature: str
-    metric: str
-    value: float
-    threshold: float
-    breach: bool
-    clear: bool
-    summary: str
-    severity: str = "warning"
-    for_s: float = 0.0
-    clear_for_s: float = 0.0
-    expected: Dict[str, Any] = field(default_factory=dict)
-    observed: Dict[str, Any] = field(default_factory=dict)
-    window: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"alert kind {self.kind!r}: one of {', '.join(KINDS)}")
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"severity {self.severity!r}: one of {', '.join(SEVERITIES)}")
+PersistControl = Callable[[str, str, Optional[float], Optional[float]], None]
+_Key = Tuple[str, str]  # (kind, feature): one tracked condition per manager (one camera)
 
 
 def fingerprint(kind: str, camera: str, feature: str) -> str:
@@ -62,7 +41,7 @@ def fingerprint(kind: str, camera: str, feature: str) -> str:
     return hashlib.sha1(f"{kind}|{camera}|{feature}".encode()).hexdigest()[:16]
 
 
-def format_duration(seconds: float) -> str:
+def _format_duration(seconds: float) -> str:
     """Human duration: ``45 s``, ``10 min``, ``2.5 h``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -72,13 +51,17 @@ def format_duration(seconds: float) -> str:
 
 
 @dataclass
-class _Tracked:
-    fp: str
-    pending_since: Optional[float] = None
+class _Firing:
+    """A firing alert: its current record and the timers of its notifications."""
+
+    record: AlertTransition
     clear_since: Optional[float] = None
-    record: Optional[Dict[str, Any]] = None  # set while firing
     last_notified: float = 0.0
     notified_firing: bool = False
+
+
+def _no_persist(kind: str, target: str, until: Optional[float], value: Optional[float]) -> None:
+    """Controls kept in memory only (tests, benchmarks)."""
 
 
 class AlertManager:
@@ -89,35 +72,44 @@ class AlertManager:
         *,
         device: str,
         camera: str,
-        model: Dict[str, Any],
-        emit: Callable[[Dict[str, Any]], None],
+        model: Mapping[str, Any],
+        emit: Callable[[AlertTransition], None],
         repeat_interval_s: float = 3600.0,
-        persist_control: Optional[Callable[[str, str, Optional[float], Optional[float]], None]] = None,
+        persist_control: Optional[PersistControl] = None,
     ) -> None:
         self.device = device
         self.camera = camera
-        self.model = model
+        self.model: Dict[str, Optional[str]] = {k: model.get(k) for k in ("path", "sha256")}
         self._emit = emit
         self.repeat_interval_s = repeat_interval_s
-        self._persist = persist_control or (lambda kind, target, until, value: None)
-        self._tracked: Dict[str, _Tracked] = {}
+        self._persist: PersistControl = persist_control or _no_persist
+        self._pending: Dict[_Key, float] = {}  # condition -> breaching since
+        self._firing: Dict[_Key, _Firing] = {}
         self._seq = 0
         self._snoozed: Dict[str, float] = {}
         self._acked: set[str] = set()
         self._disabled: set[str] = set()
         self._thresholds: Dict[str, float] = {}
-        # Features known to the detectors; the monitor fills it so controls can be checked.
-        self.known_features: frozenset = frozenset()
+        self._known: frozenset[str] = frozenset()
+
+    def declare_features(self, features: Iterable[str]) -> None:
+        """The features the detectors report, so that controls naming others are refused."""
+        self._known = frozenset(features)
+
+    @property
+    def known_features(self) -> frozenset[str]:
+        """Features a control may name (empty: any name is accepted)."""
+        return self._known
 
     # ---- state restored from SQLite -------------------------------------------------
-    def restore(self, open_alerts: Iterable[Dict[str, Any]], controls: Iterable[Dict[str, Any]],
-                seq: int) -> None:
+    def restore(self, open_alerts: Iterable[Mapping[str, Any]],
+                controls: Iterable[Mapping[str, Any]], seq: int) -> None:
         """Reload firing alerts, controls and the sequence number after a restart."""
         self._seq = max(self._seq, int(seq))
-        for rec in open_alerts:
-            t = _Tracked(fp=rec["fingerprint"], pending_since=rec.get("starts_at"), record=dict(rec),
-                         last_notified=float(rec.get("ts") or 0.0), notified_firing=True)
-            self._tracked[t.fp] = t
+        for data in open_alerts:
+            rec = AlertTransition.from_dict(data)
+            self._firing[(rec.kind, rec.feature)] = _Firing(
+                record=rec, last_notified=rec.ts, notified_firing=True)
         for row in controls:
             kind, target = row["kind"], row["target"]
             if kind == "snooze":
@@ -135,9 +127,13 @@ class AlertManager:
         """Sequence number of the last transition emitted."""
         return self._seq
 
-    def open_alerts(self) -> List[Dict[str, Any]]:
+    def open_alerts(self) -> List[AlertTransition]:
         """Records of the alerts firing now."""
-        return [dict(t.record) for t in self._tracked.values() if t.record is not None]
+        return [f.record for f in self._firing.values()]
+
+    def pending(self) -> Dict[Tuple[str, str], float]:
+        """Conditions breaching but not yet firing: (kind, feature) -> since."""
+        return dict(self._pending)
 
     def camera_fault_firing(self) -> bool:
         """True while a critical camera fault is firing (drift alerts are inhibited then).
@@ -145,8 +141,8 @@ class AlertManager:
         A warning-level fault (blur) does not inhibit: the model may still be degraded by
         it, and the operator should hear about the predictions too.
         """
-        return any(t.record is not None and t.record["kind"] == "camera_fault"
-                   and t.record["severity"] == "critical" for t in self._tracked.values())
+        return any(f.record.kind == "camera_fault" and f.record.severity == "critical"
+                   for f in self._firing.values())
 
     def threshold_override(self, feature: str, metric: str = "") -> Optional[float]:
         """A threshold set at run time for ``feature`` (or ``feature:metric``), if any."""
@@ -162,154 +158,132 @@ class AlertManager:
                 "disabled": sorted(self._disabled), "thresholds": dict(self._thresholds)}
 
     # ---- evaluation -----------------------------------------------------------------
-    def update(self, observations: Iterable[Observation], now: float) -> List[Dict[str, Any]]:
+    def update(self, observations: Iterable[Observation], now: float) -> List[AlertTransition]:
         """Apply one evaluation's observations; returns the transitions emitted."""
-        out: List[Dict[str, Any]] = []
+        out: List[AlertTransition] = []
         inhibit = self.camera_fault_firing()
         for obs in observations:
-            fp = fingerprint(obs.kind, self.camera, obs.feature)
             if self.is_disabled(obs.kind, obs.feature):
                 continue
-            t = self._tracked.setdefault(fp, _Tracked(fp=fp))
-            if t.record is None:
-                if obs.breach and not (inhibit and obs.kind in INHIBITED_BY_CAMERA_FAULT):
-                    if t.pending_since is None:
-                        t.pending_since = now
-                    if now - t.pending_since >= obs.for_s:
-                        out.append(self._fire(t, obs, now))
-                elif obs.clear or not obs.breach:
-                    t.pending_since = None
-                if t.record is None and t.pending_since is None:
-                    del self._tracked[fp]
-                continue
-            # firing: update what is observed, resolve after clear_for_s of clear
-            t.record.update(value=float(obs.value), observed=obs.observed, window=obs.window)
-            if obs.clear:
-                t.clear_since = t.clear_since if t.clear_since is not None else now
-                if now - t.clear_since >= obs.clear_for_s:
-                    out.append(self._resolve(t, now, obs.summary))
-                    continue
+            key = (obs.kind, obs.feature)
+            firing = self._firing.get(key)
+            if firing is not None:
+                out.extend(self._update_firing(key, firing, obs, now))
+            elif obs.breach:
+                if inhibit and obs.kind in INHIBITED_BY_CAMERA_FAULT:
+                    continue  # neither starts nor resets the wait
+                since = self._pending.setdefault(key, now)
+                if now - since >= obs.for_s:
+                    del self._pending[key]
+                    out.append(self._fire(key, obs, since, now))
             else:
-                t.clear_since = None
-            out.extend(self._maybe_notify(t, now, obs.summary))
+                self._pending.pop(key, None)
         for rec in out:
             self._emit(rec)
         return out
 
-    def tick(self, now: float) -> List[Dict[str, Any]]:
+    def _update_firing(self, key: _Key, firing: _Firing, obs: Observation,
+                       now: float) -> List[AlertTransition]:
+        """Update what is observed; resolve after ``clear_for_s`` of clear."""
+        firing.record = dataclasses.replace(firing.record, value=float(obs.value),
+                                            observed=obs.observed, window=obs.window)
+        if obs.clear:
+            if firing.clear_since is None:
+                firing.clear_since = now
+            if now - firing.clear_since >= obs.clear_for_s:
+                return [self._resolve(key, now, obs.summary)]
+        else:
+            firing.clear_since = None
+        return self._maybe_notify(firing, now)
+
+    def tick(self, now: float) -> List[AlertTransition]:
         """Time-driven notifications without new observations (snooze ends, repeats)."""
-        out: List[Dict[str, Any]] = []
-        for t in list(self._tracked.values()):
-            if t.record is not None:
-                out.extend(self._maybe_notify(t, now, t.record["message"]))
+        out: List[AlertTransition] = []
+        for firing in list(self._firing.values()):
+            out.extend(self._maybe_notify(firing, now))
         for rec in out:
             self._emit(rec)
         return out
 
-    def _snoozed_until(self, rec: Dict[str, Any], now: float) -> Optional[float]:
-        for key in (rec["fingerprint"], rec["id"], rec["kind"], rec["feature"]):
+    def _snoozed_until(self, rec: AlertTransition, now: float) -> Optional[float]:
+        for key in (rec.fingerprint, rec.id, rec.kind, rec.feature):
             until = self._snoozed.get(key)
             if until is not None and until > now:
                 return until
         return None
 
-    def _maybe_notify(self, t: _Tracked, now: float, summary: str) -> List[Dict[str, Any]]:
-        rec = t.record
-        assert rec is not None
-        rec["snoozed_until"] = self._snoozed_until(rec, now)
-        if rec["snoozed_until"] is not None:
+    def _maybe_notify(self, firing: _Firing, now: float) -> List[AlertTransition]:
+        rec = firing.record
+        until = self._snoozed_until(rec, now)
+        if until != rec.snoozed_until:
+            firing.record = rec = dataclasses.replace(rec, snoozed_until=until)
+        if until is not None:
             return []
-        if not t.notified_firing:
-            return [self._transition(t, "firing", now)]
-        if rec["acknowledged"]:
+        if not firing.notified_firing:
+            return [self._transition(firing, "firing", now)]
+        if rec.acknowledged:
             return []
-        if now - t.last_notified >= self.repeat_interval_s:
-            return [self._transition(t, "repeat", now)]
+        if now - firing.last_notified >= self.repeat_interval_s:
+            return [self._transition(firing, "repeat", now)]
         return []
 
-    def _fire(self, t: _Tracked, obs: Observation, now: float) -> Dict[str, Any]:
-        since = t.pending_since if t.pending_since is not None else now
-        window = dict(obs.window)
-        span = float(window.get("end", now)) - float(window.get("start", since))
-        frames = window.get("frames")
-        timeframe = f" over {format_duration(max(span, 0.0))}"
-        if frames:
-            timeframe += f" ({int(frames):,} frames)"
+    def _fire(self, key: _Key, obs: Observation, since: float, now: float) -> AlertTransition:
+        window = obs.window
+        span = window.end - window.start
+        timeframe = f" over {_format_duration(max(span, 0.0))}"
+        if window.frames:
+            timeframe += f" ({window.frames:,} frames)"
         timeframe += " since " + time.strftime("%H:%M:%S", time.localtime(since))
-        t.record = {
-            "schema": SCHEMA,
-            "id": uuid.uuid4().hex,
-            "fingerprint": t.fp,
-            "seq": 0,
-            "transition": "firing",
-            "state": "firing",
-            "ts": now,
-            "starts_at": since,
-            "ends_at": None,
-            "device": self.device,
-            "camera": self.camera,
-            "kind": obs.kind,
-            "severity": obs.severity,
-            "feature": obs.feature,
-            "metric": obs.metric,
-            "value": float(obs.value),
-            "threshold": float(obs.threshold),
-            "expected": obs.expected,
-            "observed": obs.observed,
-            "window": window,
-            "model": {"path": self.model.get("path"), "sha256": self.model.get("sha256")},
-            "message": obs.summary + timeframe,
-            "acknowledged": t.fp in self._acked,
-            "snoozed_until": None,
-        }
-        t.clear_since = None
-        t.notified_firing = False
-        notes = self._maybe_notify(t, now, obs.summary)
+        fp = fingerprint(obs.kind, self.camera, obs.feature)
+        record = AlertTransition(
+            id=uuid.uuid4().hex, fingerprint=fp, seq=0, transition="firing", state="firing",
+            ts=now, starts_at=since, ends_at=None, device=self.device, camera=self.camera,
+            kind=obs.kind, severity=obs.severity, feature=obs.feature, metric=obs.metric,
+            value=float(obs.value), threshold=float(obs.threshold), expected=obs.expected,
+            observed=obs.observed, window=window, model=dict(self.model),
+            message=obs.summary + timeframe, acknowledged=fp in self._acked, snoozed_until=None)
+        firing = self._firing[key] = _Firing(record=record)
+        notes = self._maybe_notify(firing, now)
         if notes:
             return notes[0]
         # snoozed: the alert is tracked and stored, but not notified yet
-        return self._transition(t, "firing", now, notify=False)
+        return self._transition(firing, "firing", now, notify=False)
 
-    def _resolve(self, t: _Tracked, now: float, summary: str) -> Dict[str, Any]:
-        rec = t.record
-        assert rec is not None
-        rec["state"] = "resolved"
-        rec["ends_at"] = now
-        rec["message"] = f"resolved: {rec['message']} (now: {summary})"
-        out = self._transition(t, "resolved", now)
-        self._acked.discard(t.fp)
-        self._persist("ack", t.fp, None, None)
-        del self._tracked[t.fp]
-        return out
+    def _resolve(self, key: _Key, now: float, summary: str) -> AlertTransition:
+        firing = self._firing.pop(key)
+        rec = firing.record
+        firing.record = dataclasses.replace(
+            rec, state="resolved", ends_at=now, message=f"resolved: {rec.message} (now: {summary})")
+        self._acked.discard(rec.fingerprint)
+        self._persist("ack", rec.fingerprint, None, None)
+        return self._transition(firing, "resolved", now)
 
-    def _transition(self, t: _Tracked, kind: str, now: float, notify: bool = True) -> Dict[str, Any]:
-        rec = t.record
-        assert rec is not None
+    def _transition(self, firing: _Firing, kind: str, now: float,
+                    notify: bool = True) -> AlertTransition:
         self._seq += 1
-        rec.update(seq=self._seq, transition=kind, ts=now)
+        firing.record = dataclasses.replace(firing.record, seq=self._seq, transition=kind, ts=now,
+                                            notify=notify)
         if notify:
-            t.last_notified = now
-            t.notified_firing = True
-        out = dict(rec)
-        out["notify"] = notify
-        return out
+            firing.last_notified = now
+            firing.notified_firing = True
+        return firing.record
 
     # ---- operator controls (the API behind the CLI and MQTT commands) -----------------
-    def _find(self, alert: str) -> _Tracked:
-        for t in self._tracked.values():
-            if t.record is not None and alert in (t.fp, t.record["id"]):
-                return t
+    def _find(self, alert: str) -> Tuple[_Key, _Firing]:
+        for key, firing in self._firing.items():
+            if alert in (firing.record.fingerprint, firing.record.id):
+                return key, firing
         raise CommandError(f"no firing alert with id or fingerprint {alert!r} "
                            "(see edgewatch alerts list)")
 
     def ack(self, alert: str) -> Dict[str, Any]:
         """Acknowledge a firing alert: no repeats until it resolves."""
-        t = self._find(alert)
-        assert t.record is not None
-        self._acked.add(t.fp)
-        t.record["acknowledged"] = True
-        self._persist("ack", t.fp, None, 1.0)
-        return {"acknowledged": t.record["id"], "fingerprint": t.fp}
+        _, firing = self._find(alert)
+        fp = firing.record.fingerprint
+        self._acked.add(fp)
+        firing.record = dataclasses.replace(firing.record, acknowledged=True)
+        self._persist("ack", fp, None, 1.0)
+        return {"acknowledged": firing.record.id, "fingerprint": fp}
 
     def snooze(self, target: str, until: float) -> Dict[str, Any]:
         """Silence notifications for an alert, kind or feature until a time."""
@@ -319,22 +293,21 @@ class AlertManager:
         return {"snoozed": target, "until": float(until)}
 
     def disable(self, target: str, now: float) -> Dict[str, Any]:
-        """Disable a kind or a feature; alerts firing for it resolve."""
+        """Disable a kind or a feature: alerts firing for it resolve, pending ones are dropped."""
         self._check_kind_or_feature(target)
         self._disabled.add(target)
         self._persist("disable", target, None, 1.0)
         resolved = []
-        for t in list(self._tracked.values()):
-            rec = t.record
-            if rec is not None and target in (rec["kind"], rec["feature"]):
-                self._emit(self._resolve(t, now, "disabled by operator"))
-                resolved.append(rec["id"])
-            elif rec is None and target in t.fp:
-                del self._tracked[t.fp]
+        for key in [k for k in self._firing if target in k]:
+            rec = self._resolve(key, now, "disabled by operator")
+            self._emit(rec)
+            resolved.append(rec.id)
+        for key in [k for k in self._pending if target in k]:
+            del self._pending[key]
         return {"disabled": target, "resolved": resolved}
 
     def enable(self, target: str) -> Dict[str, Any]:
-        """Enable a kind or a feature again."""
+        """Enable a kind or a feature again (a condition waits its full ``for`` again)."""
         if target not in self._disabled:
             raise CommandError(f"{target!r} is not disabled (disabled: {sorted(self._disabled)})")
         self._disabled.discard(target)
@@ -352,16 +325,14 @@ class AlertManager:
         return {"feature": feature, "metric": metric or None, "threshold": float(value)}
 
     def _check_kind_or_feature(self, target: str) -> None:
-        if target in KINDS or not self.known_features or target in self.known_features:
+        if target in KINDS or not self._known or target in self._known:
             return
         raise CommandError(f"unknown kind or feature {target!r} (kinds: {', '.join(KINDS)}; "
-                           f"features: {', '.join(sorted(self.known_features))})")
+                           f"features: {', '.join(sorted(self._known))})")
 
     def _control_target(self, target: str) -> str:
-        for t in self._tracked.values():
-            if t.record is not None and target == t.record["id"]:
-                return t.fp
-        if any(target == t.fp for t in self._tracked.values()):
-            return target
+        for firing in self._firing.values():
+            if target in (firing.record.id, firing.record.fingerprint):
+                return firing.record.fingerprint
         self._check_kind_or_feature(target)
         return target

@@ -1,4 +1,4 @@
-"""Run-time commands (from MQTT ``cmd/<verb>`` or the CLI): validate, dispatch, answer.
+"""Run-time commands (MQTT ``cmd/<verb>``, the control socket): validate, dispatch, answer.
 
 A command is a JSON object with a request ``id`` and the verb's fields::
 
@@ -188,7 +188,7 @@ def handle_command(verb: str, payload: bytes, api: ControlAPI, *, max_bytes: int
 def make_command_handler(api: ControlAPI, *, max_bytes: int = 65536,
                          clock: Callable[[], float] = time.time
                          ) -> Callable[[str, bytes], Dict[str, Any]]:
-    """The ``command_handler`` for :class:`agent.mqtt.MqttLink`, bound to ``api``."""
+    """``handle_command`` bound to ``api`` (only tests/test_central.py still uses it)."""
 
     def handler(verb: str, payload: bytes) -> Dict[str, Any]:
         return handle_command(verb, payload, api, max_bytes=max_bytes, clock=clock)

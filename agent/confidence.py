@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
+from .boxes import fast_nms, ssd_anchors
 from .errors import ModelError
+
+Array = npt.NDArray[Any]
 
 CONFIDENCE_FEATURES: tuple[str, ...] = (
     "top_score",
@@ -42,6 +46,19 @@ CONFIDENCE_FEATURES: tuple[str, ...] = (
     "box_area_std",
     "pred_class",
 )
+
+# Positions in the confidence row, named: the decoders write them by name.
+_TOP_SCORE = CONFIDENCE_FEATURES.index("top_score")
+_MARGIN = CONFIDENCE_FEATURES.index("margin")
+_SCORE_ENTROPY = CONFIDENCE_FEATURES.index("score_entropy")
+_DET_COUNT = CONFIDENCE_FEATURES.index("det_count")
+_MEAN_SCORE = CONFIDENCE_FEATURES.index("mean_score")
+_LOW_CONF_FRAC = CONFIDENCE_FEATURES.index("low_conf_frac")
+_BOX_AREA_MEAN = CONFIDENCE_FEATURES.index("box_area_mean")
+_BOX_AREA_STD = CONFIDENCE_FEATURES.index("box_area_std")
+_PRED_CLASS = CONFIDENCE_FEATURES.index("pred_class")
+# Features without meaning when nothing is detected.
+_NO_DETECTION = (_SCORE_ENTROPY, _MEAN_SCORE, _BOX_AREA_MEAN, _BOX_AREA_STD, _PRED_CLASS)
 
 CONFIDENCE_SPECS: tuple[tuple[str, str, str], ...] = (
     ("top_score", "highest class probability / candidate score", "0-1"),
@@ -117,41 +134,6 @@ def detect_kind(infos: Sequence[OutputInfo]) -> str:
     return "generic"
 
 
-def ssd_anchors(input_size: int = 128, strides: Sequence[int] = (8, 16, 16, 16),
-                per_layer: int = 2) -> np.ndarray:
-    """Normalised (cx, cy) anchor centres of a MediaPipe SSD anchor grid (BlazeFace: 896)."""
-    centres = []
-    i = 0
-    while i < len(strides):
-        j = i
-        while j < len(strides) and strides[j] == strides[i]:
-            j += 1
-        fm = int(math.ceil(input_size / strides[i]))
-        ys, xs = np.mgrid[0:fm, 0:fm]
-        grid = np.stack([(xs + 0.5) / fm, (ys + 0.5) / fm], axis=-1).reshape(-1, 1, 2)
-        centres.append(np.repeat(grid, per_layer * (j - i), axis=1).reshape(-1, 2))
-        i = j
-    return np.concatenate(centres).astype(np.float32)
-
-
-def fast_nms(boxes: np.ndarray, iou: float) -> np.ndarray:
-    """Keep-mask for x1, y1, x2, y2 boxes sorted by descending score (YOLACT's fast NMS)."""
-    k = len(boxes)
-    if k < 2:
-        return np.ones(k, bool)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    iw = np.maximum(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0)
-    ih = np.maximum(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0)
-    inter = iw * ih
-    ious = inter / np.maximum(area[:, None] + area - inter, 1e-12)
-    return np.triu(ious, 1).max(axis=0) <= iou
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
-
-
 def _logit(p: float) -> float:
     p = min(max(p, 1e-12), 1.0 - 1e-12)
     return math.log(p / (1.0 - p))
@@ -172,7 +154,7 @@ class Decoder:
             np.empty(i.shape, np.float32) if i.scale > 0 else None for i in self.infos
         ]
 
-    def _float(self, outputs: Sequence[np.ndarray], i: int) -> np.ndarray:
+    def _float(self, outputs: Sequence[Array], i: int) -> Array:
         """Output i as float32, dequantised into preallocated scratch when quantised."""
         s = self._scratch[i]
         arr = outputs[i]
@@ -184,41 +166,46 @@ class Decoder:
         s *= info.scale
         return s
 
-    def _check(self, outputs: Sequence[np.ndarray]) -> None:
+    def _check(self, outputs: Sequence[Array]) -> None:
         if len(outputs) != len(self.infos):
             raise ModelError(
                 f"{self.kind} decoder expected {len(self.infos)} outputs, got {len(outputs)} "
                 "(pass every output tensor, in interpreter order)"
             )
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
-        """Write the CONFIDENCE_FEATURES values for one frame into ``out``."""
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
+        """Write the CONFIDENCE_FEATURES values for one frame into ``out``.
+
+        Returns False, leaving ``out`` to the caller, when the outputs hold NaN or infinite
+        values (a broken model or delegate): the frame's confidence is then unknown.
+        """
         raise NotImplementedError
 
-    def _detections(self, out: np.ndarray, top: float, n_above_low: int, n_hi: int,
+    def _detections(self, out: Array, top: float, n_above_low: int, n_hi: int,
                     scores: list[float], areas: list[float], classes: list[int] | None,
-                    class_hist: np.ndarray | None) -> None:
+                    class_hist: Array | None) -> None:
         """Shared detection summary over the kept detections (plain floats: usually few)."""
         k = len(scores)
-        out[0] = top
-        out[1] = top - self.score_threshold
-        out[3] = k
-        out[5] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
+        out[_TOP_SCORE] = top
+        out[_MARGIN] = top - self.score_threshold
+        out[_DET_COUNT] = k
+        out[_LOW_CONF_FRAC] = (n_above_low - n_hi) / n_above_low if n_above_low else 0.0
         if k == 0:
-            out[2] = out[4] = out[6] = out[7] = out[8] = _NAN
+            for i in _NO_DETECTION:
+                out[i] = _NAN
             return
         ent = 0.0
         for s in scores:
             p = min(max(s, 1e-12), 1.0 - 1e-12)
             ent -= p * math.log(p) + (1.0 - p) * math.log(1.0 - p)
-        out[2] = ent / (k * _LN2)
-        out[4] = sum(scores) / k
+        out[_SCORE_ENTROPY] = ent / (k * _LN2)
+        out[_MEAN_SCORE] = sum(scores) / k
         a_mu = sum(areas) / k
-        out[6] = a_mu
-        out[7] = math.sqrt(max(sum(a * a for a in areas) / k - a_mu * a_mu, 0.0))
+        out[_BOX_AREA_MEAN] = a_mu
+        out[_BOX_AREA_STD] = math.sqrt(max(sum(a * a for a in areas) / k - a_mu * a_mu, 0.0))
         best = max(range(k), key=scores.__getitem__)
-        out[8] = 0.0 if classes is None else classes[best]
+        out[_PRED_CLASS] = 0.0 if classes is None else classes[best]
         if class_hist is not None:
             n = len(class_hist)
             if classes is None:
@@ -242,12 +229,14 @@ class ClassificationDecoder(Decoder):
         self._tmp = np.empty(c, np.float64)
         self._log_c = math.log(c)
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Write top_score, margin, entropy, pred_class (and low_conf_frac) into ``out``."""
         p, tmp = self._p, self._tmp
         np.copyto(p, self._float(outputs, 0).reshape(-1))
         total = p.sum()
+        if not math.isfinite(total):
+            return False
         if p.min() >= 0.0 and p.max() <= 1.0001 and 0.9 < total < 1.1:
             p /= total
         else:  # logits
@@ -261,16 +250,17 @@ class ClassificationDecoder(Decoder):
         p[idx] = top1
         np.maximum(p, 1e-300, out=tmp)
         np.log(tmp, out=tmp)
-        out[0] = top1
-        out[1] = top1 - top2
-        out[2] = -float(np.dot(p, tmp)) / self._log_c
-        out[3] = _NAN
-        out[4] = _NAN
-        out[5] = 1.0 if top1 < self.score_threshold else 0.0
-        out[6] = out[7] = _NAN
-        out[8] = idx
+        out[_TOP_SCORE] = top1
+        out[_MARGIN] = top1 - top2
+        out[_SCORE_ENTROPY] = -float(np.dot(p, tmp)) / self._log_c
+        out[_DET_COUNT] = _NAN
+        out[_MEAN_SCORE] = _NAN
+        out[_LOW_CONF_FRAC] = 1.0 if top1 < self.score_threshold else 0.0
+        out[_BOX_AREA_MEAN] = out[_BOX_AREA_STD] = _NAN
+        out[_PRED_CLASS] = idx
         if class_hist is not None and idx < len(class_hist):
             class_hist[idx] += 1
+        return True
 
 
 class SSDDecoder(Decoder):
@@ -296,7 +286,7 @@ class SSDDecoder(Decoder):
                 self._pair = (by_suffix["1"], by_suffix["2"])
         self._rest = (rest[0], rest[1])
 
-    def _resolve(self, a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+    def _resolve(self, a: Array, b: Array) -> tuple[int, int] | None:
         """Tell classes from scores by value: classes are integers, scores are not."""
         ia = bool(np.all(a == np.round(a)))
         ib = bool(np.all(b == np.round(b)))
@@ -306,11 +296,14 @@ class SSDDecoder(Decoder):
             return (self._rest[1], self._rest[0])
         return None
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Summarise the post-processed detections of one frame into ``out``."""
         self._check(outputs)
-        n = int(np.asarray(self._float(outputs, self._count)).reshape(-1)[0])
+        count = float(np.asarray(self._float(outputs, self._count)).reshape(-1)[0])
+        if not math.isfinite(count):
+            return False
+        n = int(count)
         pair = self._pair
         if pair is None:
             a = self._float(outputs, self._rest[0]).reshape(-1)[:n]
@@ -323,6 +316,8 @@ class SSDDecoder(Decoder):
         classes = self._float(outputs, pair[0]).reshape(-1)[:n]
         scores = self._float(outputs, pair[1]).reshape(-1)[:n]
         boxes = self._float(outputs, self._boxes).reshape(-1, 4)[:n]
+        if not math.isfinite(float(scores.sum() + classes.sum() + boxes.sum())):
+            return False
         n = min(n, len(scores))
         top = float(scores.max()) if n else 0.0
         n_above_low = int(np.count_nonzero(scores >= self.low_conf))
@@ -332,6 +327,7 @@ class SSDDecoder(Decoder):
         areas = np.clip(kb[:, 2] - kb[:, 0], 0, 1) * np.clip(kb[:, 3] - kb[:, 1], 0, 1)
         self._detections(out, top, n_above_low, n_hi, scores[keep].tolist(), areas.tolist(),
                          classes[keep].astype(np.intp).tolist(), class_hist)
+        return True
 
 
 class YoloDecoder(Decoder):
@@ -353,8 +349,8 @@ class YoloDecoder(Decoder):
         self._iou = nms_iou
         self._cap = max_candidates
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Summarise the frame's candidates (after fast NMS) into ``out``."""
         x = self._float(outputs, 0)[0]
         if self._channels_first:
@@ -363,7 +359,9 @@ class YoloDecoder(Decoder):
         else:
             np.max(x[:, 4:], axis=1, out=self._best)
         best, mask = self._best, self._mask
-        top = float(best.max())
+        top = float(best.max())  # NaN when any score is NaN
+        if not math.isfinite(top):
+            return False
         np.greater_equal(best, self.low_conf, out=mask)
         n_above_low = int(np.count_nonzero(mask))
         np.greater_equal(best, self.score_threshold, out=mask)
@@ -373,6 +371,8 @@ class YoloDecoder(Decoder):
             idx = idx[np.argpartition(best[idx], -self._cap)[-self._cap:]]
         idx = idx[np.argsort(-best[idx])]
         rows = np.asarray(x[idx], np.float64)
+        if not math.isfinite(float(rows.sum())):
+            return False
         scores = best[idx]
         classes = rows[:, 4:].argmax(axis=1)
         cx, cy, w, h = rows[:, 0], rows[:, 1], np.abs(rows[:, 2]), np.abs(rows[:, 3])
@@ -384,6 +384,7 @@ class YoloDecoder(Decoder):
         areas = np.clip(w, 0, 1) * np.clip(h, 0, 1)
         self._detections(out, top, n_above_low, n_hi, scores[keep].tolist(),
                          areas[keep].tolist(), classes[keep].tolist(), class_hist)
+        return True
 
 
 class AnchorDecoder(Decoder):
@@ -393,7 +394,7 @@ class AnchorDecoder(Decoder):
 
     def __init__(self, infos: Sequence[OutputInfo], score_threshold: float, low_conf: float,
                  num_classes: int | None = None, input_size: tuple[int, int] = (128, 128),
-                 anchors: np.ndarray | None = None, nms_iou: float = 0.3,
+                 anchors: Array | None = None, nms_iou: float = 0.3,
                  max_candidates: int = 32) -> None:
         super().__init__(infos, score_threshold, low_conf, num_classes or 1)
         self._scores = next(i for i, inf in enumerate(infos) if inf.shape[-1] == 1)
@@ -414,11 +415,15 @@ class AnchorDecoder(Decoder):
         self._iou = nms_iou
         self._cap = max_candidates
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Summarise the frame's anchors (thresholded on logits, then fast NMS) into ``out``."""
         self._check(outputs)
         logits = self._float(outputs, self._scores).reshape(-1)
+        # NaN never clears low_conf and would hide among the low scores: look for it (and
+        # inf) with a dot product, where both propagate, at a third of a reduction's cost.
+        if not math.isfinite(logits.dot(logits)):
+            return False
         # Most anchors are far below low_conf: find the few above it first and work on
         # those as plain floats; the sigmoid is only ever taken of the kept scores.
         idx = np.flatnonzero(logits >= self._low)
@@ -432,7 +437,7 @@ class AnchorDecoder(Decoder):
         thr_l = self._thr
         if top_logit < thr_l:
             self._detections(out, top, n_above_low, 0, [], [], None, class_hist)
-            return
+            return True
         if n_above_low > 4 * self._cap:
             idx = np.flatnonzero(logits >= thr_l)
             if len(idx) > self._cap:
@@ -446,9 +451,21 @@ class AnchorDecoder(Decoder):
             order.sort(key=lg.__getitem__, reverse=True)
             del order[self._cap:]
         regs = self._float(outputs, self._regs)[0][idx, :4].tolist()
+        kept = self._nms(order, lg, regs, idx.tolist())
+        if kept is None:
+            return False
+        scores, areas = kept
+        self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
+        return True
+
+    def _nms(self, order: list[int], lg: list[float], regs: list[list[float]],
+             il: list[int]) -> tuple[list[float], list[float]] | None:
+        """Greedy NMS of the ordered candidates in plain floats: their scores and box areas.
+
+        None when a candidate's box holds NaN or inf.
+        """
         sw, sh = self._size
         anchors = self._anchor_px
-        il = idx.tolist()
         scores: list[float] = []
         areas: list[float] = []
         boxes: list[tuple[float, float, float, float, float]] = []
@@ -456,6 +473,8 @@ class AnchorDecoder(Decoder):
         thr = self._iou
         for i in order:  # greedy NMS in plain floats: a handful of candidates per object
             rx, ry, rw, rh = regs[i]
+            if not math.isfinite(rx + ry + rw + rh):
+                return None
             w = rw if rw > 0.0 else -rw
             h = rh if rh > 0.0 else -rh
             if anchors is not None:
@@ -477,7 +496,7 @@ class AnchorDecoder(Decoder):
             x = lg[i]
             scores.append(1.0 / (1.0 + math.exp(-(x if x > -100.0 else -100.0))))
             areas.append((w / sw if w < sw else 1.0) * (h / sh if h < sh else 1.0))
-        self._detections(out, top, n_above_low, n_hi, scores, areas, None, class_hist)
+        return scores, areas
 
 
 class GenericDecoder(Decoder):
@@ -492,29 +511,32 @@ class GenericDecoder(Decoder):
         self._p = np.empty(n, np.float64)
         self._log_n = math.log(n) if n > 1 else 1.0
 
-    def __call__(self, outputs: Sequence[np.ndarray], out: np.ndarray,
-                 class_hist: np.ndarray | None = None) -> None:
+    def __call__(self, outputs: Sequence[Array], out: Array,
+                 class_hist: Array | None = None) -> bool:
         """Write top_score (max), margin, entropy, mean_score (mean), pred_class (argmax)."""
         p = self._p
         np.copyto(p, np.asarray(self._float(outputs, 0)).reshape(-1))
+        if not math.isfinite(float(p.sum())):
+            return False
         idx = int(p.argmax())
         top1 = float(p[idx])
-        out[0] = top1
-        out[4] = float(p.mean())
+        out[_TOP_SCORE] = top1
+        out[_MEAN_SCORE] = float(p.mean())
         if len(p) > 1:
             p[idx] = -np.inf
-            out[1] = top1 - float(p.max())
+            out[_MARGIN] = top1 - float(p.max())
             p[idx] = top1
         else:
-            out[1] = _NAN
+            out[_MARGIN] = _NAN
         p -= top1
         np.exp(p, out=p)
         total = p.sum()
         p /= total
         np.maximum(p, 1e-300, out=p)
-        out[2] = float(-np.dot(p, np.log(p))) / self._log_n if len(p) > 1 else 0.0
-        out[3] = out[5] = out[6] = out[7] = _NAN
-        out[8] = idx
+        out[_SCORE_ENTROPY] = float(-np.dot(p, np.log(p))) / self._log_n if len(p) > 1 else 0.0
+        out[_DET_COUNT] = out[_LOW_CONF_FRAC] = out[_BOX_AREA_MEAN] = out[_BOX_AREA_STD] = _NAN
+        out[_PRED_CLASS] = idx
+        return True
 
 
 def _pair(size: Any) -> tuple[int, int]:
@@ -527,7 +549,7 @@ def _pair(size: Any) -> tuple[int, int]:
 def make_decoder(outputs_spec: Sequence[Any], kind: str = "auto", score_threshold: float = 0.5,
                  low_conf: float | None = None, max_classes: int | None = None,
                  input_size: Any = None, nms_iou: float | None = None,
-                 anchors: np.ndarray | None = None) -> Decoder:
+                 anchors: Array | None = None) -> Decoder:
     """A decoder for a model's outputs: get_output_details() dicts or example output arrays.
 
     ``input_size`` is the model input (width, height) or one int, used to normalise box

@@ -216,10 +216,14 @@ class ServiceConfig:
 
     heartbeat_interval_s: float = 30.0
     status_interval_s: float = 10.0
+    # "" = $RUNTIME_DIRECTORY/edgewatch.sock under systemd, else <[store] path>.sock
+    control_socket: str = ""
 
     def __post_init__(self) -> None:
         _check(self.heartbeat_interval_s >= 1, "heartbeat_interval_s", "at least 1 second")
         _check(self.status_interval_s >= 0, "status_interval_s", "0 (off) or seconds")
+        _check(len(os.fsencode(self.control_socket)) <= 107, "control_socket",
+               "a path of at most 107 bytes (a Unix socket's limit)")
 
 
 def _mqtt_type() -> type:

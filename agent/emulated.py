@@ -24,7 +24,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Tuple
 from urllib.parse import parse_qsl
 
 import cv2
@@ -33,6 +33,9 @@ import numpy.typing as npt
 
 from .errors import SourceError
 from .samples import photo_path
+
+if TYPE_CHECKING:
+    from cv2.typing import MatLike
 
 SCENARIOS: tuple[str, ...] = (
     "stationary", "dusk", "night", "blur", "fog", "noise",
@@ -61,7 +64,7 @@ class _Crossing(NamedTuple):
     colour: Tuple[int, int, int]
 
 
-def _u8(image: Any) -> Image:
+def _u8(image: MatLike) -> Image:
     """An OpenCV result as the uint8 array it is (the stubs type it as any Mat); no copy."""
     return np.asarray(image, dtype=np.uint8)
 _BASE_SIGMA = 2.5

@@ -16,10 +16,10 @@ import re
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import CommandError, StoreError
-from .store import TIME_COLUMNS, connect_readonly
+from .store import connect_history, fault_fix, prune_copy, select_rows
 
 # Tables that can be exported row by row, in this order, with the column filtered on.
 EXPORT_TABLES = ("windows", "events", "alerts", "heartbeats", "outbox")
@@ -69,21 +69,39 @@ def check_tables(tables: Optional[Iterable[str]]) -> List[str]:
     return [t for t in EXPORT_TABLES if t in wanted]
 
 
-def _condition(table: str, since: Optional[float], until: Optional[float]) -> tuple:
-    """SQL condition on the table's time column ("" for none) and its parameters."""
-    col = TIME_COLUMNS[table]
-    clauses, params = [], []
-    if since is not None:
-        clauses.append(f"{col} >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append(f"{col} <= ?")
-        params.append(until)
-    return " AND ".join(clauses), params
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_out(db_path: str, outputs: Sequence[Path]) -> None:
+    """Refuse outputs that would overwrite the history (or its -wal/-shm), or are directories.
+
+    ``outputs`` are every file the export writes, temporary ones included.
+    """
+    db = Path(db_path)
+    guarded = [db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")]
+    real = {os.path.realpath(g) for g in guarded}
+    for out in outputs:
+        if os.path.realpath(out) in real or any(_same_file(out, g) for g in guarded):
+            raise CommandError(f"--out {out} would overwrite the history {db_path} "
+                               "(write the export somewhere else)")
+        if out.is_dir():
+            raise CommandError(f"--out {out} is a directory (name a file in it, "
+                               f"e.g. {out / 'edgewatch-export.db'})")
+        if not out.parent.is_dir():
+            raise CommandError(f"--out {out}: no directory {out.parent} (create it first)")
+
+
+def _failed(what: str, db_path: str, out_path: str, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"{what}: {db_path} -> {out_path}: {exc} ({fault_fix(exc, out_path)})")
 
 
 def export_snapshot(db_path: str, out_path: str, tables: Optional[Sequence[str]] = None,
-                    since: Optional[float] = None, until: Optional[float] = None) -> Dict:
+                    since: Optional[float] = None, until: Optional[float] = None
+                    ) -> Dict[str, Any]:
     """Copy the database consistently into ``out_path`` (replaced atomically).
 
     With ``tables``/``since``/``until`` the copy keeps only those rows of the exported tables
@@ -92,24 +110,16 @@ def export_snapshot(db_path: str, out_path: str, tables: Optional[Sequence[str]]
     keep = check_tables(tables)
     out = Path(out_path)
     tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    src = connect_readonly(str(db_path))
+    check_out(db_path, [out, tmp, Path(f"{tmp}-journal")])
+    src = connect_history(str(db_path))
     try:
+        tmp.unlink(missing_ok=True)
         dst = sqlite3.connect(str(tmp))
         try:
             # pages=-1: one step under one read transaction, so the copy is consistent.
             src.backup(dst, pages=-1)
             dst.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file
-            rows = {}
-            for table in EXPORT_TABLES:
-                if table not in keep:
-                    dst.execute(f"DELETE FROM {table}")
-                elif since is not None or until is not None:
-                    cond, params = _condition(table, since, until)
-                    dst.execute(f"DELETE FROM {table} WHERE NOT coalesce({cond}, 0)", params)
-                if table in keep:
-                    rows[table] = dst.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            rows = prune_copy(dst, EXPORT_TABLES, keep, since, until)
             dst.commit()
             if len(keep) < len(EXPORT_TABLES) or since is not None or until is not None:
                 dst.execute("VACUUM")
@@ -118,8 +128,7 @@ def export_snapshot(db_path: str, out_path: str, tables: Optional[Sequence[str]]
             dst.close()
     except sqlite3.Error as exc:
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"snapshot failed: {db_path} -> {out_path}: {exc} "
-                         "(check free space where the snapshot is written)") from exc
+        raise _failed("snapshot failed", db_path, out_path, exc) from None
     finally:
         src.close()
     if check != "ok":
@@ -131,7 +140,7 @@ def export_snapshot(db_path: str, out_path: str, tables: Optional[Sequence[str]]
 
 def export_rows(db_path: str, out_path: str, tables: Optional[Sequence[str]] = None,
                 since: Optional[float] = None, until: Optional[float] = None,
-                fmt: str = "jsonl") -> Dict:
+                fmt: str = "jsonl") -> Dict[str, Any]:
     """Write rows as CSV (``<stem>_<table>.csv`` each) or JSON Lines, from one read snapshot.
 
     Returns {"paths": [...], "rows": {table: count}}.
@@ -140,7 +149,9 @@ def export_rows(db_path: str, out_path: str, tables: Optional[Sequence[str]] = N
         raise CommandError(f"unknown format: {fmt!r} (choose from csv, jsonl)")
     chosen = check_tables(tables)
     out = Path(out_path)
-    conn = connect_readonly(str(db_path))
+    targets = [out] if fmt == "jsonl" else [out.with_name(f"{out.stem}_{t}.csv") for t in chosen]
+    check_out(db_path, targets)
+    conn = connect_history(str(db_path))
     rows: Dict[str, int] = {}
     paths: List[str] = []
     try:
@@ -150,14 +161,14 @@ def export_rows(db_path: str, out_path: str, tables: Optional[Sequence[str]] = N
             with open(out, "w", encoding="utf-8") as fh:
                 for table in chosen:
                     rows[table] = 0
-                    for row in _select(conn, table, since, until):
+                    for row in select_rows(conn, table, since, until):
                         fh.write(json.dumps({"table": table, **dict(row)}) + "\n")
                         rows[table] += 1
         else:
             for table in chosen:
                 path = out.with_name(f"{out.stem}_{table}.csv")
                 paths.append(str(path))
-                cur = _select(conn, table, since, until)
+                cur = select_rows(conn, table, since, until)
                 with open(path, "w", encoding="utf-8", newline="") as fh:
                     writer = csv.writer(fh)
                     writer.writerow([d[0] for d in cur.description])
@@ -167,15 +178,7 @@ def export_rows(db_path: str, out_path: str, tables: Optional[Sequence[str]] = N
                         rows[table] += 1
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise StoreError(f"export failed: {db_path}: {exc}") from exc
+        raise _failed("export failed", db_path, out_path, exc) from None
     finally:
         conn.close()
     return {"paths": paths, "rows": rows}
-
-
-def _select(conn: sqlite3.Connection, table: str, since: Optional[float],
-            until: Optional[float]) -> sqlite3.Cursor:
-    cond, params = _condition(table, since, until)
-    where = f" WHERE {cond}" if cond else ""
-    return conn.execute(f"SELECT * FROM {table}{where} ORDER BY {TIME_COLUMNS[table]}, rowid",
-                        params)

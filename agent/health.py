@@ -2,8 +2,9 @@
 
 Every reading degrades quietly: a sensor that does not exist on this board gives ``None``,
 never an exception, so the same code runs on a Raspberry Pi, a Jetson and a laptop.
-``health_checks`` turns one reading into ``device_health`` observations (a pure function); the
-alert manager applies ``for`` durations and resolution.
+``health_checks`` turns one reading into ``device_health`` observations, one per check with a
+reading, healthy or not (a pure function); the alert manager applies ``for`` durations and
+resolution.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from typing import Any, Callable, Optional, Union
 
 import psutil
 
+from .records import Observation, Window
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HEALTH_FEATURES",
     "HealthLimits",
     "HealthReader",
     "THROTTLE_FLAGS",
@@ -30,6 +34,9 @@ __all__ = [
 ]
 
 MB = 1024 * 1024
+
+#: The features the health checks report on (what ``alerts disable``/``snooze`` may name).
+HEALTH_FEATURES: tuple[str, ...] = ("temperature", "throttling", "disk", "memory")
 
 #: ``vcgencmd get_throttled`` bits: the current state in bits 0-3, "has occurred since boot"
 #: in bits 16-19 (https://www.raspberrypi.com/documentation/computers/os.html#get_throttled).
@@ -265,67 +272,91 @@ def read_health(
     return reader.read_health()
 
 
-def health_checks(health: Mapping[str, Any], limits: Any = None) -> list[dict[str, Any]]:
-    """The device_health observations breached in one reading (healthy checks are absent)."""
+def health_checks(health: Mapping[str, Any], limits: Any = None, *, now: float,
+                  for_s: float = 0.0) -> list[Observation]:
+    """One ``device_health`` observation per check that has a reading, breach or not.
+
+    A healthy reading is an observation too (``clear``), so an alert resolves once the
+    device has been healthy for ``for_s``. ``now`` stamps the observations' window.
+    """
     lim = _limits(limits)
-    out: list[dict[str, Any]] = []
+    found = [_temperature(health, lim), _throttling(health), _disk(health, lim),
+             _memory_check(health, lim)]
+    window = Window(now, now, 0)
+    return [Observation(kind="device_health", feature=c.feature, metric=c.metric, value=c.value,
+                        threshold=c.threshold, breach=c.breach, clear=not c.breach,
+                        summary=c.message, window=window, severity=c.severity, for_s=for_s,
+                        clear_for_s=for_s, expected={"threshold": c.threshold},
+                        observed={"value": c.value})
+            for c in found if c is not None]
 
+
+@dataclass(frozen=True)
+class _Check:
+    feature: str
+    metric: str
+    value: float
+    threshold: float
+    breach: bool
+    severity: str
+    message: str
+
+
+def _temperature(health: Mapping[str, Any], lim: HealthLimits) -> Optional[_Check]:
     temp = health.get("max_temp_c")
-    if temp is not None and temp > lim.temp_c:
-        hottest = max((health.get("temperatures") or {}).items(), key=lambda kv: kv[1],
-                      default=("soc", temp))[0]
-        out.append(_obs(
-            "temperature", "max_temp_c", temp, lim.temp_c,
-            "critical" if temp >= lim.temp_critical_c else "warning",
-            f"temperature {temp:.1f} °C on {hottest} above {lim.temp_c:g} °C",
-        ))
+    if temp is None:
+        return None
+    hottest = max((health.get("temperatures") or {}).items(), key=lambda kv: kv[1],
+                  default=("soc", temp))[0]
+    breach = temp > lim.temp_c
+    return _Check("temperature", "max_temp_c", float(temp), lim.temp_c, breach,
+                  "critical" if temp >= lim.temp_critical_c else "warning",
+                  f"temperature {temp:.1f} °C on {hottest} "
+                  f"{'above' if breach else 'within'} {lim.temp_c:g} °C")
 
+
+def _throttling(health: Mapping[str, Any]) -> Optional[_Check]:
     throttled = health.get("throttled")
-    if throttled:
-        active = [name for name, on in throttled.get("now", {}).items() if on]
-        if active:
-            bits = sum(1 << THROTTLE_FLAGS[name] for name in active)
-            out.append(_obs(
-                "throttling", "throttled", float(bits), 0.0,
-                # Under-voltage corrupts SD cards and flips camera frames: worse than heat.
-                "critical" if "under_voltage" in active else "warning",
-                f"Raspberry Pi {', '.join(n.replace('_', ' ') for n in active)} "
-                f"(get_throttled {throttled.get('raw', hex(bits))})",
-            ))
+    if not throttled:
+        return None
+    active = [name for name, on in throttled.get("now", {}).items() if on]
+    bits = sum(1 << THROTTLE_FLAGS[name] for name in active)
+    # Under-voltage corrupts SD cards and flips camera frames: worse than heat.
+    severity = "critical" if "under_voltage" in active else "warning"
+    what = ", ".join(n.replace("_", " ") for n in active) or "not throttled"
+    return _Check("throttling", "throttled", float(bits), 0.0, bool(active), severity,
+                  f"Raspberry Pi {what} (get_throttled {throttled.get('raw', hex(bits))})")
 
+
+def _disk(health: Mapping[str, Any], lim: HealthLimits) -> Optional[_Check]:
     disk = health.get("disk")
-    if disk:
-        free, pct = disk.get("free_mb"), disk.get("percent")
-        where = disk.get("path", "?")
-        if free is not None and free < lim.disk_free_mb:
-            out.append(_obs(
-                "disk", "disk_free_mb", free, lim.disk_free_mb,
-                "critical" if pct is not None and pct > lim.disk_percent else "warning",
-                f"low disk: {free:.0f} MB free on {where} (below {lim.disk_free_mb:g} MB)",
-            ))
-        elif pct is not None and pct > lim.disk_percent:
-            out.append(_obs(
-                "disk", "disk_percent", pct, lim.disk_percent, "warning",
-                f"disk {pct:.1f}% full on {where} (above {lim.disk_percent:g}%)",
-            ))
+    if not disk:
+        return None
+    free, pct = disk.get("free_mb"), disk.get("percent")
+    where = disk.get("path", "?")
+    full = pct is not None and pct > lim.disk_percent
+    if free is not None and (free < lim.disk_free_mb or not full):
+        low = free < lim.disk_free_mb
+        return _Check("disk", "disk_free_mb", float(free), lim.disk_free_mb, low,
+                      "critical" if low and full else "warning",
+                      f"{'low disk: ' if low else 'disk: '}{free:.0f} MB free on {where} "
+                      f"({'below' if low else 'above'} {lim.disk_free_mb:g} MB)")
+    if pct is None:
+        return None
+    return _Check("disk", "disk_percent", float(pct), lim.disk_percent, full, "warning",
+                  f"disk {pct:.1f}% full on {where} "
+                  f"({'above' if full else 'within'} {lim.disk_percent:g}%)")
 
+
+def _memory_check(health: Mapping[str, Any], lim: HealthLimits) -> Optional[_Check]:
     memory = health.get("memory")
-    if memory and memory.get("percent") is not None and memory["percent"] > lim.memory_percent:
-        pct = memory["percent"]
-        out.append(_obs(
-            "memory", "memory_percent", pct, lim.memory_percent, "warning",
-            f"memory pressure: {pct:.1f}% used, {memory.get('available_mb', 0):.0f} MB available",
-        ))
-    return out
-
-
-def _obs(
-    feature: str, metric: str, value: float, threshold: float, severity: str, message: str
-) -> dict[str, Any]:
-    return {
-        "kind": "device_health", "feature": feature, "metric": metric, "value": float(value),
-        "threshold": float(threshold), "severity": severity, "message": message,
-    }
+    if not memory or memory.get("percent") is None:
+        return None
+    pct = float(memory["percent"])
+    breach = pct > lim.memory_percent
+    return _Check("memory", "memory_percent", pct, lim.memory_percent, breach, "warning",
+                  f"{'memory pressure: ' if breach else 'memory: '}{pct:.1f}% used, "
+                  f"{memory.get('available_mb', 0):.0f} MB available")
 
 
 def _limits(limits: Any) -> HealthLimits:

@@ -456,9 +456,8 @@ class MqttLink:
             rows, self._acked = self._acked, []
         if not rows:
             return
-        sql = f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(rows))})"
         try:
-            self._store.submit(lambda db: db.execute(sql, rows))
+            self._store.delete_outbox(rows)
         except Exception as exc:  # noqa: BLE001 - store closing: rows are resent next start
             log.warning("mqtt: could not delete %d acked outbox rows: %s", len(rows), exc)
 
@@ -481,28 +480,25 @@ class MqttLink:
                 room = self._config.max_inflight - len(self._inflight)
             if room <= 0:
                 return
-            with self._store.read() as conn:
-                rows = conn.execute(
-                    "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? "
-                    "ORDER BY id LIMIT ?", (self._cursor, room)).fetchall()
+            rows = self._store.outbox_after(self._cursor, room)
             if not rows:
                 return
             for row in rows:
-                qos = int(row["qos"])
+                qos = row.qos
                 if qos == 0 and not self._connected:
                     return  # paho does not queue QoS 0 while offline: send after reconnect
-                payload = row["payload"] if row["payload"] is not None else ""
-                info = client.publish(row["topic"], payload, qos=qos, retain=bool(row["retain"]))
+                payload = row.payload if row.payload is not None else ""
+                info = client.publish(row.topic, payload, qos=qos, retain=row.retain)
                 if qos == 0 and info.rc == mqtt.MQTT_ERR_NO_CONN:
                     return  # not queued by paho: this row is sent again after reconnect
-                self._cursor = row["id"]
+                self._cursor = row.id
                 if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                     with self._lock:
-                        self._inflight.append((row["id"], info))
+                        self._inflight.append((row.id, info))
                     continue
                 log.error("mqtt: outbox row %d undeliverable to %s (%s): deleting it",
-                          row["id"], row["topic"], mqtt.error_string(info.rc))
+                          row.id, row.topic, mqtt.error_string(info.rc))
                 with self._lock:
-                    self._acked.append(row["id"])
+                    self._acked.append(row.id)
                     self._counts["outbox_undeliverable"] += 1
             self._flush_acks()

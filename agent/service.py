@@ -8,7 +8,6 @@ loop; ``replay`` runs a finite source as fast as it can with synthetic timestamp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,8 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ._version import __version__
-from .alerts import AlertManager, Observation
+from .alerts import AlertManager, AlertTransition
 from .config import Config, load_config
+from .control import ControlServer, socket_path
 from .drift.reference import Reference
 from .errors import AgentError, BaselineError, CommandError, SourceError
 from .health import HealthLimits, HealthReader, health_checks
@@ -54,23 +54,18 @@ class _StoreSink:
 
     def reference_learned(self, reference: Reference) -> None:
         """Persist a warm-up reference so a restart keeps it."""
-        blob = reference.to_bytes()
-        ts = reference.created
-        self.store.submit(lambda db: db.table("reference").insert(
-            {"ts": ts, "model_sha256": self.sha, "origin": reference.origin, "blob": blob,
-             "features_version": FEATURES_VERSION}))
+        self.store.save_reference(ts=reference.created, model_sha256=self.sha,
+                                  origin=reference.origin, blob=reference.to_bytes(),
+                                  features_version=FEATURES_VERSION)
 
 
 def load_stored_reference(store: Store, model_sha256: str) -> Optional[Reference]:
     """The newest reference in the database made for this model, if any."""
-    with store.read() as conn:
-        row = conn.execute(
-            "SELECT blob FROM reference WHERE model_sha256 = ? AND features_version = ? "
-            "ORDER BY id DESC LIMIT 1", (model_sha256, FEATURES_VERSION)).fetchone()
-    if row is None:
+    blob = store.load_reference(model_sha256, FEATURES_VERSION)
+    if blob is None:
         return None
     try:
-        return Reference.from_bytes(row[0])
+        return Reference.from_bytes(blob)
     except BaselineError as exc:
         log.warning("stored reference unusable, learning a new one: %s", exc)
         return None
@@ -78,22 +73,8 @@ def load_stored_reference(store: Store, model_sha256: str) -> Optional[Reference
 
 def restore_alerts(store: Store, alerts: AlertManager, now: float) -> None:
     """Reload open alerts, controls and the sequence number from the database."""
-    with store.read() as conn:
-        open_rows = [json.loads(r[0]) for r in conn.execute(
-            "SELECT payload FROM alerts WHERE state = 'firing'")]
-        controls = [dict(r) for r in conn.execute("SELECT * FROM controls")]
-        seq = conn.execute(
-            "SELECT max(CAST(json_extract(payload, '$.seq') AS INTEGER)) FROM alerts").fetchone()[0]
-    controls = [c for c in controls if c["kind"] != "snooze" or (c["until"] or 0) > now]
-    alerts.restore(open_rows, controls, seq or 0)
-
-
-def _answer(command_id: int, text: str) -> Callable[[Any], None]:
-    """A store job that records a command's result."""
-    def write(db: Any) -> None:
-        db.execute("UPDATE commands SET result = ?, done_ts = ? WHERE id = ? AND done_ts IS NULL",
-                   [text, time.time(), command_id])
-    return write
+    controls = [c for c in store.controls() if c["kind"] != "snooze" or (c["until"] or 0) > now]
+    alerts.restore(store.open_alert_records(), controls, store.max_alert_seq())
 
 
 class Controls:
@@ -169,6 +150,7 @@ class Agent:
         self.alerts: Optional[AlertManager] = None
         self.monitor: Optional[Monitor] = None
         self.mqtt: Optional[MqttLink] = None
+        self.control: Optional[ControlServer] = None
         self.controls = Controls(self)
         self.camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "dropped": 0}
         self._health = HealthReader(config.store.path, thermal_root=config.health.thermal_root)
@@ -194,6 +176,9 @@ class Agent:
                                reference=reference, output_spec=self.output_spec,
                                expected_fps=self.expected_fps, clock=self.clock)
         self.mqtt = self._start_mqtt()
+        self.control = ControlServer(socket_path(cfg), self.controls,
+                                     record=self.store.record_command).start()
+        self.store.advertise(control_socket=self.control.path)
         self._start_thread("edgewatch-heartbeat", self._heartbeat_loop)
         self.event("start", f"edgewatch {__version__} started (model {self.model_info.get('path')}, "
                    f"reference: {'none, warm-up' if reference is None else reference.origin})")
@@ -256,6 +241,8 @@ class Agent:
             return
         self._closed = True
         self._stop.set()
+        if self.control is not None:
+            self.control.close()
         for t in self._threads:
             t.join(timeout=5)
         if self.store is not None and self.monitor is not None:
@@ -273,9 +260,9 @@ class Agent:
         else:
             log.info("%s: %s", kind, message)
 
-    def _on_alert(self, record: Dict[str, Any]) -> None:
+    def _on_alert(self, transition: AlertTransition) -> None:
         assert self.store is not None
-        notify = record.pop("notify", True)
+        record, notify = transition.to_dict(), transition.notify
         if notify:
             log.warning("alert %s [%s/%s]: %s", record["transition"], record["kind"],
                         record["severity"], record["message"])
@@ -288,14 +275,7 @@ class Agent:
     def _persist_control(self, kind: str, target: str, until: Optional[float],
                          value: Optional[float]) -> None:
         assert self.store is not None
-
-        def write(db: Any) -> None:
-            if until is None and value is None:
-                db.execute("DELETE FROM controls WHERE kind = ? AND target = ?", [kind, target])
-            else:
-                db.table("controls").upsert({"kind": kind, "target": target, "until": until,
-                                       "value": value}, pk=("kind", "target"))
-        self.store.submit(write)
+        self.store.set_control(kind, target, until, value)
 
     # ---- heartbeats, health, stalls ------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -306,7 +286,6 @@ class Agent:
         while not self._stop.wait(1.0):
             try:
                 now_m = time.monotonic()
-                self._poll_commands()
                 if self.live and self.monitor is not None and self.monitor.started is not None:
                     self.monitor.check_stall(self.clock())
                 if cfg.health.enabled and now_m >= next_health:
@@ -318,31 +297,10 @@ class Agent:
             except Exception:  # a heartbeat must never kill the agent; log with trace
                 log.exception("heartbeat failed")
 
-    def _poll_commands(self) -> None:
-        """Run commands that ``edgewatch alerts ...`` queued in the database."""
-        from .commands import handle_command
-
-        assert self.store is not None
-        with self.store.read() as conn:
-            rows = conn.execute("SELECT id, verb, payload FROM commands "
-                                "WHERE done_ts IS NULL ORDER BY id").fetchall()
-        for row in rows:
-            result = handle_command(row["verb"], str(row["payload"]).encode(), self.controls)
-            self.store.submit(_answer(int(row["id"]), json.dumps(result, default=str)))
-
     def _check_health(self) -> None:
         health = self._health.read_health(self.config.store.path)
         self._last_health = health
-        obs = []
-        for d in health_checks(health, self._limits):
-            obs.append(Observation(
-                kind="device_health", feature=d["feature"], metric=d["metric"],
-                value=float(d["value"]), threshold=float(d["threshold"]),
-                breach=bool(d.get("breach", True)), clear=not bool(d.get("breach", True)),
-                summary=d["message"], severity=d.get("severity", "warning"),
-                for_s=self.config.health.for_s, clear_for_s=self.config.health.for_s,
-                observed={"value": d["value"]}, expected={"threshold": d["threshold"]},
-                window={"start": self.clock(), "end": self.clock(), "frames": 0}))
+        obs = health_checks(health, self._limits, now=self.clock(), for_s=self.config.health.for_s)
         if self.monitor is not None and obs:
             self.monitor.update_alerts(obs, self.clock())
 
@@ -604,5 +562,5 @@ def build_monitor(config: Config, *, model_path: Optional[str] = None) -> Monito
         info["sha256"] = file_sha256(Path(path))
     agent = Agent(config, model_info=info).start()
     assert agent.monitor is not None
-    agent.monitor._owner = agent  # type: ignore[attr-defined]
+    agent.monitor.on_close(agent.close)
     return agent.monitor

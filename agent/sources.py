@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Tuple, Union, runtime_checkable
+from typing import Callable, Optional, Protocol, Tuple, Union, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -224,7 +224,7 @@ class LiveSource:
         reconnect_max_s: float = 30.0,
         give_up_after_s: float | None = None,
         capture_factory: Optional[Callable[[], Capture]] = None,
-        sleep: Callable[[float], Any] | None = None,
+        sleep: Optional[Callable[[float], object]] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < reconnect_initial_s <= reconnect_max_s:

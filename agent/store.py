@@ -1,38 +1,47 @@
-"""The SQLite history: one writer thread fed by bounded queues, WAL, numbered migrations.
+"""The SQLite history: every table's SQL, behind named methods; WAL, numbered migrations.
 
-Bulk rows (windows, events, heartbeats) go through :meth:`Store.put`, which never blocks
-and counts what it drops. Alerts go through :meth:`Store.put_alert`, which never drops:
-the alert row and its MQTT outbox rows are committed in one transaction. Writes are
-batched into one transaction every ``flush_interval_s`` to spare the flash.
+This module is the one owner of the device database's tables: the service, the MQTT link,
+the CLI and export call the named methods of :class:`Reader` (reads, on one read-only
+connection) and :class:`Store` (writes, each run by the single writer thread of
+:mod:`agent._writer`). Bulk rows (windows, events, heartbeats) go through :meth:`Store.put`,
+which never blocks and counts what it drops. Alerts go through :meth:`Store.put_alert`,
+which never drops: the alert row and its MQTT outbox rows are committed in one transaction
+with ``synchronous=FULL``, so a committed alert survives a power cut; everything else is
+batched every ``flush_interval_s`` with ``synchronous=NORMAL`` to spare the flash.
 
-When the disk is full or read-only the writer keeps the unwritten batch in memory, logs one
-line per fault per minute saying how to fix it, and retries until space returns.
+While the agent runs it is the only writer: its Store holds a lock on ``<db>.lock``
+(:mod:`agent._sqlite`), and the device CLI goes through the agent's control socket.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import sqlite_utils
 
+from ._sqlite import (
+    BUSY_TIMEOUT_S,
+    LOCK_WAIT_S,
+    DbLock,
+    check_writable,
+    classify,
+    connect_readonly,
+    connect_writer,
+)
+from ._writer import AlertItem, Row, Writer, sql_value, to_json
 from .errors import StoreError
+from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 5.0
-RETENTION_EVERY_S = 60.0
-FAULT_LOG_EVERY_S = 60.0
-_ALERT_WAIT_S = 0.05  # the longest put_alert blocks before spilling to memory
 _SIZE_CHUNK_MIN = 10  # fewest rows per table deleted per pass over max_db_mb
 
 # Numbered migrations: (pragmas run before the first transaction, SQL run in one transaction).
@@ -67,7 +76,7 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     (
         (),
         """
-        -- commands from `edgewatch alerts ...` to the running agent, answered in place
+        -- the operator commands the agent ran and its answers (written by the agent only)
         CREATE TABLE commands (id INTEGER PRIMARY KEY, ts REAL, verb TEXT, payload TEXT,
                                result TEXT, done_ts REAL);
         CREATE INDEX idx_commands_pending ON commands (done_ts);
@@ -83,65 +92,24 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Tables put() accepts, their columns, the JSON-encoded column and the time column.
+# Tables put() accepts and their columns; the time column of each table with one.
 BULK_COLUMNS: Dict[str, Tuple[str, ...]] = {
     "windows": ("id", "ts_start", "ts_end", "frames", "camera", "summary"),
     "events": ("id", "ts", "kind", "message", "data"),
     "heartbeats": ("seq", "ts", "payload"),
 }
-_JSON_COLUMN = {"windows": "summary", "events": "data", "heartbeats": "payload"}
 TIME_COLUMNS = {"windows": "ts_start", "events": "ts", "heartbeats": "ts", "alerts": "ts",
                 "outbox": "ts"}
 _ALERT_COLUMNS = ("id", "fingerprint", "ts", "kind", "severity", "state", "feature", "metric",
                   "value", "threshold", "message", "payload", "camera", "starts_at", "ends_at")
-_SQL_TYPES = (type(None), int, float, str, bytes)
-
-
-def _json_default(value: Any) -> Any:
-    """Encode numpy scalars and arrays, which json cannot."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def to_json(value: Any) -> str:
-    """Compact JSON text of ``value`` (numpy scalars and arrays allowed)."""
-    return json.dumps(value, separators=(",", ":"), default=_json_default)
-
-
-def _sql_value(value: Any, where: str) -> Any:
-    if isinstance(value, (dict, list, tuple)):
-        return to_json(value)
-    if isinstance(value, bool):
-        return int(value)
-    if not isinstance(value, _SQL_TYPES) and hasattr(value, "item"):
-        value = value.item()  # numpy scalar
-    if not isinstance(value, _SQL_TYPES):
-        raise ValueError(f"cannot store {type(value).__name__} in {where}")
-    return value
-
-
-def _mount_point(path: str) -> str:
-    path = os.path.dirname(os.path.abspath(path))
-    while not os.path.ismount(path):
-        path = os.path.dirname(path)
-    return path
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise StoreError(f"cannot open database: {path} (create {directory} or set [store] path)")
-    try:
-        # Legacy transaction control is what sqlite-utils expects; we BEGIN explicitly.
-        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database: {path}: {exc} (check [store] path)") from exc
 
 
 def migrate(conn: sqlite3.Connection, path: str = "") -> int:
     """Apply pending migrations, each in its own transaction; return the schema version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise StoreError(f"not an edgewatch database: {path} (it holds other tables; "
+                         "check --db or [store] path)")
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this edgewatch "
                          f"({SCHEMA_VERSION}): {path} (upgrade edgewatch)")
@@ -164,12 +132,12 @@ def migrate(conn: sqlite3.Connection, path: str = "") -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return conn.execute("PRAGMA user_version").fetchone()[0]
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def open_db(path: str) -> sqlite_utils.Database:
     """Open (creating if needed) the history with WAL, synchronous=NORMAL and migrations."""
-    conn = _connect(str(path))
+    conn = connect_writer(str(path))
     try:
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         migrate(conn, str(path))
@@ -185,127 +153,256 @@ def open_db(path: str) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
-    if not os.path.exists(path):
-        raise StoreError(f"database not found: {path} (pass --db or set [store] path)")
-    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+def connect_history(path: str) -> sqlite3.Connection:
+    """A read-only connection to an edgewatch database of a schema this version knows."""
+    conn = connect_readonly(path)
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database: {path}: {exc} (check permissions)") from exc
-    conn.row_factory = sqlite3.Row
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"not an edgewatch database: {path}: {exc} "
+                         "(check --db or [store] path)") from None
+    if not 1 <= version <= SCHEMA_VERSION:
+        conn.close()
+        why = "no edgewatch tables" if version == 0 else f"schema {version} is newer than " \
+            f"this edgewatch ({SCHEMA_VERSION}; upgrade edgewatch)"
+        raise StoreError(f"not an edgewatch database: {path} ({why}; check --db or "
+                         "[store] path)")
     return conn
 
 
-# Readers used by the CLI; each takes a connection from Store.read() or connect_readonly().
-def recent_windows(conn: sqlite3.Connection, since: float, until: Optional[float] = None
-                   ) -> List[sqlite3.Row]:
-    """Windows that started in [since, until], oldest first."""
-    until = float("inf") if until is None else until
-    return conn.execute("SELECT * FROM windows WHERE ts_start >= ? AND ts_start <= ? "
-                        "ORDER BY ts_start", (since, until)).fetchall()
+def _time_condition(table: str, since: Optional[float],
+                    until: Optional[float]) -> Tuple[str, List[float]]:
+    """SQL condition on the table's time column ("" for none) and its parameters."""
+    col = TIME_COLUMNS[table]
+    clauses = [c for c, v in ((f"{col} >= ?", since), (f"{col} <= ?", until)) if v is not None]
+    return " AND ".join(clauses), [v for v in (since, until) if v is not None]
 
 
-def open_alerts(conn: sqlite3.Connection) -> List[sqlite3.Row]:
-    """Alerts currently firing, oldest first."""
-    return conn.execute("SELECT * FROM alerts WHERE state = 'firing' ORDER BY starts_at").fetchall()
+def select_rows(conn: sqlite3.Connection, table: str, since: Optional[float] = None,
+                until: Optional[float] = None) -> sqlite3.Cursor:
+    """Rows of ``table`` (one of TIME_COLUMNS) in [since, until], oldest first (export)."""
+    cond, params = _time_condition(table, since, until)
+    where = f" WHERE {cond}" if cond else ""
+    return conn.execute(f"SELECT * FROM {table}{where} ORDER BY {TIME_COLUMNS[table]}, rowid",
+                        params)
 
 
-def last_heartbeat(conn: sqlite3.Connection) -> Optional[sqlite3.Row]:
-    """The newest heartbeat row, or None."""
-    return conn.execute("SELECT * FROM heartbeats ORDER BY ts DESC LIMIT 1").fetchone()
+def prune_copy(conn: sqlite3.Connection, tables: Sequence[str], keep: Sequence[str],
+               since: Optional[float], until: Optional[float]) -> Dict[str, int]:
+    """In a copy of the history: empty ``tables`` not in ``keep``, filter the rest by time.
+
+    Returns the rows left in each kept table (export's filtered snapshots).
+    """
+    rows = {}
+    for table in tables:
+        if table not in keep:
+            conn.execute(f"DELETE FROM {table}")
+            continue
+        if since is not None or until is not None:
+            cond, params = _time_condition(table, since, until)
+            conn.execute(f"DELETE FROM {table} WHERE NOT coalesce({cond}, 0)", params)
+        rows[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return rows
 
 
-def events(conn: sqlite3.Connection, since: float) -> List[sqlite3.Row]:
-    """Events at or after ``since``, oldest first."""
-    return conn.execute("SELECT * FROM events WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
+class OutboxRow(NamedTuple):
+    """One MQTT message waiting in the outbox."""
+
+    id: int
+    topic: str
+    payload: Optional[str]
+    qos: int
+    retain: bool
 
 
-def _fault(exc: sqlite3.Error, path: str) -> Tuple[str, str]:
-    """(kind, how to fix) for a write failure."""
-    msg = str(exc).lower()
-    where = _mount_point(path)
-    if "full" in msg:
-        return "full", f"free space on {where} or lower [store] max_db_mb"
-    if "readonly" in msg or "read-only" in msg:
-        return "readonly", f"make {os.path.dirname(os.path.abspath(path))} writable " \
-                           f"(is {where} mounted read-only?)"
-    if "i/o" in msg:
-        return "io", f"check the storage device holding {where}"
-    if "malformed" in msg or "not a database" in msg:
-        return "corrupt", f"stop edgewatch and move {path} aside; it is recreated on start"
-    if "locked" in msg or "busy" in msg:
-        return "locked", "another process holds a write lock; stop it"
-    return "other", f"check {path}"
+def _decode(text: Optional[str]) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
 
 
-class Store:
-    """The agent's SQLite history with a single writer thread."""
+class Reader:
+    """Named reads of the agent's database over one read-only connection (thread-safe)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._reader: Optional[sqlite3.Connection] = None
+        self._reader_lock = threading.Lock()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = connect_history(self.path)
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read database: {self.path}: {exc} "
+                                 f"({classify(exc, self.path)[1]})") from None
+
+    def close_reader(self) -> None:
+        """Close the read connection (reopened on the next read)."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def load_reference(self, model_sha256: str, features_version: int) -> Optional[bytes]:
+        """The newest stored reference blob for this model and feature layout, if any."""
+        rows = self._query("SELECT blob FROM reference WHERE model_sha256 = ? AND "
+                           "features_version = ? ORDER BY id DESC LIMIT 1",
+                           (model_sha256, features_version))
+        return bytes(rows[0][0]) if rows else None
+
+    def open_alert_records(self) -> List[Dict[str, Any]]:
+        """The full records (payloads) of the alerts firing now, oldest first."""
+        rows = self._query("SELECT payload FROM alerts WHERE state = 'firing' ORDER BY starts_at")
+        return [_decode(r[0]) for r in rows]
+
+    def alerts(self, state: Optional[str] = None, limit: int = 50) -> List[Dict[str, Any]]:
+        """Alert rows (``payload`` decoded), newest first; only ``state`` ones when given."""
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        rows = self._query(f"SELECT * FROM alerts {where} ORDER BY ts DESC LIMIT ?",
+                           [*params, int(limit)])
+        return [{**dict(r), "payload": _decode(r["payload"])} for r in rows]
+
+    def firing_alert_ids(self, prefix: str) -> List[str]:
+        """Ids of firing alerts that start with ``prefix``."""
+        rows = self._query("SELECT id FROM alerts WHERE state = 'firing' AND "
+                           "substr(id, 1, length(?)) = ?", (prefix, prefix))
+        return [r[0] for r in rows]
+
+    def find_firing_alert(self, alert: str) -> Optional[Dict[str, Any]]:
+        """The firing alert with this id or fingerprint (``payload`` decoded), if any."""
+        rows = self._query("SELECT * FROM alerts WHERE state = 'firing' AND "
+                           "(id = ? OR fingerprint = ?) LIMIT 1", (alert, alert))
+        return {**dict(rows[0]), "payload": _decode(rows[0]["payload"])} if rows else None
+
+    def max_alert_seq(self) -> int:
+        """The highest alert transition sequence number stored (0 when none)."""
+        rows = self._query("SELECT max(CAST(json_extract(payload, '$.seq') AS INTEGER)) "
+                           "FROM alerts")
+        return int(rows[0][0] or 0)
+
+    def controls(self) -> List[Dict[str, Any]]:
+        """The operator controls stored: ``{"kind", "target", "until", "value"}`` each."""
+        return [dict(r) for r in self._query("SELECT kind, target, until, value FROM controls "
+                                             "ORDER BY kind, target")]
+
+    def outbox_after(self, last_id: int, limit: int) -> List[OutboxRow]:
+        """Up to ``limit`` outbox messages with id above ``last_id``, oldest first."""
+        rows = self._query("SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? "
+                           "ORDER BY id LIMIT ?", (last_id, int(limit)))
+        return [OutboxRow(int(r[0]), str(r[1]), r[2], int(r[3]), bool(r[4])) for r in rows]
+
+    def outbox_summary(self) -> Tuple[int, Optional[float]]:
+        """(messages in the outbox, ts of the oldest)."""
+        count, oldest = self._query("SELECT count(*), min(ts) FROM outbox")[0]
+        return int(count), oldest
+
+    def latest_heartbeat(self) -> Optional[Dict[str, Any]]:
+        """The newest heartbeat as ``{"seq", "ts", "payload"}`` (payload decoded), or None."""
+        rows = self._query("SELECT seq, ts, payload FROM heartbeats ORDER BY ts DESC, seq DESC "
+                           "LIMIT 1")
+        if not rows:
+            return None
+        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])}
+
+    def last_event(self) -> Optional[Dict[str, Any]]:
+        """The newest event as ``{"ts", "kind", "message"}``, or None."""
+        rows = self._query("SELECT ts, kind, message FROM events ORDER BY id DESC LIMIT 1")
+        return dict(rows[0]) if rows else None
+
+    def oldest_window_ts(self) -> Optional[float]:
+        """Start of the oldest summary window kept, or None."""
+        return self._query("SELECT min(ts_start) FROM windows")[0][0]  # type: ignore[no-any-return]
+
+
+def fault_fix(exc: sqlite3.Error, path: str) -> str:
+    """How to fix a failed write of ``path`` (free space only when space is the problem)."""
+    return classify(exc, path)[1]
+
+
+class Store(Reader):
+    """The agent's SQLite history: named reads and writes, one writer thread."""
 
     def __init__(self, path: str, *, queue_size: int = 2048, flush_interval_s: float = 2.0,
                  retention_days: float = 30.0, max_db_mb: float = 512.0,
                  outbox_max: int = 50000, outbox_max_age_days: float = 7.0,
-                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, retry_interval_s: float = 5.0,
+                 create: bool = True, maintain: bool = True,
+                 lock_wait_s: float = LOCK_WAIT_S) -> None:
         if queue_size < 2:
             raise ValueError(f"queue_size must be >= 2, got {queue_size}")
         if flush_interval_s <= 0 or retention_days <= 0 or max_db_mb <= 0:
             raise ValueError("flush_interval_s, retention_days and max_db_mb must be > 0")
-        self.path = str(path)
-        self._queue_size = queue_size
-        self._flush_s = flush_interval_s
+        super().__init__(path)
         self._retention_days = retention_days
         self._max_db_bytes = int(max_db_mb * 1024 * 1024)
         self._outbox_max = outbox_max
         self._outbox_max_age_s = outbox_max_age_days * 86400.0
+        self._outbox_dropped = 0
         self._clock = clock
-        self._retry_s = retry_interval_s
-        self._bulk: queue.Queue = queue.Queue(maxsize=queue_size)
-        # Alerts and jobs: strictly ordered, soft-bounded; over the bound the caller waits
-        # briefly and then appends anyway (the "spill"), so nothing critical is ever lost.
-        self._critical: collections.deque = collections.deque()
-        self._critical_max = max(16, queue_size // 8)
-        self._cond = threading.Condition()
-        self._wake = threading.Event()
-        self._listeners: List[Callable[[], None]] = []
-        self._db: Optional[sqlite_utils.Database] = None
-        self._thread: Optional[threading.Thread] = None
-        self._closing = False
-        self._closed = False
-        # Writer-owned state.
-        self._pending_rows: List[Tuple[str, Tuple[str, ...], Tuple[Any, ...]]] = []
-        self._pending_alerts: List[Tuple[Tuple[Any, ...], List[Tuple[Any, ...]]]] = []
-        self._faulted_at: Dict[str, float] = {}
-        self._next_retry = 0.0
-        self._counts = {"dropped": 0, "written": 0, "write_errors": 0, "alerts_spilled": 0,
-                        "outbox_dropped": 0}
-        self._last_error: Optional[str] = None
-        self._count_lock = threading.Lock()
+        self._create = create  # False: a missing file is an error (the CLI: a typo'd --db)
+        self._lock = DbLock(self.path)
+        self._lock_wait_s = lock_wait_s
+        # maintain=False: no retention pass (the CLI writing while no agent runs)
+        self._writer = Writer(self.path, self._insert,
+                              (lambda db: self._retention(db, self._clock())) if maintain else None,
+                              queue_size=queue_size, flush_interval_s=flush_interval_s,
+                              retry_interval_s=retry_interval_s)
+        self._started = self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> Store:
-        """Open the database (migrating it) and start the writer thread."""
-        if self._thread is not None:
+    def start(self, supervisor: Optional[Supervisor] = None) -> Store:
+        """Take the database lock, open (migrating) it and start the writer.
+
+        The writer is a critical worker of ``supervisor`` (a private one when None).
+        """
+        if self._started:
             return self
-        self._db = open_db(self.path)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
-        self._counts["outbox_dropped"] = int(row[0]) if row else 0
-        self._thread = threading.Thread(target=self._run, name="edgewatch-store", daemon=True)
-        self._thread.start()
+        if not self._create:  # the CLI: a typo'd --db or a foreign file is an error
+            connect_history(self.path).close()
+        check_writable(self.path)
+        self._lock.acquire(self._lock_wait_s)
+        db: Optional[sqlite_utils.Database] = None
+        try:
+            db = open_db(self.path)
+            row = db.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
+        except BaseException:
+            if db is not None:
+                db.close()
+            self._lock.release()
+            raise
+        self._outbox_dropped = int(row[0]) if row else 0
+        self._writer.start(db, supervisor)
+        self._started = True
         return self
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, stop the writer and checkpoint the WAL; idempotent."""
-        if self._closed:
+        if self._closed or not self._started:
+            self._writer.closing = True
             return
-        self._closing = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("store writer did not stop within %.1f s: %s", timeout, self.path)
-                return
+        if not self._writer.close(timeout):
+            return
+        self.close_reader()
+        self._lock.release()
         self._closed = True
+
+    def advertise(self, **info: Any) -> None:
+        """Tell the CLI, through the lock file, how to reach this process (control socket)."""
+        self._lock.advertise(**info)
+
+    @property
+    def before_commit(self) -> Optional[Callable[[sqlite3.Connection, str], None]]:
+        """Called inside each writer transaction before COMMIT with its label (for tests)."""
+        return self._writer.before_commit
+
+    @before_commit.setter
+    def before_commit(self, hook: Optional[Callable[[sqlite3.Connection, str], None]]) -> None:
+        self._writer.before_commit = hook
 
     def __enter__(self) -> Store:
         return self.start()
@@ -326,73 +423,82 @@ class Store:
         if "ts" in columns and row.get("ts") is None:
             row = {**row, "ts": self._clock()}
         names = tuple(row)
-        values = tuple(_sql_value(row[n], f"{table}.{n}") for n in names)
-        if self._closing:
-            self._count("dropped")
-            return False
-        try:
-            self._bulk.put_nowait((table, names, values))
-        except queue.Full:
-            self._count("dropped")
-            return False
-        if self._bulk.qsize() >= self._queue_size // 2:
-            self._wake.set()
-        return True
+        values = tuple(sql_value(row[n], f"{table}.{n}") for n in names)
+        return self._writer.put((table, names, values))
 
     def put_alert(self, alert_record: Dict[str, Any],
                   outbox_messages: Sequence[Dict[str, Any]] = ()) -> None:
-        """Upsert an alert row and add its outbox rows in one transaction; never dropped."""
+        """Upsert an alert row and add its outbox rows in one durable transaction; never dropped."""
         if not alert_record.get("id"):
             raise ValueError("alert record has no 'id'")
-        if self._closing:
+        if self._writer.closing:
             raise StoreError(f"alert {alert_record['id']} not stored: {self.path} is closed "
                              "(put alerts before Store.close())")
         alert = tuple(to_json(alert_record) if c == "payload"
-                      else _sql_value(alert_record.get(c), f"alerts.{c}") for c in _ALERT_COLUMNS)
+                      else sql_value(alert_record.get(c), f"alerts.{c}") for c in _ALERT_COLUMNS)
         now = self._clock()
-        outbox = [(_sql_value(m.get("ts", now), "outbox.ts"), str(m["topic"]),
-                   _sql_value(m["payload"], "outbox.payload"),
+        outbox = [(sql_value(m.get("ts", now), "outbox.ts"), str(m["topic"]),
+                   sql_value(m["payload"], "outbox.payload"),
                    int(m.get("qos", 1)), int(bool(m.get("retain", False))),
                    str(m.get("severity", alert_record.get("severity", "warning"))))
                   for m in outbox_messages]
-        self._put_critical(("alert", alert, outbox))
+        self._writer.put_alert((alert, outbox))
 
-    def submit(self, fn: Callable[[sqlite_utils.Database], Any]) -> Future:
+    def submit(self, fn: Callable[[sqlite_utils.Database], Any],
+               durable: bool = False) -> Future[Any]:
         """Run ``fn(db)`` in the writer thread inside its own transaction."""
-        if self._closing:
-            raise StoreError(f"store is closed: {self.path} (submit before Store.close())")
-        future: Future = Future()
-        self._put_critical(("job", fn, future))
-        return future
-
-    def _put_critical(self, item: Tuple[Any, ...]) -> None:
-        with self._cond:
-            if len(self._critical) >= self._critical_max:
-                self._cond.wait_for(lambda: len(self._critical) < self._critical_max,
-                                    timeout=_ALERT_WAIT_S)
-                if len(self._critical) >= self._critical_max:
-                    self._count("alerts_spilled")
-            self._critical.append(item)
-        self._wake.set()
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._count_lock:
-            self._counts[name] += n
+        return self._writer.submit(fn, durable)
 
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` from the writer thread after each commit that added outbox rows."""
-        self._listeners.append(callback)
+        self._writer.add_commit_listener(callback)
+
+    # -- named writes (each one job in the writer thread) ------------------------------------
+    def save_reference(self, *, ts: float, model_sha256: str, origin: str, blob: bytes,
+                       features_version: int) -> Future[Any]:
+        """Keep a learned reference so that a restart finds it (:meth:`load_reference`)."""
+        row = (ts, model_sha256, origin, blob, features_version)
+        return self.submit(lambda db: db.execute(
+            "INSERT INTO reference (ts, model_sha256, origin, blob, features_version) "
+            "VALUES (?, ?, ?, ?, ?)", row), durable=True)
+
+    def set_control(self, kind: str, target: str, until: Optional[float],
+                    value: Optional[float]) -> Future[Any]:
+        """Store an operator control durably; with ``until`` and ``value`` both None, delete it."""
+        if until is None and value is None:
+            return self.submit(lambda db: db.execute(
+                "DELETE FROM controls WHERE kind = ? AND target = ?", (kind, target)),
+                durable=True)
+        return self.submit(lambda db: db.execute(
+            "INSERT OR REPLACE INTO controls (kind, target, until, value) VALUES (?, ?, ?, ?)",
+            (kind, target, until, value)), durable=True)
+
+    def delete_outbox(self, ids: Sequence[int]) -> Future[Any]:
+        """Delete outbox messages the broker acknowledged."""
+        marks, params = ",".join("?" * len(ids)), [int(i) for i in ids]
+        return self.submit(lambda db: db.execute(
+            f"DELETE FROM outbox WHERE id IN ({marks})", params))
+
+    def record_command(self, verb: str, payload: Dict[str, Any], result: Dict[str, Any],
+                       ts: Optional[float] = None) -> Future[Any]:
+        """Keep the agent's own record of an operator command it ran and its answer."""
+        stamp = self._clock() if ts is None else ts
+        row = (stamp, verb, to_json(payload), to_json(result), self._clock())
+        return self.submit(lambda db: db.execute(
+            "INSERT INTO commands (ts, verb, payload, result, done_ts) VALUES (?, ?, ?, ?, ?)",
+            row))
 
     def enforce_retention(self, now: Optional[float] = None,
                           timeout: float = 60.0) -> Dict[str, int]:
         """Apply retention, the size cap and the outbox bound now; return rows deleted."""
         stamp = self._clock() if now is None else now
-        return self.submit(lambda db: self._retention(db, stamp)).result(timeout)
+        deleted: Dict[str, int] = self.submit(lambda db: self._retention(db, stamp)).result(timeout)
+        return deleted
 
     # -- readers -----------------------------------------------------------------------------
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection (rows as sqlite3.Row), closed on exit."""
+        """A read-only connection of its own (rows as sqlite3.Row), closed on exit."""
         conn = connect_readonly(self.path)
         try:
             yield conn
@@ -402,20 +508,16 @@ class Store:
     def stats(self) -> Dict[str, Any]:
         """Queue depth, drop/write/error counters, file size and outbox depth."""
         out: Dict[str, Any] = {
-            "queue_depth": self._bulk.qsize() + len(self._critical) + len(self._pending_rows)
-            + len(self._pending_alerts),
-            **self._counts,
-            "last_error": self._last_error,
+            "queue_depth": self._writer.queue_depth(), **self._writer.counts,
+            "outbox_dropped": self._outbox_dropped, "last_error": self._writer.last_error,
             "db_bytes": sum(os.path.getsize(p) for p in (self.path, self.path + "-wal")
                             if os.path.exists(p)),
-            "outbox_depth": 0,
-            "outbox_oldest_age_s": None,
+            "outbox_depth": 0, "outbox_oldest_age_s": None,
         }
         if os.path.exists(self.path):
             try:
-                with self.read() as conn:
-                    count, oldest = conn.execute("SELECT count(*), min(ts) FROM outbox").fetchone()
-            except (sqlite3.Error, StoreError) as exc:
+                count, oldest = self.outbox_summary()
+            except StoreError as exc:
                 out["last_error"] = out["last_error"] or str(exc)
             else:
                 out["outbox_depth"] = count
@@ -423,145 +525,22 @@ class Store:
                     out["outbox_oldest_age_s"] = max(0.0, self._clock() - oldest)
         return out
 
-    # -- writer thread -----------------------------------------------------------------------
-    def _run(self) -> None:
-        assert self._db is not None
-        mono = time.monotonic
-        next_flush = mono() + self._flush_s
-        next_retention = mono()  # once at start, so a device that restarts often still prunes
-        while True:
-            now = mono()
-            deadline = min(next_flush, next_retention)
-            if self._faulted_at:
-                deadline = min(deadline, self._next_retry)
-            if not self._closing:
-                self._wake.wait(max(0.0, deadline - now))
-            self._wake.clear()
-            closing = self._closing
-            jobs = self._take_critical()
-            now = mono()
-            due = (closing or bool(self._pending_alerts) or bool(jobs) or now >= next_flush
-                   or self._bulk.qsize() >= self._queue_size // 2)
-            if self._faulted_at and not closing and now < self._next_retry:
-                due = False
-            if due:
-                self._take_bulk()
-                if self._pending_rows or self._pending_alerts:
-                    self._write_batch()
-                next_flush = now + self._flush_s
-            for fn, future in jobs:
-                self._run_job(fn, future)
-            if now >= next_retention:
-                next_retention = now + RETENTION_EVERY_S
-                self._run_job(lambda db: self._retention(db, self._clock()), None)
-            if closing and self._bulk.empty() and not self._critical:
-                break
-        self._shutdown()
-
-    def _take_critical(self) -> List[Tuple[Callable, Optional[Future]]]:
-        jobs = []
-        with self._cond:
-            while self._critical:
-                item = self._critical.popleft()
-                if item[0] == "alert":
-                    self._pending_alerts.append((item[1], item[2]))
-                else:
-                    jobs.append((item[1], item[2]))
-            self._cond.notify_all()
-        return jobs
-
-    def _take_bulk(self) -> None:
-        # During a fault, hold at most one queue's worth in memory; the queue then fills
-        # and put() counts what it drops.
-        room = self._queue_size if self._faulted_at else 4 * self._queue_size
-        room = self._bulk.qsize() + 1 if self._closing else room - len(self._pending_rows)
-        while room > 0:
-            try:
-                self._pending_rows.append(self._bulk.get_nowait())
-            except queue.Empty:
-                break
-            room -= 1
-
-    def _write_batch(self) -> None:
-        assert self._db is not None
-        conn = self._db.conn
-        rows, alerts = self._pending_rows, self._pending_alerts
-        n_outbox = sum(len(o) for _, o in alerts)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._insert(conn, rows, alerts)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:  # values are checked by put(): this is the disk or file
-            self._on_fault(exc)
-            return
-        self._counts["written"] += len(rows) + len(alerts)
-        self._pending_rows, self._pending_alerts = [], []
-        if self._faulted_at:
-            log.warning("store writes resumed: %s", self.path)
-            self._faulted_at.clear()
-            self._last_error = None
-        if n_outbox:
-            for callback in list(self._listeners):
-                try:
-                    callback()
-                except Exception:  # a listener must not stop the writer
-                    log.exception("store commit listener failed")
-
+    # -- SQL run by the writer thread ------------------------------------------------------------
     @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: list, alerts: list) -> None:
+    def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
+                alerts: Sequence[AlertItem]) -> None:
         marks = ",".join("?" * len(_ALERT_COLUMNS))
         for alert, outbox in alerts:
             conn.execute(f"INSERT OR REPLACE INTO alerts ({','.join(_ALERT_COLUMNS)}) "
                          f"VALUES ({marks})", alert)
             conn.executemany("INSERT INTO outbox (ts, topic, payload, qos, retain, severity) "
                              "VALUES (?, ?, ?, ?, ?, ?)", outbox)
-        groups: Dict[Tuple[str, Tuple[str, ...]], list] = {}
+        groups: Dict[Tuple[str, Tuple[str, ...]], List[Tuple[Any, ...]]] = {}
         for table, names, values in rows:
             groups.setdefault((table, names), []).append(values)
-        for (table, names), values in groups.items():
+        for (table, names), batch in groups.items():
             conn.executemany(f"INSERT OR REPLACE INTO {table} ({','.join(names)}) "
-                             f"VALUES ({','.join('?' * len(names))})", values)
-
-    def _on_fault(self, exc: sqlite3.Error) -> None:
-        kind, fix = _fault(exc, self.path)
-        now = time.monotonic()
-        self._counts["write_errors"] += 1
-        self._last_error = f"{exc} ({fix})"
-        self._next_retry = now + self._retry_s
-        if now - self._faulted_at.get(kind, -1e18) >= FAULT_LOG_EVERY_S:
-            log.error("store write failed: %s: %s; keeping %d rows and %d alerts in memory (%s)",
-                      self.path, exc, len(self._pending_rows), len(self._pending_alerts), fix)
-            self._faulted_at[kind] = now
-
-    def _run_job(self, fn: Callable, future: Optional[Future]) -> None:
-        assert self._db is not None
-        if future is not None and not future.set_running_or_notify_cancel():
-            return
-        conn = self._db.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            result = fn(self._db)
-            if conn.in_transaction:
-                conn.execute("COMMIT")
-        except BaseException as exc:  # handed to the caller through the Future
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                self._on_fault(exc)
-            if future is not None:
-                future.set_exception(exc)
-            elif not isinstance(exc, sqlite3.Error):
-                log.exception("store maintenance failed")
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if future is not None:
-            future.set_result(result)
+                             f"VALUES ({','.join('?' * len(names))})", batch)
 
     def _retention(self, db: sqlite_utils.Database, now: float) -> Dict[str, int]:
         """Delete by age, by file size and by outbox bound; runs inside a writer transaction."""
@@ -577,7 +556,7 @@ class Store:
             page = conn.execute("PRAGMA page_size").fetchone()[0]
             count = conn.execute("PRAGMA page_count").fetchone()[0]
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            return (count - free) * page
+            return int((count - free) * page)
 
         while used() > self._max_db_bytes:
             removed = 0
@@ -610,23 +589,9 @@ class Store:
                 removed += n
                 excess -= n
         if removed:
-            self._counts["outbox_dropped"] += removed
+            self._outbox_dropped += removed
             log.warning("store outbox over its bound: dropped %d messages (%d in total)",
-                        removed, self._counts["outbox_dropped"])
+                        removed, self._outbox_dropped)
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('outbox_dropped', ?)",
-                         (str(self._counts["outbox_dropped"]),))
+                         (str(self._outbox_dropped),))
         return removed
-
-    def _shutdown(self) -> None:
-        assert self._db is not None
-        if self._pending_rows or self._pending_alerts:
-            self._write_batch()
-        if self._pending_rows or self._pending_alerts:
-            log.error("store closing with %d rows and %d alerts unwritten: %s (%s)",
-                      len(self._pending_rows), len(self._pending_alerts), self.path,
-                      self._last_error)
-        try:
-            self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error as exc:
-            log.warning("store WAL checkpoint failed: %s: %s", self.path, exc)
-        self._db.conn.close()

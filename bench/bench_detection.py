@@ -324,9 +324,9 @@ def _fmt(v: Optional[float], derived: bool = False) -> str:
     return "—" if v is None else f"{v:.0f} s" + ("*" if derived else "")
 
 
-def report(args: argparse.Namespace, stationary: List[Dict[str, Any]],
-           scenarios: List[Dict[str, Any]]) -> str:
-    """The markdown report: per-feed lines, per-scenario table and the targets' PASS/FAIL."""
+def _feed_lines(args: argparse.Namespace, stationary: List[Dict[str, Any]],
+                scenarios: List[Dict[str, Any]]) -> List[str]:
+    """The report's heading, the stationary feeds' table and the scenarios' table."""
     lines: List[str] = []
     seeds = ",".join(map(str, args.stationary_seeds))
     lines.append(f"## Detection benchmark ({'quick' if args.quick else 'full'}; frames "
@@ -338,10 +338,8 @@ def report(args: argparse.Namespace, stationary: List[Dict[str, Any]],
     lines.append("| feed | frames | replay s | fps | alerts (excl. device_health) "
                  "| device_health |")
     lines.append("|---|---|---|---|---|---|")
-    false_total = 0
     for r in stationary:
         bad = counted(r["alerts"])
-        false_total += len(bad)
         host = [a for a in r["alerts"] if a["kind"] in HOST_KINDS]
         desc = ", ".join(f"{a['kind']}/{a['feature']}@{a['fired'] - START_TS:.0f}s "
                          f"({a['message'][:90]})" for a in bad) or "0"
@@ -370,9 +368,14 @@ def report(args: argparse.Namespace, stationary: List[Dict[str, Any]],
     for s in scenarios:
         lines.append(f"- {s['scenario']}: {'; '.join(s['all_after']) or 'none'}")
     lines.append("")
+    return lines
 
-    # ---- targets
+
+def _detection_rows(args: argparse.Namespace, stationary: List[Dict[str, Any]],
+                    scenarios: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """Targets: no false alerts, every scenario detected and named, data drift in time."""
     rows: List[Tuple[str, str, str]] = []
+    false_total = sum(len(counted(r["alerts"])) for r in stationary)
     total_frames = sum(r["frames"] for r in stationary)
     rows.append((f"No false alerts on stationary feeds ({len(stationary)} x {args.minutes:g} min, "
                  f"{total_frames:,} frames)",
@@ -403,31 +406,45 @@ def report(args: argparse.Namespace, stationary: List[Dict[str, Any]],
     rows.append(("(info) data_drift alerts specifically",
                  "info", f"{len(dd)}/{len(data)} scenarios; median "
                  f"{_fmt(statistics.median(dd) if dd else None)}; none in: {no_dd or '—'}"))
+    return rows
+
+
+def _prediction_and_fault_rows(scenarios: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """Targets: prediction drift where the outputs change, frozen/black frames in 10 s."""
     changed = [s for s in scenarios if s["truth"] and s["truth"]["changed"]]
     unchanged = [s for s in scenarios if s["truth"] and not s["truth"]["changed"]]
     pd_missed = [s for s in changed if s["prediction_drift_delay"] is None]
     pd_covered = [s for s in pd_missed
                   if s["camera_fault_before_pd"] and s["camera_fault_first"] is not None]
     pd_spurious = [s for s in unchanged if s["prediction_drift_delay"] is not None]
-    rows.append(("Prediction drift where the model's outputs really change",
-                 "n/a" if not scenarios else
-                 "PASS" if not pd_missed else
-                 "PASS*" if len(pd_covered) == len(pd_missed) else "FAIL",
-                 f"changed in {len(changed)}: {', '.join(s['scenario'] for s in changed) or '—'}; "
-                 f"prediction_drift fired in {len(changed) - len(pd_missed)}"
-                 + (f"; missing in {', '.join(s['scenario'] for s in pd_missed)}"
-                    if pd_missed else "")
-                 + (f" (* of which inhibited, by design, by a camera_fault firing first: "
-                    f"{', '.join(s['scenario'] for s in pd_covered)})" if pd_covered else "")
-                 + (f"; (info) also fired where the top score moved less than the "
-                    f"'changed' bar: "
-                    f"{', '.join(s['scenario'] for s in pd_spurious)}" if pd_spurious else "")))
+    rows = [("Prediction drift where the model's outputs really change",
+             "n/a" if not scenarios else
+             "PASS" if not pd_missed else
+             "PASS*" if len(pd_covered) == len(pd_missed) else "FAIL",
+             f"changed in {len(changed)}: {', '.join(s['scenario'] for s in changed) or '—'}; "
+             f"prediction_drift fired in {len(changed) - len(pd_missed)}"
+             + (f"; missing in {', '.join(s['scenario'] for s in pd_missed)}"
+                if pd_missed else "")
+             + (f" (* of which inhibited, by design, by a camera_fault firing first: "
+                f"{', '.join(s['scenario'] for s in pd_covered)})" if pd_covered else "")
+             + (f"; (info) also fired where the top score moved less than the "
+                f"'changed' bar: "
+                f"{', '.join(s['scenario'] for s in pd_spurious)}" if pd_spurious else ""))]
     faults = [s for s in scenarios if s["scenario"] in FAULT_SCENARIOS]
     slow = [s for s in faults if s["fault_delay"] is None or s["fault_delay"] > 10]
     rows.append(("Frozen and black frames within 10 s",
                  "n/a" if not faults else "PASS" if not slow else "FAIL",
                  "; ".join(f"{s['scenario']}: camera_fault/{FAULT_SCENARIOS[s['scenario']]} "
                            f"{_fmt(s['fault_delay'])}" for s in faults) or "not run"))
+    return rows
+
+
+def report(args: argparse.Namespace, stationary: List[Dict[str, Any]],
+           scenarios: List[Dict[str, Any]]) -> str:
+    """The markdown report: per-feed lines, per-scenario table and the targets' PASS/FAIL."""
+    lines = _feed_lines(args, stationary, scenarios)
+    rows = (_detection_rows(args, stationary, scenarios)
+            + _prediction_and_fault_rows(scenarios))
     lines.append("### Targets\n")
     lines.append("| target | result | figures |")
     lines.append("|---|---|---|")
@@ -481,6 +498,68 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def make_jobs(args: argparse.Namespace, ref: Path, ref_digest: str, code: str,
+              use_cache: bool, overrides: Dict[str, Dict[str, Any]]
+              ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The replay jobs (stationary feeds, then scenarios; longest first) and the truth jobs."""
+    workdir = Path(args.workdir)
+    jobs: List[Dict[str, Any]] = []
+    for seed in args.stationary_seeds:
+        uri = feed_uri("stationary", seed, args.size, args.minutes * 60)
+        jobs.append({"name": f"stationary-{seed}", "scenario": "stationary", "uri": uri})
+    for k, scenario in enumerate(args.scenarios):
+        seed = args.first_scenario_seed + k
+        uri = feed_uri(scenario, seed, args.size, args.scenario_s, args.onset)
+        jobs.append({"name": f"{scenario}-{seed}", "scenario": scenario, "uri": uri,
+                     "onset_s": args.onset, "seed": seed})
+    for job in jobs:
+        assert f"size={args.size}" in job["uri"]  # the same frame size as the baseline
+        key = _digest([code, ref_digest, job["uri"], args.threads]
+                      + ([overrides] if overrides else []))
+        job.update(reference=str(ref), threads=args.threads, use_cache=use_cache,
+                   overrides=overrides,
+                   db=str(workdir / "dbs" / f"{job['name']}.db"),
+                   cache=str(workdir / "results" / f"{job['name']}-{key}.json"))
+    # Longest first so the workers finish together.
+    jobs.sort(key=lambda j: -float(j["uri"].split("duration=")[1].split("&")[0]))
+    from agent.config import load_config
+
+    score_threshold = load_config().model.score_threshold
+    truth_jobs = [{"scenario": j["scenario"], "seed": j["seed"], "size": args.size,
+                   "onset_s": args.onset, "duration_s": args.scenario_s, "step": args.truth_step,
+                   "threads": args.threads, "score_threshold": score_threshold}
+                  for j in jobs if j["scenario"] != "stationary"]
+    return jobs, truth_jobs
+
+
+def run_jobs(jobs: List[Dict[str, Any]], truth_jobs: List[Dict[str, Any]], workers: int,
+             t_start: float) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """Run every job in worker processes, printing each result as it comes."""
+    results: Dict[str, Dict[str, Any]] = {}
+    truths: Dict[str, Dict[str, Any]] = {}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(replay_job, j): ("replay", j["name"]) for j in jobs}
+        futures.update({pool.submit(truth_job, j): ("truth", j["scenario"]) for j in truth_jobs})
+        for fut in as_completed(futures):
+            what, name = futures[fut]
+            out = fut.result()
+            elapsed = time.perf_counter() - t_start
+            if what == "truth":
+                truths[name] = out
+                print(f"[{elapsed:6.0f} s] truth {name}: changed={out['changed']} flip_rate="
+                      f"{out['flip_rate']} top p50 {out['top_clean_p50']}->{out['top_fault_p50']}",
+                      flush=True)
+                continue
+            results[name] = out
+            shown = counted(out["alerts"])
+            print(f"[{elapsed:6.0f} s] replay {name}: {out['frames']} frames in {out['seconds']} s"
+                  f"{' (cached)' if out.get('cached') else ''}; {len(shown)} alert(s): "
+                  + "; ".join(f"{a['kind']}/{a['feature']}@{a['fired'] - START_TS:.0f}s "
+                              f"{a['named'][:4]}" for a in shown), flush=True)
+    return results, truths
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Build the baseline, replay every feed, print the report."""
     args = parse_args(argv)
@@ -508,55 +587,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"baseline: {reference.frames} frames, window {reference.window_frames}, "
           f"from {reference.source} ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
 
-    jobs: List[Dict[str, Any]] = []
-    for seed in args.stationary_seeds:
-        uri = feed_uri("stationary", seed, args.size, args.minutes * 60)
-        jobs.append({"name": f"stationary-{seed}", "scenario": "stationary", "uri": uri})
-    for k, scenario in enumerate(args.scenarios):
-        seed = args.first_scenario_seed + k
-        uri = feed_uri(scenario, seed, args.size, args.scenario_s, args.onset)
-        jobs.append({"name": f"{scenario}-{seed}", "scenario": scenario, "uri": uri,
-                     "onset_s": args.onset, "seed": seed})
-    for job in jobs:
-        assert f"size={args.size}" in job["uri"]  # the same frame size as the baseline
-        key = _digest([code, ref_digest, job["uri"], args.threads]
-                      + ([overrides] if overrides else []))
-        job.update(reference=str(ref), threads=args.threads, use_cache=use_cache,
-                   overrides=overrides,
-                   db=str(workdir / "dbs" / f"{job['name']}.db"),
-                   cache=str(workdir / "results" / f"{job['name']}-{key}.json"))
-    # Longest first so the workers finish together.
-    jobs.sort(key=lambda j: -float(j["uri"].split("duration=")[1].split("&")[0]))
-    from agent.config import load_config
-
-    score_threshold = load_config().model.score_threshold
-    truth_jobs = [{"scenario": j["scenario"], "seed": j["seed"], "size": args.size,
-                   "onset_s": args.onset, "duration_s": args.scenario_s, "step": args.truth_step,
-                   "threads": args.threads, "score_threshold": score_threshold}
-                  for j in jobs if j["scenario"] != "stationary"]
-
-    results: Dict[str, Dict[str, Any]] = {}
-    truths: Dict[str, Dict[str, Any]] = {}
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-        futures = {pool.submit(replay_job, j): ("replay", j["name"]) for j in jobs}
-        futures.update({pool.submit(truth_job, j): ("truth", j["scenario"]) for j in truth_jobs})
-        for fut in as_completed(futures):
-            what, name = futures[fut]
-            out = fut.result()
-            elapsed = time.perf_counter() - t_start
-            if what == "truth":
-                truths[name] = out
-                print(f"[{elapsed:6.0f} s] truth {name}: changed={out['changed']} flip_rate="
-                      f"{out['flip_rate']} top p50 {out['top_clean_p50']}->{out['top_fault_p50']}",
-                      flush=True)
-                continue
-            results[name] = out
-            shown = counted(out["alerts"])
-            print(f"[{elapsed:6.0f} s] replay {name}: {out['frames']} frames in {out['seconds']} s"
-                  f"{' (cached)' if out.get('cached') else ''}; {len(shown)} alert(s): "
-                  + "; ".join(f"{a['kind']}/{a['feature']}@{a['fired'] - START_TS:.0f}s "
-                              f"{a['named'][:4]}" for a in shown), flush=True)
+    jobs, truth_jobs = make_jobs(args, ref, ref_digest, code, use_cache, overrides)
+    results, truths = run_jobs(jobs, truth_jobs, args.jobs, t_start)
 
     stationary = [results[j["name"]] for j in sorted(jobs, key=lambda j: j["name"])
                   if j["scenario"] == "stationary"]

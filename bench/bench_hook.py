@@ -42,6 +42,7 @@ from _common import (
 
 from agent.config import Config
 from agent.inference import Model
+from agent.monitor import Monitor
 from agent.stats import naive_stats, to_gray
 
 SIZES = ((640, 480), (1920, 1080))
@@ -135,6 +136,62 @@ def in_loop(size: Tuple[int, int], config: Config, model: Model, frames: int) ->
     return steady[1:]  # the first call builds the decoder
 
 
+def print_hook_figures(cases: List[HookCase], config: Config, args: argparse.Namespace) -> None:
+    """Median/p95 per size beside the naive statistics, and the two targets' PASS/FAIL."""
+    st = config.stats
+    print(f"\nMonitor.observe: stats sample {st.sample_width}x{st.sample_height}"
+          f", ring buffer {st.capacity} frames, drift on (reference learned in the "
+          f"untimed first {args.prime} calls), rules on; {args.calls} timed calls per size, "
+          f"30 fps timestamps")
+    medians = {}
+    for case in cases:
+        med, p95 = us_stats(np.array(case.steady, np.int64))
+        nmed, _ = us_stats(np.array(case.naive, np.int64))
+        pmed, pmax = (us_stats(np.array(case.periodic, np.int64))[0],
+                      max(case.periodic, default=0) / 1e3)
+        medians[case.label] = med
+        print(f"  {case.label:>9}: median {med:6.1f} us, p95 {p95:6.1f} us  "
+              f"({len(case.steady)} calls; {len(case.periodic)} periodic calls excluded: "
+              f"median {pmed / 1e3:.1f} ms, max {pmax / 1e3:.1f} ms)")
+        print(f"  {'':>9}  naive full-frame OpenCV stats: median {nmed:8.1f} us "
+              f"= {nmed / med:.0f}x the whole hook ({len(case.naive)} calls)")
+    base, big = medians["640x480"], medians["1920x1080"]
+    print()
+    print(f"target median <= {TARGET_US:.0f} us at 640x480: {base:.1f} us  "
+          f"{verdict(base <= TARGET_US)}")
+    print(f"target 1920x1080 <= {TARGET_SCALE}x 640x480: {big:.1f} / {base:.1f} us = "
+          f"{big / base:.2f}x  {verdict(big <= TARGET_SCALE * base)}")
+
+
+def print_in_loop(config: Config, model: Model, frames: int) -> None:
+    """The hook's cost inside the real camera -> model -> observe loop (information)."""
+    if not frames:
+        return
+    print(f"\nin the loop (fresh emulated frame -> model -> observe, {frames} "
+          "frames per size):")
+    loop_med = {}
+    for size in SIZES:
+        med, p95 = us_stats(np.array(in_loop(size, config, model, frames),
+                                     np.int64))
+        loop_med[size] = med
+        print(f"  {size[0]}x{size[1]}: median {med:6.1f} us, p95 {p95:6.1f} us")
+    base, big = loop_med[SIZES[0]], loop_med[SIZES[1]]
+    # Info, not the target: after invoke() the model has evicted the hook's code and
+    # data from the CPU caches, so the same call costs more here than on its own.
+    print(f"(info) in the loop, 1920x1080 / 640x480 = {big / base:.2f}x; the model's "
+          "invoke() leaves the hook's code and data out of cache")
+
+
+def print_memory(mon: Monitor, config: Config, model: Model) -> None:
+    """The monitor's fixed memory now and during a warm-up."""
+    learning = mon.nbytes > mon.ring.nbytes
+    fresh = build_monitor(config, model).nbytes
+    print(f"monitor fixed memory (Monitor.nbytes): {mon.nbytes / 1e3:.0f} kB "
+          f"{'while still learning its reference' if learning else 'after warm-up'} "
+          f"(ring buffer {mon.ring.nbytes / 1e3:.0f} kB); "
+          f"{fresh / 1e6:.2f} MB during a warm-up (ring + warm-up buffer)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Time the hook at both sizes and print the figures with PASS/FAIL beside each target."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,50 +231,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 last = args.naive - naive_block * r
                 case.naive_block(naive_block if r < args.rounds - 1 else last)
 
-        cfg = config
-        print(f"\nMonitor.observe: stats sample {cfg.stats.sample_width}x{cfg.stats.sample_height}"
-              f", ring buffer {cfg.stats.capacity} frames, drift on (reference learned in the "
-              f"untimed first {args.prime} calls), rules on; {args.calls} timed calls per size, "
-              f"30 fps timestamps")
-        medians = {}
-        for case in cases:
-            med, p95 = us_stats(np.array(case.steady, np.int64))
-            nmed, _ = us_stats(np.array(case.naive, np.int64))
-            pmed, pmax = (us_stats(np.array(case.periodic, np.int64))[0],
-                          max(case.periodic, default=0) / 1e3)
-            medians[case.label] = med
-            print(f"  {case.label:>9}: median {med:6.1f} us, p95 {p95:6.1f} us  "
-                  f"({len(case.steady)} calls; {len(case.periodic)} periodic calls excluded: "
-                  f"median {pmed / 1e3:.1f} ms, max {pmax / 1e3:.1f} ms)")
-            print(f"  {'':>9}  naive full-frame OpenCV stats: median {nmed:8.1f} us "
-                  f"= {nmed / med:.0f}x the whole hook ({len(case.naive)} calls)")
-        base, big = medians["640x480"], medians["1920x1080"]
-        print()
-        print(f"target median <= {TARGET_US:.0f} us at 640x480: {base:.1f} us  "
-              f"{verdict(base <= TARGET_US)}")
-        print(f"target 1920x1080 <= {TARGET_SCALE}x 640x480: {big:.1f} / {base:.1f} us = "
-              f"{big / base:.2f}x  {verdict(big <= TARGET_SCALE * base)}")
-        if args.loop_frames:
-            print(f"\nin the loop (fresh emulated frame -> model -> observe, {args.loop_frames} "
-                  "frames per size):")
-            loop_med = {}
-            for size in SIZES:
-                med, p95 = us_stats(np.array(in_loop(size, config, model, args.loop_frames),
-                                             np.int64))
-                loop_med[size] = med
-                print(f"  {size[0]}x{size[1]}: median {med:6.1f} us, p95 {p95:6.1f} us")
-            base, big = loop_med[SIZES[0]], loop_med[SIZES[1]]
-            # Info, not the target: after invoke() the model has evicted the hook's code and
-            # data from the CPU caches, so the same call costs more here than on its own.
-            print(f"(info) in the loop, 1920x1080 / 640x480 = {big / base:.2f}x; the model's "
-                  "invoke() leaves the hook's code and data out of cache")
-        mon = cases[0].monitor
-        learning = mon.nbytes > mon.ring.nbytes
-        fresh = build_monitor(config, model).nbytes
-        print(f"monitor fixed memory (Monitor.nbytes): {mon.nbytes / 1e3:.0f} kB "
-              f"{'while still learning its reference' if learning else 'after warm-up'} "
-              f"(ring buffer {mon.ring.nbytes / 1e3:.0f} kB); "
-              f"{fresh / 1e6:.2f} MB during a warm-up (ring + warm-up buffer)")
+        print_hook_figures(cases, config, args)
+        print_in_loop(config, model, args.loop_frames)
+        print_memory(cases[0].monitor, config, model)
     return 0
 
 

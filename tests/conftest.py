@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from types import FrameType
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -36,11 +37,11 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 def _loads_a_model() -> bool:
     """True when the caller is the agent's own model probe (``verify_model_file``): loading
     a model checks it in a child first; that is the agent at work, not a test's process."""
-    frame = sys._getframe(2)
+    frame: Optional[FrameType] = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_name == "verify_model_file":
             return True
-        frame = frame.f_back  # type: ignore[assignment]  # None ends the walk
+        frame = frame.f_back
     return False
 
 
@@ -62,7 +63,7 @@ def _processes_need_integration_mark(request: pytest.FixtureRequest) -> Iterator
     try:
         yield
     finally:
-        subprocess.Popen.__init__ = original  # type: ignore[method-assign]
+        subprocess.Popen.__init__ = original  # type: ignore[method-assign]  # restored
     if started:
         pytest.fail(f"{request.node.nodeid} starts a process ({started[0]!r}); "
                     "mark it @pytest.mark.integration", pytrace=False)

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,12 +31,15 @@ from agent.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true or fail naming ``what``."""
+T = TypeVar("T")
+
+def wait(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something true (returned) or fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(0.05)
     raise AssertionError(f"{what} not met within {timeout}s")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from agent.alerts import AlertManager, Observation, fingerprint
+from agent.alerts import AlertManager, AlertTransition, Observation, fingerprint
 from agent.errors import CommandError
+from agent.records import Window
 
 
 def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", for_s: float = 10,
@@ -16,16 +17,16 @@ def obs(value: float, *, kind: str = "data_drift", feature: str = "brightness", 
                        severity=severity,
                        breach=value > threshold, clear=value < 0.7 * threshold,
                        summary=f"{feature} drifted: KS {value:.2f}", for_s=for_s,
-                       clear_for_s=clear_for_s, window={"start": 0.0, "end": 30.0, "frames": 900})
+                       clear_for_s=clear_for_s, window=Window(0.0, 30.0, 900))
 
 
 class Recorder:
     def __init__(self) -> None:
         self.records: List[Dict[str, Any]] = []
-        self.controls: Dict[tuple, tuple] = {}
+        self.controls: Dict[Tuple[str, str], Tuple[Optional[float], Optional[float]]] = {}
 
-    def emit(self, rec: Dict[str, Any]) -> None:
-        self.records.append(dict(rec))
+    def emit(self, rec: AlertTransition) -> None:
+        self.records.append({**rec.to_dict(), "notify": rec.notify})
 
     def persist(self, kind: str, target: str, until: Optional[float], value: Optional[float]) -> None:
         if until is None and value is None:
@@ -125,7 +126,7 @@ def test_snooze_delays_notification_until_it_ends() -> None:
 def test_disable_resolves_and_blocks_enable_restores() -> None:
     rec = Recorder()
     m = rec.manager()
-    m.known_features = frozenset({"brightness"})
+    m.declare_features({"brightness"})
     m.update([obs(0.5, for_s=0)], now=0)
     m.disable("brightness", now=1)
     assert transitions(rec) == ["firing", "resolved"]
@@ -144,7 +145,7 @@ def test_restart_keeps_open_alerts_controls_and_sequence() -> None:
     m.update([obs(0.5, for_s=0)], now=0)
     m.set_threshold("brightness", 0.4)
     m.snooze("contrast", until=1000)
-    open_alerts = m.open_alerts()
+    open_alerts = [a.to_dict() for a in m.open_alerts()]
     controls = [{"kind": k, "target": t, "until": u, "value": v} for (k, t), (u, v) in rec.controls.items()]
     rec2 = Recorder()
     m2 = rec2.manager()
@@ -155,3 +156,39 @@ def test_restart_keeps_open_alerts_controls_and_sequence() -> None:
     assert [r["transition"] for r in rec2.records] == ["resolved"]
     assert rec2.records[0]["id"] == open_alerts[0]["id"]
     assert rec2.records[0]["seq"] == m.seq + 1
+
+
+def test_disable_drops_a_pending_condition_so_enable_waits_the_full_for() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5, for_s=10)], now=0)  # pending since 0
+    assert m.pending() == {("data_drift", "brightness"): 0}
+    m.disable("brightness", now=5)
+    assert m.pending() == {}
+    m.enable("brightness")
+    m.update([obs(0.5, for_s=10)], now=12)  # the old wait (since 0) must not count
+    assert transitions(rec) == []
+    m.update([obs(0.5, for_s=10)], now=22)
+    assert transitions(rec) == ["firing"] and rec.records[-1]["starts_at"] == 12
+
+
+def test_disabling_a_kind_drops_its_pending_conditions_only() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5), obs(0.5, kind="anomaly", feature="outlier_frames")], now=0)
+    m.disable("data_drift", now=1)
+    assert m.pending() == {("anomaly", "outlier_frames"): 0}
+
+
+def test_transition_record_is_the_readme_json() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.update([obs(0.5, for_s=0)], now=0)
+    record = m.open_alerts()[0].to_dict()
+    assert list(record) == [
+        "schema", "id", "fingerprint", "seq", "transition", "state", "ts", "starts_at",
+        "ends_at", "device", "camera", "kind", "severity", "feature", "metric", "value",
+        "threshold", "expected", "observed", "window", "model", "message", "acknowledged",
+        "snoozed_until"]
+    assert record["window"] == {"start": 0.0, "end": 30.0, "frames": 900}
+    assert AlertTransition.from_dict(record).to_dict() == record

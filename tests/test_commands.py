@@ -14,7 +14,7 @@ from typing import Any, Dict
 import pytest
 from helpers import DictControl, wait
 
-from agent.commands import VERBS, handle_command, make_command_handler, parse_duration
+from agent.commands import VERBS, handle_command, parse_duration
 from agent.errors import CommandError
 from agent.mqtt import MqttConfig, MqttLink
 from agent.store import Store
@@ -142,7 +142,8 @@ def test_commands_through_the_broker(broker, tmp_path: Path, listeners) -> None:
     store = Store(str(tmp_path / "agent.db"), flush_interval_s=0.2).start()
     cfg = MqttConfig(enabled=True, host=broker.host, port=broker.port, device_id="dev1",
                      keepalive=5, max_payload_kb=4)
-    link = MqttLink(cfg, store, command_handler=make_command_handler(api, max_bytes=4096))
+    link = MqttLink(cfg, store, command_handler=lambda verb, payload: handle_command(
+        verb, payload, api, max_bytes=4096))
     listener = listeners(broker, ["edgewatch/v1/dev1/cmd/result"])
     try:
         listener.wait_connected()
@@ -180,6 +181,7 @@ def test_commands_through_the_broker(broker, tmp_path: Path, listeners) -> None:
         assert answers[12]["error"] == "unknown alert: missing"
         assert api.alerts["a1"]["acknowledged"] and api.thresholds == {("blur", "psi"): 0.5}
         assert api.rebaselines == 1 and "anomaly" not in api.disabled
+        assert link.status()["connected"]
         assert link.status()["connected"] and link.status()["commands"] == len(sent)
     finally:
         link.close()

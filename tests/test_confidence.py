@@ -3,40 +3,45 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from agent.boxes import ssd_anchors
 from agent.confidence import (
     CONFIDENCE_FEATURES,
     CONFIDENCE_SPECS,
-    ModelError,
+    Decoder,
     make_decoder,
-    ssd_anchors,
 )
+from agent.errors import ModelError
 from agent.samples import blazeface_model_path, photo_path
 
 IDX = {n: i for i, n in enumerate(CONFIDENCE_FEATURES)}
+Array = npt.NDArray[Any]
+BlazeFace = tuple[list[dict[str, Any]], Callable[[Array], list[Array]]]
 
 try:
     from tflite_runtime.interpreter import Interpreter
 except ImportError:  # pragma: no cover
-    from ai_edge_litert.interpreter import Interpreter  # type: ignore
+    from ai_edge_litert.interpreter import Interpreter
 
 
-def _run(decoder, outputs, hist=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _run(decoder: Decoder, outputs: Sequence[Array], hist: Optional[Array] = None) -> dict[str, float]:
     out = np.full(len(CONFIDENCE_FEATURES), -7.0, np.float32)
     decoder(outputs, out, hist)
     return {n: float(v) for n, v in zip(CONFIDENCE_FEATURES, out)}
 
 
 @pytest.fixture(scope="module")
-def blazeface():  # type: ignore[no-untyped-def]
+def blazeface() -> BlazeFace:
     it = Interpreter(model_path=str(blazeface_model_path()))
     it.allocate_tensors()
 
-    def infer(bgr: np.ndarray) -> list[np.ndarray]:
+    def infer(bgr: Array) -> list[Array]:
         x = cv2.cvtColor(cv2.resize(bgr, (128, 128)), cv2.COLOR_BGR2RGB)
         it.set_tensor(it.get_input_details()[0]["index"], (x.astype(np.float32) / 127.5 - 1)[None])
         it.invoke()
@@ -57,7 +62,7 @@ def test_blazeface_anchor_grid() -> None:
     assert a[512].tolist() == pytest.approx([0.5 / 8, 0.5 / 8])
 
 
-def test_blazeface_face_and_black_frame(blazeface) -> None:  # type: ignore[no-untyped-def]
+def test_blazeface_face_and_black_frame(blazeface: BlazeFace) -> None:
     details, infer = blazeface
     dec = make_decoder(details, score_threshold=0.5, input_size=(128, 128))
     assert dec.kind == "anchors" and dec.num_classes == 1
@@ -74,7 +79,7 @@ def test_blazeface_face_and_black_frame(blazeface) -> None:  # type: ignore[no-u
     assert hist[0] == face["det_count"]
 
 
-def test_blazeface_from_arrays_and_extreme_logits(blazeface) -> None:  # type: ignore[no-untyped-def]
+def test_blazeface_from_arrays_and_extreme_logits(blazeface: BlazeFace) -> None:
     details, infer = blazeface
     outs = infer(cv2.imread(str(photo_path("astronaut.png"))))
     dec = make_decoder(outs)  # in-process hook: no details, detected from shapes
@@ -88,7 +93,8 @@ def test_blazeface_from_arrays_and_extreme_logits(blazeface) -> None:  # type: i
     assert v["top_score"] == 1.0 and v["det_count"] >= 1
 
 
-def _cls_details(dtype, scale=0.0, zp=0, c=1001):  # type: ignore[no-untyped-def]
+def _cls_details(dtype: Any, scale: float = 0.0, zp: int = 0,
+                 c: int = 1001) -> list[dict[str, Any]]:
     return [{"name": "Softmax", "shape": np.array([1, c]), "dtype": dtype,
              "quantization": (scale, zp)}]
 
@@ -126,7 +132,8 @@ def test_classification_uint8_and_int8_quantised() -> None:
     assert u["score_entropy"] > 0.99 and u["low_conf_frac"] == 1.0
 
 
-def _ssd_outputs(scores, classes, boxes, n):  # type: ignore[no-untyped-def]
+def _ssd_outputs(scores: Sequence[float], classes: Sequence[float],
+                 boxes: Sequence[Sequence[float]], n: int) -> tuple[Array, Array, Array, Array]:
     m = 10
     b = np.zeros((1, m, 4), np.float32)
     b[0, : len(boxes)] = boxes
@@ -161,7 +168,7 @@ def test_ssd_by_names_and_by_values() -> None:
     assert _run(dec2, shuffled) == pytest.approx(v)
 
 
-def _yolo(channels_first: bool, pixels: bool) -> np.ndarray:
+def _yolo(channels_first: bool, pixels: bool) -> Array:
     n, c = 8400, 80
     rng = np.random.default_rng(3)
     x = np.zeros((4 + c, n), np.float32)
@@ -210,3 +217,45 @@ def test_generic_and_errors() -> None:
     anchors = make_decoder([np.zeros((1, 896, 16), np.float32), np.zeros((1, 896, 1), np.float32)])
     with pytest.raises(ModelError, match="expected 2 outputs"):
         anchors([np.zeros((1, 896, 16), np.float32)], np.empty(9, np.float32))
+
+
+def _spoilt(arrays: Sequence[Array], index: int, where: int, value: float) -> list[Array]:
+    out = [a.copy() for a in arrays]
+    out[index].reshape(-1)[where] = value
+    return out
+
+
+def _cases() -> list[tuple[str, list[Array], list[tuple[int, int]]]]:
+    b, c, s, n = _ssd_outputs([0.9, 0.7], [17, 1], [[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.2, 0.1]], 2)
+    probs = np.full((1, 10), 0.1, np.float32)
+    yolo = _yolo(True, False)
+    return [
+        ("classification", [probs], [(0, 3)]),
+        ("ssd", [b, c, s, n], [(2, 0), (0, 1), (3, 0)]),  # a score, a box, the count
+        ("yolo", [yolo], [(0, 4 * 8400 + 5 * 8400)]),  # a class score
+        ("generic", [np.zeros((1, 8, 8, 3), np.float32)], [(0, 17)]),
+    ]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize(("kind", "outputs", "spots"), _cases())
+def test_non_finite_outputs_are_reported_not_raised(kind: str, outputs: list[Array],
+                                                    spots: list[tuple[int, int]],
+                                                    value: float) -> None:
+    dec = make_decoder(outputs, input_size=(640, 640))
+    assert dec.kind == kind
+    out = np.zeros(len(CONFIDENCE_FEATURES), np.float32)
+    assert dec(outputs, out) is True
+    for index, where in spots:
+        assert dec(_spoilt(outputs, index, where, value), out) is False
+
+
+def test_anchor_decoder_all_nan_logits(blazeface: BlazeFace) -> None:
+    """The old decoder raised UnboundLocalError: NaN never clears low_conf, nor the max."""
+    details, infer = blazeface
+    dec = make_decoder(details)
+    outputs = infer(cv2.imread(str(photo_path("astronaut.png"))))
+    scores = next(i for i, o in enumerate(outputs) if o.shape[-1] == 1)
+    spoilt = [o.copy() for o in outputs]
+    spoilt[scores][...] = np.nan
+    assert dec(spoilt, np.zeros(len(CONFIDENCE_FEATURES), np.float32)) is False

@@ -178,3 +178,19 @@ def test_reference_feature_without_data():
     report = evaluate(ref, ar1(2, 1024, 2))
     assert report.get("dead").reason == "no reference data"
     assert report.get("ok").evaluated
+
+
+def test_the_references_clear_threshold_sets_the_hysteresis(ref):
+    """``Reference.clear_threshold`` is read: its ratio to the threshold is kept as is."""
+    import dataclasses
+
+    from agent.drift.reference import CLEAR_RATIO
+
+    assert np.allclose(ref.clear_threshold, CLEAR_RATIO * ref.threshold)
+    wide = dataclasses.replace(ref, clear_threshold=0.5 * ref.threshold)
+    window = ar1(31, WINDOW, FEATURES)
+    fd = evaluate(wide, window, features=["f3"]).get("f3")
+    assert fd.clear_threshold == pytest.approx(0.5 * fd.threshold)
+    assert fd.above_clear == (fd.ks >= 0.5 * fd.threshold)
+    overridden = evaluate(wide, window, features=["f3"], thresholds_override={"f3": 0.2})
+    assert overridden.get("f3").clear_threshold == pytest.approx(0.1)

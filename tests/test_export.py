@@ -219,3 +219,57 @@ def test_cli_export_has_help(capsys):
     for option in ("--db", "--out", "--since", "--until", "--tables", "--format"):
         assert option in text
     assert "<stem>_<table>.csv" in text
+
+
+@pytest.mark.parametrize("fmt", ["sqlite", "jsonl", "csv"])
+@pytest.mark.parametrize("target", ["db", "wal", "shm", "symlink", "tmp"])
+def test_export_never_overwrites_the_history(history, tmp_path, capsys, fmt, target):
+    """Today --format jsonl truncates the history to 0 bytes and --since replaces it."""
+    if target == "tmp":  # the history is named like the snapshot's temporary file
+        history = history.rename(tmp_path / "snap.db.tmp")
+    out = {"db": history, "wal": f"{history}-wal", "shm": f"{history}-shm",
+           "symlink": tmp_path / "link.db", "tmp": tmp_path / "snap.db"}[target]
+    if target == "symlink":
+        out.symlink_to(history)
+    if fmt == "csv" and target != "tmp":  # the csv files are <stem>_<table>.csv
+        out = tmp_path / "h.csv"
+        (tmp_path / "h_events.csv").symlink_to(history)
+    st = Store(str(history), clock=lambda: NOW).start()  # -wal, -shm: as with an agent
+    try:
+        st.put("events", {"ts": NOW + 20, "kind": "late"})
+        st.submit(lambda db: None).result(5)
+        code = main(["export", "--db", str(history), "--out", str(out), "--format", fmt,
+                     "--since", "1s"])
+    finally:
+        st.close()
+    assert len(db_rows(history, "events")) == 11  # all there
+    if fmt != "sqlite" and target == "tmp":
+        assert code == 0  # only the snapshot writes a temporary file
+        return
+    assert code == 7
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"would overwrite the history {history}" in err
+
+
+@pytest.mark.parametrize("fmt", ["sqlite", "jsonl", "csv"])
+def test_export_to_a_directory_is_one_line_and_leaves_nothing(history, tmp_path, capsys, fmt):
+    out = tmp_path / "exports"
+    out.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    target = out if fmt != "csv" else out / ".." / "exports"
+    assert main(["export", "--db", str(history), "--out", str(target), "--format", fmt]) in (0, 7)
+    err = capsys.readouterr().err
+    if fmt == "csv":  # the files are exports_<table>.csv beside the directory: fine
+        assert not err
+        return
+    assert err.count("\n") == 1 and "is a directory" in err and "name a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .tmp behind
+    assert list(out.iterdir()) == []
+
+
+def test_export_reads_the_store_path_from_config(history, tmp_path, capsys, write_config):
+    cfg = write_config(tmp_path / "c.toml", store={"path": history})
+    out = tmp_path / "fromcfg.db"
+    assert main(["export", "--config", str(cfg), "--out", str(out)]) == 0
+    assert "events=10" in capsys.readouterr().out
+    assert len(db_rows(out, "events")) == 10

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from agent.config import RulesConfig
 from agent.monitor import FEATURES
+from agent.records import Observation
 from agent.rules import check_frames, check_stall
 
 CFG = RulesConfig()
@@ -22,19 +24,20 @@ def ref(name: str) -> Optional[Dict[str, float]]:
     return REF.get(name)
 
 
-def window(n: int = 150, fps: float = 30.0, **cols: float) -> tuple:
+def window(n: int = 150, fps: float = 30.0, cols: Optional[Dict[str, float]] = None,
+           **more: float) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
     ts = 1000 + np.arange(n) / fps
     values = np.zeros((n, len(FEATURES)), np.float32)
     base = dict(brightness=120, contrast=50, sharpness=400, overexposed=0.01, diff=2.0,
                 latency_ms=2.0)
-    base.update(cols)
+    base.update(cols or {}, **more)
     for name, v in base.items():
         values[:, FEATURES.index(name)] = v
     values += np.random.default_rng(0).normal(0, 0.01, values.shape).astype(np.float32)
     return ts, values
 
 
-def breaches(obs: List) -> Dict[str, bool]:
+def breaches(obs: List[Observation]) -> Dict[str, bool]:
     return {o.feature: o.breach for o in obs}
 
 
@@ -54,7 +57,7 @@ def test_normal_window_breaches_nothing() -> None:
     ({"brightness": 60.0, "contrast": 20.0}, 30, "outlier_frames"),
 ])
 def test_each_rule_fires_on_its_fault(cols: Dict[str, float], fps: float, feature: str) -> None:
-    ts, v = window(fps=fps, **cols)
+    ts, v = window(fps=fps, cols=cols)
     got = breaches(check_frames(FEATURES, ts, v, CFG, reference=ref, expected_fps=30))
     assert got[feature], got
     assert [f for f, b in got.items() if b and f != feature] in ([], ["outlier_frames"])
@@ -80,3 +83,16 @@ def test_stall() -> None:
     stalled = check_stall(100.0, 0.0, 106.0, CFG)
     assert stalled.breach and stalled.severity == "critical" and "6 s ago" in stalled.summary
     assert check_stall(None, 0.0, 10.0, CFG).breach  # no frame since start
+
+
+def test_every_feature_reported_is_exported() -> None:
+    """The rules' observations name only RULE_FEATURES (what controls may name)."""
+    from agent.rules import RULE_FEATURES
+
+    seen: Set[str] = set()
+    for cols, fps in [({}, 30), ({"brightness": 3.0, "sharpness": 40.0}, 10)]:
+        ts, v = window(fps=fps, cols=cols)
+        seen |= {o.feature for o in check_frames(FEATURES, ts, v, CFG, reference=ref,
+                                                 expected_fps=30)}
+    seen.add(check_stall(None, 0.0, 1.0, CFG).feature)
+    assert seen == set(RULE_FEATURES)

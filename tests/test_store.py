@@ -11,9 +11,11 @@ from typing import Callable
 
 import pytest
 
+from agent import _writer as writer_mod
 from agent import store as store_mod
 from agent.errors import StoreError
 from agent.store import SCHEMA_VERSION, Store, open_db
+from agent.supervise import Supervisor
 
 NOW = 1_700_000_000.0
 
@@ -115,7 +117,8 @@ def test_rows_are_batched_until_flush_or_close(tmp_path):
         st.close()  # long before the interval: closing flushes
     assert count(path, "windows") == 10
     with st.read() as conn:
-        rows = store_mod.recent_windows(conn, NOW + 5, NOW + 7)
+        rows = conn.execute("SELECT * FROM windows WHERE ts_start BETWEEN ? AND ? "
+                            "ORDER BY ts_start", (NOW + 5, NOW + 7)).fetchall()
     assert [r["ts_start"] for r in rows] == [NOW + 5, NOW + 6, NOW + 7]
     assert json.loads(rows[0]["summary"]) == {"brightness": {"mean": 5}}
     assert st.stats()["written"] == 10
@@ -130,8 +133,7 @@ def test_flush_interval_and_half_full_queue_trigger_writes(tmp_path):
         for i in range(4):  # half of 8
             st.put("heartbeats", {"seq": i, "ts": NOW + i, "payload": {"seq": i}})
         assert wait_for(lambda: count(path, "heartbeats") == 4, 5)
-        with st.read() as conn:
-            assert store_mod.last_heartbeat(conn)["seq"] == 3
+        assert st.latest_heartbeat()["seq"] == 3
 
 
 def test_put_validates_table_and_columns(tmp_path):
@@ -174,7 +176,7 @@ def test_put_alert_is_never_dropped_when_queues_are_full(tmp_path):
         t0 = time.monotonic()
         for i in range(40):  # the critical queue holds 16; the rest spill to memory
             st.put_alert(alert(i), [outbox_msg(i)])
-        assert time.monotonic() - t0 < 40 * store_mod._ALERT_WAIT_S + 1.0
+        assert time.monotonic() - t0 < 40 * writer_mod.ALERT_WAIT_S + 1.0
         st.put_alert(alert(0, state="resolved"), [])  # a later transition of alert 0
         assert st.stats()["alerts_spilled"] >= 24
     finally:
@@ -187,7 +189,7 @@ def test_put_alert_is_never_dropped_when_queues_are_full(tmp_path):
         row = conn.execute("SELECT * FROM alerts WHERE id = 'a0000'").fetchone()
         assert row["state"] == "resolved"  # order kept: the later transition wins
         assert json.loads(row["payload"])["transition"] == "resolved"
-        assert [r["id"] for r in store_mod.open_alerts(conn)][:2] == ["a0001", "a0002"]
+    assert [r["id"] for r in st.open_alert_records()][:2] == ["a0001", "a0002"]
 
 
 def test_submit_runs_in_writer_thread_and_reports_errors(tmp_path):
@@ -255,7 +257,8 @@ def test_retention_by_age(tmp_path):
         deleted = st.enforce_retention(NOW)
         assert deleted == {"windows": 2, "events": 2, "heartbeats": 2, "outbox": 0}
         with st.read() as conn:
-            assert [r["ts"] for r in store_mod.events(conn, 0)] == [NOW - 6 * day, NOW - day]
+            assert [r["ts"] for r in conn.execute("SELECT ts FROM events ORDER BY ts")] == [
+                NOW - 6 * day, NOW - day]
     assert count(path, "alerts") == 1  # alerts are kept
 
 
@@ -291,7 +294,7 @@ def test_retention_by_size_keeps_alerts_and_newest_rows(tmp_path):
 
 def test_disk_full_keeps_alerts_in_memory_and_recovers(tmp_path, caplog):
     path = tmp_path / "h.db"
-    caplog.set_level(logging.ERROR, logger="agent.store")
+    caplog.set_level(logging.ERROR, logger="agent._writer")
     st = Store(str(path), queue_size=32, flush_interval_s=0.05, retry_interval_s=0.1).start()
     try:
         # SQLITE_FULL for real: cap the writer connection's file at its current size.
@@ -356,20 +359,97 @@ def test_read_works_concurrently_with_writes(tmp_path):
     assert seen == sorted(seen) and seen[-1] > seen[0]
 
 
-def test_submit_accepts_sqlite_utils_table_methods(tmp_path):
-    """The service writes controls and references with sqlite-utils calls inside submit()."""
+def test_named_methods_write_through_the_writer_and_read_back(tmp_path):
+    """Every read and write the agent does is a named Store method."""
     path = tmp_path / "h.db"
-    with Store(str(path)) as st:
+    with Store(str(path), clock=lambda: NOW) as st:
+        assert st.load_reference("abc", 2) is None
+        st.save_reference(ts=NOW, model_sha256="abc", origin="warmup", blob=b"\x00\x01",
+                          features_version=2).result(5)
+        st.save_reference(ts=NOW, model_sha256="abc", origin="warmup", blob=b"\x02",
+                          features_version=1).result(5)
+        assert st.load_reference("abc", 2) == b"\x00\x01"
+        assert st.load_reference("other", 2) is None
         for until in (5.0, 9.0):
-            st.submit(lambda db, u=until: db["controls"].upsert(
-                {"kind": "snooze", "target": "f1", "until": u, "value": None},
-                pk=("kind", "target"))).result(5)
-        st.submit(lambda db: db["reference"].insert(
-            {"ts": NOW, "model_sha256": "abc", "origin": "warmup", "blob": b"\x00\x01"})).result(5)
-        st.put("events", {"ts": NOW, "kind": "after"})
-        st.submit(lambda db: db.execute("DELETE FROM controls WHERE kind = ?", ["none"])).result(5)
-        with st.read() as conn:
-            assert [tuple(r) for r in conn.execute("SELECT * FROM controls")] == [
-                ("snooze", "f1", 9.0, None)]
-            assert conn.execute("SELECT blob FROM reference").fetchone()[0] == b"\x00\x01"
-            assert conn.execute("SELECT kind FROM events").fetchone()[0] == "after"
+            st.set_control("snooze", "f1", until, None)
+        st.set_control("disable", "brightness", None, 1.0)
+        st.set_control("disable", "brightness", None, None).result(5)  # both None: deleted
+        assert st.controls() == [{"kind": "snooze", "target": "f1", "until": 9.0, "value": None}]
+        for i in range(3):
+            st.put_alert(alert(i), [outbox_msg(i)])
+        st.put_alert(alert(1, state="resolved"), [])
+        st.put("heartbeats", {"seq": 7, "ts": NOW, "payload": {"seq": 7}})
+        st.submit(lambda db: None).result(5)  # queued rows are written before the job
+        assert [a["id"] for a in st.open_alert_records()] == ["a0000", "a0002"]
+        assert st.max_alert_seq() == 2
+        assert [a["id"] for a in st.alerts(state="firing")] == ["a0002", "a0000"]
+        assert st.alerts(limit=1)[0]["payload"]["transition"] == "firing"
+        assert st.firing_alert_ids("a000") == ["a0000", "a0002"]
+        assert st.find_firing_alert("0000000000000002")["id"] == "a0002"  # by fingerprint
+        assert st.find_firing_alert("a0001") is None  # resolved
+        rows = st.outbox_after(0, 2)
+        assert [r.topic for r in rows] == ["edgewatch/dev/alerts/0", "edgewatch/dev/alerts/1"]
+        st.delete_outbox([r.id for r in rows]).result(5)
+        assert [r.topic for r in st.outbox_after(0, 10)] == ["edgewatch/dev/alerts/2"]
+        assert st.latest_heartbeat() == {"seq": 7, "ts": NOW, "payload": {"seq": 7}}
+        st.record_command("ack", {"alert": "a0000"}, {"ok": True}).result(5)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT verb, result FROM commands").fetchall() == [("ack", '{"ok":true}')]
+
+
+def test_alert_transactions_are_fully_synced_and_bulk_is_not(tmp_path):
+    """A committed alert survives a power cut; windows and heartbeats spare the flash."""
+    seen = []
+    with Store(str(tmp_path / "h.db"), flush_interval_s=0.05) as st:
+        st.before_commit = lambda conn, label: seen.append(
+            (label, conn.execute("PRAGMA synchronous").fetchone()[0]))
+        st.put("heartbeats", {"seq": 1, "ts": NOW, "payload": {}})
+        assert wait_for(lambda: ("bulk", 1) in seen)
+        st.put_alert(alert(1), [outbox_msg(1)])
+        st.set_control("ack", "fp", None, 1.0).result(5)
+        st.put("windows", {"ts_start": NOW, "ts_end": NOW + 1, "frames": 1, "camera": "c"})
+        st.submit(lambda db: None).result(5)
+        assert wait_for(lambda: seen.count(("bulk", 1)) >= 2)
+    full, normal = 2, 1  # SQLite's values of PRAGMA synchronous
+    assert ("alerts", full) in seen and ("job", full) in seen  # the alert, the control
+    assert {s for label, s in seen if label == "bulk"} == {normal}
+    assert ("job", normal) in seen  # a plain job
+
+
+def test_a_failing_writer_is_fatal_but_a_full_disk_is_not(tmp_path):
+    """Failures other than a full disk count toward the supervisor's give-up."""
+    fatal = []
+    sup = Supervisor(max_consecutive=3, on_fatal=fatal.append)
+    st = Store(str(tmp_path / "h.db"), flush_interval_s=0.01, retry_interval_s=0.01).start(sup)
+    try:
+        st.submit(lambda db: db.execute("PRAGMA max_page_count=" + str(
+            db.execute("PRAGMA page_count").fetchone()[0]))).result(5)
+        for i in range(30):
+            st.put_alert(alert(i, msg="x" * 3000), [])
+        assert wait_for(lambda: st.stats()["write_errors"] >= 5)
+        assert fatal == [] and sup.health()["edgewatch-store"]["failures"] == 0  # full: retried
+        st.submit(lambda db: db.execute("PRAGMA max_page_count=1073741823")).result(5)
+        assert wait_for(lambda: count(tmp_path / "h.db", "alerts") == 30)
+        st.submit(lambda db: db.execute("PRAGMA query_only=1")).result(5)  # writes now fail
+        st.put_alert(alert(99), [])
+        assert wait_for(lambda: fatal, 10)
+        health = sup.health()["edgewatch-store"]
+        assert health["critical"] and health["consecutive"] >= 3
+        assert "readonly" in health["last_error"] and "free space" not in health["last_error"]
+        assert "edgewatch-store failed 3 times in a row" in fatal[0]
+    finally:
+        sup.stop()
+        st.close(timeout=1)
+
+
+def test_close_after_the_supervisor_stopped_still_writes_everything(tmp_path):
+    sup = Supervisor()
+    st = Store(str(tmp_path / "h.db"), flush_interval_s=60.0).start(sup)
+    for i in range(5):
+        st.put("events", {"ts": NOW + i, "kind": "k"})
+    st.put_alert(alert(1), [outbox_msg(1)])
+    t0 = time.monotonic()
+    sup.stop()  # the agent stopped its workers first
+    st.close(timeout=30)
+    assert time.monotonic() - t0 < 5  # drained at once, not after the timeout
+    assert count(tmp_path / "h.db", "events") == 5 and count(tmp_path / "h.db", "alerts") == 1

@@ -48,12 +48,13 @@ def collect_features(cfg: Any, model: Model, uris: List[str], fps: float,
 def _baseline(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.rebuild:
-        from ._alerts import send_command
+        from ..control import AgentUnavailable, send
 
-        result = send_command(cfg.store.path, "rebaseline", {"id": f"cli-{int(time.time())}"})
-        if result.get("ok") is None:
+        try:
+            result = send(cfg, "rebaseline", {})
+        except AgentUnavailable:
             raise BaselineError(f"no running agent answered on {cfg.store.path} "
-                                "(start it; --rebuild asks the running agent)")
+                                "(start it; --rebuild asks the running agent)") from None
         print(json.dumps(result, indent=2))
         return 0 if result.get("ok") else 1
     if not args.sources or not args.out:

@@ -6,11 +6,10 @@ import argparse
 import time
 
 from ..export import EXPORT_TABLES, FORMATS, check_tables, export_rows, export_snapshot, parse_time
+from ._run import config_from_args
 
-DEFAULT_DB = "edgewatch.db"
 
-
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``export`` command."""
     p = sub.add_parser(
         "export",
@@ -19,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "snapshot (online backup). csv: one file per table, <stem>_<table>.csv next to --out. "
         "jsonl: one JSON object per row with a \"table\" key.",
     )
-    p.add_argument("--db", default=DEFAULT_DB, help=f"history database (default: {DEFAULT_DB})")
+    p.add_argument("--config", help="TOML config file (for [store] path)")
+    p.add_argument("--db", help="history database (default: [store] path of the config)")
     p.add_argument("--out", required=True, help="output file (csv: its stem names the files)")
     p.add_argument("--since", help="keep rows at or after: 30m, 2h, 7d, unix seconds or ISO 8601")
     p.add_argument("--until", help="keep rows at or before (same forms as --since)")
@@ -30,15 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handle ``edgewatch export``: write the export and print one summary line."""
+    db = config_from_args(args).store.path
     now = time.time()
     since = parse_time(args.since, now) if args.since else None
     until = parse_time(args.until, now) if args.until else None
     tables = check_tables(args.tables.split(",")) if args.tables else None
     if args.format == "sqlite":
-        result = export_snapshot(args.db, args.out, tables, since, until)
+        result = export_snapshot(db, args.out, tables, since, until)
         where = f"{result['path']} ({result['bytes']} bytes)"
     else:
-        result = export_rows(args.db, args.out, tables, since, until, args.format)
+        result = export_rows(db, args.out, tables, since, until, args.format)
         where = ", ".join(result["paths"]) if args.format == "csv" else result["paths"][0]
     counts = " ".join(f"{t}={n}" for t, n in result["rows"].items())
     print(f"exported {args.format} to {where}: {counts}")

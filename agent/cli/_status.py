@@ -1,4 +1,4 @@
-"""``edgewatch status``: the device at a glance, from its database."""
+"""``edgewatch status``: the device at a glance, from its database (read-only)."""
 
 from __future__ import annotations
 
@@ -6,70 +6,124 @@ import argparse
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Dict, List, Mapping, Optional
 
-from ..store import connect_readonly
+from .._sqlite import holder_info
+from ..store import Reader
+from ._format import ago, duration, local_time, safe_text, table
 from ._run import config_from_args
 
 
-def device_status(db_path: str, now: float) -> dict:
-    """Running or not, last heartbeat, camera and model, open alerts, database size."""
-    conn = connect_readonly(db_path)
-    hb = conn.execute("SELECT ts, payload FROM heartbeats ORDER BY seq DESC LIMIT 1").fetchone()
-    payload = json.loads(hb["payload"]) if hb else {}
+def device_status(db_path: str, now: float) -> Dict[str, Any]:
+    """Running or not, last heartbeat, camera and model, open alerts, threads, database size."""
+    reader = Reader(db_path)
+    try:
+        hb = reader.latest_heartbeat()
+        alerts = reader.alerts(state="firing", limit=1000)
+        last_event = reader.last_event()
+        oldest = reader.oldest_window_ts()
+    finally:
+        reader.close_reader()
+    payload: Dict[str, Any] = hb["payload"] if hb else {}
     interval = float(payload.get("interval_s") or 30.0)
     age = None if hb is None else now - float(hb["ts"])
-    alerts = conn.execute("SELECT id, kind, severity, feature, message FROM alerts "
-                          "WHERE state = 'firing' ORDER BY ts").fetchall()
-    last_event = conn.execute("SELECT ts, kind, message FROM events ORDER BY id DESC LIMIT 1").fetchone()
-    oldest = conn.execute("SELECT min(ts_start) FROM windows").fetchone()[0]
     size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
-    running = age is not None and age < 3 * interval and (
-        last_event is None or last_event["kind"] != "stop" or last_event["ts"] < hb["ts"])
+    holder = holder_info(db_path)  # the running agent holds <db>.lock
+    running = holder is not None or (hb is not None and age is not None and age < 3 * interval
+                                     and (last_event is None or last_event["kind"] != "stop"
+                                          or last_event["ts"] < hb["ts"]))
     return {
         "db": db_path, "running": bool(running),
+        "pid": (holder or {}).get("pid"),
+        "last_heartbeat_ts": None if hb is None else hb["ts"],
         "last_heartbeat_age_s": None if age is None else round(age, 1),
         "model": payload.get("model"), "camera": payload.get("camera"),
         "reference": payload.get("reference"), "host": payload.get("host"),
         "agent": payload.get("agent"), "outbox": payload.get("outbox"),
-        "alerts_open": [dict(a) for a in alerts],
-        "last_event": dict(last_event) if last_event else None,
+        "queues": payload.get("queues"), "threads": payload.get("threads"),
+        "alerts_open": [{k: a[k] for k in ("id", "kind", "severity", "feature", "message",
+                                           "starts_at")} for a in alerts],
+        "last_event": last_event,
         "db_bytes": size,
         "history_since": oldest,
     }
 
 
+def _num(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}{unit}"
+    return f"{safe_text(value)}{unit}"
+
+
+def _pairs(value: Any, unit: str = "") -> str:
+    """``{'p50': 3.518, 'p95': 4.1}`` as ``p50 3.518 ms, p95 4.1 ms``; a number as itself."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{safe_text(k)} {_num(v, unit)}" for k, v in value.items()) or "-"
+    return _num(value, unit)
+
+
+def _lines(st: Dict[str, Any], now: float) -> List[str]:
+    hb_ts = st["last_heartbeat_ts"]
+    model, cam = st["model"] or {}, st["camera"] or {}
+    host, ref, outbox = st["host"] or {}, st["reference"] or {}, st["outbox"] or {}
+    sha = str(model.get("sha256") or "")[:12] or "-"
+    since = st["history_since"]
+    pid = f" (pid {st['pid']})" if st["pid"] else ""
+    return [
+        f"agent:     {'running' if st['running'] else 'not running'}{pid}, last heartbeat "
+        + (f"{ago(hb_ts, now)} ({local_time(hb_ts)})" if hb_ts is not None else "never"),
+        f"model:     {_num(model.get('path'))}, sha256 {sha}, runtime "
+        f"{_num(model.get('runtime'))}, latency {_pairs(model.get('latency_ms'), ' ms')}",
+        f"camera:    {_num(cam.get('name'))}, {_num(cam.get('state'))}, frames "
+        f"{_num(cam.get('frames'))}, fps {_num(cam.get('fps_processed'))}, dropped "
+        f"{_num(cam.get('dropped'))}, reconnects {_num(cam.get('reconnects'))}",
+        f"host:      cpu {_num(host.get('cpu_percent'), '%')}, memory "
+        f"{_num(host.get('memory_percent'), '%')}, disk free {_num(host.get('disk_free_mb'), ' MB')}"
+        f", temperature {_num(host.get('max_temp_c'), ' C')}, throttled "
+        f"{_num(host.get('throttled'))}",
+        f"reference: {safe_text(ref.get('origin', 'none (warming up)'))}",
+        f"outbox:    {_num(outbox.get('depth'))} waiting, oldest "
+        f"{duration(outbox.get('oldest_age_s'))}, dropped {_num(outbox.get('dropped'))}",
+        f"database:  {safe_text(st['db'])}, {st['db_bytes'] / 1e6:.1f} MB (max "
+        f"{st['max_db_mb']:g} MB), history since {local_time(since)}, retention "
+        f"{st['retention_days']:g} days",
+        f"alerts:    {len(st['alerts_open'])} firing",
+    ]
+
+
+def _threads_table(threads: Optional[Mapping[str, Any]]) -> Optional[str]:
+    if not isinstance(threads, Mapping) or not threads:
+        return None
+    rows = [{"thread": name, "alive": h.get("alive"), "critical": h.get("critical"),
+             "failures": h.get("failures"), "in a row": h.get("consecutive"),
+             "last error": h.get("last_error"),
+             "when": local_time(h["last_error_ts"]) if h.get("last_error_ts") else None}
+            for name, h in sorted(threads.items()) if isinstance(h, Mapping)]
+    return table(rows, ["thread", "alive", "critical", "failures", "in a row", "last error",
+                        "when"])
+
+
 def _status(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    st = device_status(cfg.store.path, time.time())
+    now = time.time()
+    st = device_status(cfg.store.path, now)
     st["retention_days"] = cfg.store.retention_days
     st["max_db_mb"] = cfg.store.max_db_mb
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
-    hb = st["last_heartbeat_age_s"]
-    print(f"agent:     {'running' if st['running'] else 'not running'}"
-          f" (last heartbeat {'never' if hb is None else f'{hb:.0f} s ago'})")
-    model = st["model"] or {}
-    print(f"model:     {model.get('path')} sha256 {str(model.get('sha256'))[:12]} "
-          f"({model.get('runtime')}), latency {model.get('latency_ms')}")
-    cam = st["camera"] or {}
-    print(f"camera:    {cam.get('name')} state {cam.get('state')}, frames {cam.get('frames')}, "
-          f"fps {cam.get('fps_processed')}, dropped {cam.get('dropped')}, "
-          f"reconnects {cam.get('reconnects')}")
-    host = st["host"] or {}
-    print(f"host:      cpu {host.get('cpu_percent')}%, memory {host.get('memory_percent')}%, "
-          f"disk free {host.get('disk_free_mb')} MB, temp {host.get('max_temp_c')} C, "
-          f"throttled {host.get('throttled')}")
-    ref = st["reference"] or {}
-    print(f"reference: {ref.get('origin', 'none (warming up)')}")
-    since = st["history_since"]
-    print(f"database:  {st['db']} {st['db_bytes'] / 1e6:.1f} MB (max {st['max_db_mb']:g} MB), "
-          f"history since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since)) if since else '-'}, "
-          f"retention {st['retention_days']:g} days")
-    print(f"alerts:    {len(st['alerts_open'])} firing")
-    for a in st["alerts_open"]:
-        print(f"  {a['id'][:12]} {a['severity']:<8} {a['kind']:<16} {a['message']}")
+    print("\n".join(_lines(st, now)))
+    if st["alerts_open"]:
+        print()
+        print(table([{**a, "id": str(a["id"])[:12], "since": local_time(a["starts_at"])}
+                     for a in st["alerts_open"]],
+                    ["id", "severity", "kind", "feature", "since", "message"]))
+    threads = _threads_table(st["threads"])
+    if threads:
+        print()
+        print(threads)
     return 0
 
 

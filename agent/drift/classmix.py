@@ -17,17 +17,22 @@ True
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from .categorical import js_divergence
 
+Array = npt.NDArray[Any]
+
 MAX_CLASSES = 4096
+#: The feature name of the class-mix drift alert.
+CLASS_MIX_FEATURE = "class_mix"
 
 
-def class_mix(reference_sketch: np.ndarray, current: np.ndarray,
-              max_classes: int = MAX_CLASSES) -> Optional[Tuple[float, np.ndarray, np.ndarray]]:
+def class_mix(reference_sketch: Array, current: Array,
+              max_classes: int = MAX_CLASSES) -> Optional[Tuple[float, Array, Array]]:
     """``(js, reference_fractions, current_fractions)``, or None when there is no mix to compare.
 
     None when the reference saw fewer than two classes or the window has no prediction.

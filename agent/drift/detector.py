@@ -11,10 +11,11 @@ window's quantile functions, vectorised over features. A feature is
 ``drifted`` when its KS distance is above its calibrated threshold *and* its normalised
 Wasserstein distance reaches the reference's ``min_wasserstein`` (a practical effect size).
 Persistence (P consecutive drifted evaluations, ``Reference.persistence_evals``) and hysteresis
-(``clear_threshold``, reported as ``above_clear``) are applied by the caller.
+(the reference's ``clear_threshold``, scaled with the threshold used and reported as
+``above_clear``) are applied by the caller.
 
 A window shorter than ``Reference.window_frames`` gets a proportionally higher threshold
-(x sqrt(window_frames / frames), capped at 0.99), since fewer frames mean a noisier distance.
+(x sqrt(window_frames / frames), capped at ``THRESHOLD_CAP``), since fewer frames mean a noisier distance.
 NaN values are dropped per feature; a feature with no values is reported as not evaluated.
 The autocorrelation-adjusted KS p-value (both sample sizes shrunk to their effective sizes with
 the reference's lag-1 autocorrelation) is computed only for drifted features.
@@ -24,18 +25,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.drift.ks import ks_pvalue
 from agent.drift.psi import PSI_FLOOR
-from agent.drift.reference import Reference
+from agent.drift.reference import CLEAR_RATIO, THRESHOLD_CAP, Reference
 from agent.drift.wasserstein import wasserstein_sorted
+
+Array = npt.NDArray[Any]
 
 __all__ = ["DriftReport", "FeatureDrift", "evaluate"]
 
-_THRESHOLD_CAP = 0.99
 _QUANTILES = (0.05, 0.5, 0.95)
 
 
@@ -89,11 +92,11 @@ class DriftReport:
 def _skipped(name: str, reason: str, frames: int, ref: Reference, threshold: float) -> FeatureDrift:
     """A not-evaluated feature: NaN measures, never drifted."""
     nan = float("nan")
-    return FeatureDrift(name, False, nan, nan, nan, threshold, 0.7 * threshold, False, False,
+    return FeatureDrift(name, False, nan, nan, nan, threshold, CLEAR_RATIO * threshold, False, False,
                         frames, None, ref.summary(name), {}, reason)
 
 
-def _summaries(cur: np.ndarray) -> list[dict[str, float]]:
+def _summaries(cur: Array) -> list[dict[str, float]]:
     """mean, std, p05, p50, p95 of each row of a sorted (rows, m) array, m >= 1."""
     m = cur.shape[1]
     mean = cur.mean(axis=1)
@@ -108,8 +111,8 @@ def _summaries(cur: np.ndarray) -> list[dict[str, float]]:
     return [dict(zip(("mean", "std", "p05", "p50", "p95"), row)) for row in table]
 
 
-def _measures(reference: Reference, feats: np.ndarray,
-              cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _measures(reference: Reference, feats: Array,
+              cur: Array) -> tuple[Array, Array, Array]:
     """Grid KS distance, PSI and raw Wasserstein-1 of sorted NaN-free window rows, vectorised.
 
     One binary search per feature gives #{c <= q} at the KS grid and the PSI edges at once;
@@ -118,10 +121,10 @@ def _measures(reference: Reference, feats: np.ndarray,
     """
     rows, n = cur.shape
     if rows == len(reference.names) and np.array_equal(feats, np.arange(rows)):
-        def take(arr: np.ndarray) -> np.ndarray:
+        def take(arr: Array) -> Array:
             return arr  # every feature in reference order: no copies
     else:
-        def take(arr: np.ndarray) -> np.ndarray:
+        def take(arr: Array) -> Array:
             return arr[feats]
     queries = take(reference._queries)  # (rows, G + E): KS grid, then PSI edges
     g = reference._grid.shape[1]
@@ -149,7 +152,7 @@ def _measures(reference: Reference, feats: np.ndarray,
     return ks, psi, np.atleast_1d(wass)
 
 
-def _radix_sort_rows(rows: np.ndarray) -> np.ndarray:
+def _radix_sort_rows(rows: Array) -> Array:
     """Each row of a C-contiguous float32 (R, N) array sorted: a two-pass LSD radix sort.
 
     numpy's comparison sort costs about 70 us per 4096 float32 values on the target machines
@@ -170,14 +173,15 @@ def _radix_sort_rows(rows: np.ndarray) -> np.ndarray:
     order += offsets
     second = np.argsort(high.reshape(-1)[order], axis=1, kind="stable")
     second += offsets
-    return rows.reshape(-1)[order.reshape(-1)[second]]
+    out: Array = rows.reshape(-1)[order.reshape(-1)[second]]
+    return out
 
 
 # Below this many frames np.sort is as fast as the radix sort.
 _RADIX_MIN_FRAMES = 512
 
 
-def _sorted_rows(win: np.ndarray, selected: np.ndarray | None) -> np.ndarray:
+def _sorted_rows(win: Array, selected: Array | None) -> Array:
     """The selected columns of ``win`` as C-contiguous rows, each sorted (NaN last)."""
     if selected is None:
         rows = np.empty((win.shape[1], win.shape[0]), dtype=win.dtype)
@@ -195,7 +199,7 @@ def _sorted_rows(win: np.ndarray, selected: np.ndarray | None) -> np.ndarray:
 
 def evaluate(
     reference: Reference,
-    window: np.ndarray,
+    window: Array,
     *,
     features: Sequence[str] | None = None,
     thresholds_override: Mapping[str, float] | None = None,
@@ -245,6 +249,9 @@ def evaluate(
     # Python lists: indexing them is much cheaper than indexing numpy arrays element-wise.
     ks_l, psi_l, wass_l = ks.tolist(), psi.tolist(), wass.tolist()
     thresholds, valid_l, has_ref_l = reference.threshold.tolist(), valid.tolist(), has_ref.tolist()
+    # The reference's hysteresis, kept when the threshold is overridden or widened.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        clear_ratio = (reference.clear_threshold / reference.threshold).tolist()
     for i, f in enumerate(selected.tolist()):
         name = names[f]
         thr = float(overrides.get(name, thresholds[f]))
@@ -256,7 +263,7 @@ def evaluate(
             results.append(_skipped(name, "no valid values in window", 0, reference, thr))
             continue
         if m < reference.window_frames:
-            thr = min(_THRESHOLD_CAP, thr * math.sqrt(reference.window_frames / m))
+            thr = min(THRESHOLD_CAP, thr * math.sqrt(reference.window_frames / m))
         d = ks_l[i]
         w = wass_l[i]
         drifted = d > thr and w >= reference.min_wasserstein
@@ -265,8 +272,9 @@ def evaluate(
             rho = float(reference.rho1[f])
             shrink = (1.0 - rho) / (1.0 + rho)
             pvalue = ks_pvalue(d, max(1.0, m * shrink), max(1.0, reference.frames * shrink))
-        results.append(FeatureDrift(name, True, d, psi_l[i], w, thr, 0.7 * thr, drifted,
-                                    d >= 0.7 * thr, m, pvalue, dict(reference._summaries[f]),
+        clear = clear_ratio[f] * thr
+        results.append(FeatureDrift(name, True, d, psi_l[i], w, thr, clear, drifted,
+                                    d >= clear, m, pvalue, dict(reference._summaries[f]),
                                     current[i]))
     score = max((fd.ratio for fd in results), default=0.0)
     return DriftReport(tuple(results), n, tuple(fd.feature for fd in results if fd.drifted),

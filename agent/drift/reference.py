@@ -57,12 +57,16 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.drift.ks import ks_grid, ks_statistic_grid
 from agent.drift.psi import PSI_FLOOR
 from agent.errors import BaselineError
 
-__all__ = ["FORMAT_VERSION", "KS_GRID", "ORIGINS", "Reference", "build_reference", "sketch"]
+Array = npt.NDArray[Any]
+
+__all__ = ["CLEAR_RATIO", "FORMAT_VERSION", "KS_GRID", "ORIGINS", "THRESHOLD_CAP", "Reference",
+           "build_reference", "sketch"]
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +78,17 @@ _KOLMOGOROV_STD = 0.2603169550201340
 _MAX_NULL_BLOCKS = 400
 # What np.load / json raise on a damaged or foreign file.
 _DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
-_THRESHOLD_CAP = 0.99
+#: The highest KS threshold: a distance of 1 means disjoint samples, so a cap keeps a drift
+#: detectable however noisy the feature.
+THRESHOLD_CAP = 0.99
+#: ``clear_threshold`` = CLEAR_RATIO x threshold: the hysteresis of every drift alert.
+CLEAR_RATIO = 0.7
 KS_GRID = 512  # reference quantiles at which the detector's KS distance is evaluated
 _ARRAYS = ("sketch", "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "psi_edges",
            "psi_ref", "threshold", "clear_threshold", "rho1", "n_eff", "null_mean", "null_max")
 
 
-def sketch(sorted_values: np.ndarray, size: int) -> np.ndarray:
+def sketch(sorted_values: Array, size: int) -> Array:
     """``size`` evenly spaced (mid-rank) order statistics of a sorted, non-empty 1-D array.
 
     With fewer than ``size`` values, values repeat in proportion, so every feature of a reference
@@ -95,23 +103,23 @@ class Reference:
     """Compact per-feature reference (quantile sketch, statistics, calibrated KS thresholds)."""
 
     names: tuple[str, ...]
-    sketch: np.ndarray  # (F, K) sorted per row; a row of NaN for a feature with no data
-    mean: np.ndarray
-    std: np.ndarray
-    median: np.ndarray
-    p05: np.ndarray
-    p95: np.ndarray
-    iqr: np.ndarray
-    mad: np.ndarray
-    scale: np.ndarray  # Wasserstein normaliser: IQR/1.349, else std, else 1.0
-    psi_edges: np.ndarray  # (F, bins-1) reference quantiles
-    psi_ref: np.ndarray  # (F, bins) reference bin fractions, floored at 1e-4
-    threshold: np.ndarray  # calibrated KS threshold; NaN for a feature with no data
-    clear_threshold: np.ndarray
-    rho1: np.ndarray  # lag-1 autocorrelation
-    n_eff: np.ndarray  # effective independent values per window
-    null_mean: np.ndarray  # mean KS distance of reference blocks
-    null_max: np.ndarray
+    sketch: Array  # (F, K) sorted per row; a row of NaN for a feature with no data
+    mean: Array
+    std: Array
+    median: Array
+    p05: Array
+    p95: Array
+    iqr: Array
+    mad: Array
+    scale: Array  # Wasserstein normaliser: IQR/1.349, else std, else 1.0
+    psi_edges: Array  # (F, bins-1) reference quantiles
+    psi_ref: Array  # (F, bins) reference bin fractions, floored at 1e-4
+    threshold: Array  # calibrated KS threshold; NaN for a feature with no data
+    clear_threshold: Array
+    rho1: Array  # lag-1 autocorrelation
+    n_eff: Array  # effective independent values per window
+    null_mean: Array  # mean KS distance of reference blocks
+    null_max: Array
     model_sha256: str
     model_path: str
     created: float
@@ -126,15 +134,15 @@ class Reference:
     alpha: float
     min_ks: float
     min_wasserstein: float
-    class_hist: np.ndarray | None = None
+    class_hist: Array | None = None
     version: int = FORMAT_VERSION
     # Derived on construction (not stored): the KS grid of sketch points with the sketch ECDF
     # at and just below each point, shape (F, G).
-    _grid: np.ndarray = field(init=False, repr=False)
-    _grid_at: np.ndarray = field(init=False, repr=False)
-    _grid_below: np.ndarray = field(init=False, repr=False)
+    _grid: Array = field(init=False, repr=False)
+    _grid_at: Array = field(init=False, repr=False)
+    _grid_below: Array = field(init=False, repr=False)
     # The detector's binary-search queries: the KS grid, then the PSI edges, shape (F, G + E).
-    _queries: np.ndarray = field(init=False, repr=False)
+    _queries: Array = field(init=False, repr=False)
     _summaries: tuple[dict[str, float], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -243,7 +251,7 @@ class Reference:
         return cls.from_bytes(blob, expected_sha256, where=os.fspath(path))
 
 
-def _lag1(x: np.ndarray) -> float:
+def _lag1(x: Array) -> float:
     d = x - x.mean()
     denom = float(d @ d)
     if x.shape[0] < 3 or denom <= 0:
@@ -251,7 +259,7 @@ def _lag1(x: np.ndarray) -> float:
     return float(np.clip((d[:-1] @ d[1:]) / denom, 0.0, 0.999))
 
 
-def _null_distances(x: np.ndarray, ref_sketch: np.ndarray, window: int, stride: int) -> np.ndarray:
+def _null_distances(x: Array, ref_sketch: Array, window: int, stride: int) -> Array:
     """KS distance of every window-sized block of ``x`` (time order) to the reference sketch."""
     n = x.shape[0]
     stride = max(stride, math.ceil((n - window + 1) / _MAX_NULL_BLOCKS), 1)
@@ -260,7 +268,7 @@ def _null_distances(x: np.ndarray, ref_sketch: np.ndarray, window: int, stride: 
     return np.array([ks_statistic_grid(*grid, np.sort(x[s:s + window])) for s in starts])
 
 
-def _threshold(null: np.ndarray, rho: float, window: int, n: int, c_alpha: float,
+def _threshold(null: Array, rho: float, window: int, n: int, c_alpha: float,
                min_ks: float) -> tuple[float, float]:
     """Calibrated threshold (see the module docstring) and the window's effective size."""
     frac = window / n
@@ -276,11 +284,11 @@ def _threshold(null: np.ndarray, rho: float, window: int, n: int, c_alpha: float
     n_eff_r = max(1.0, n * shrink)
     neff_bound = c_alpha * math.sqrt((n_eff_w + n_eff_r) / (n_eff_w * n_eff_r))
     thr = max(fit_mean, fit_spread, neff_bound, 1.1 * float(null.max()), min_ks)
-    return min(thr, _THRESHOLD_CAP), n_eff_w
+    return min(thr, THRESHOLD_CAP), n_eff_w
 
 
 def build_reference(
-    values: np.ndarray,
+    values: Array,
     names: Sequence[str],
     *,
     window_frames: int,
@@ -291,7 +299,7 @@ def build_reference(
     origin: str,
     source: str,
     created: float,
-    class_hist: np.ndarray | None = None,
+    class_hist: Array | None = None,
     target_false_alarms_per_week: float = 1.0,
     persistence_s: float = 60.0,
     min_ks: float = 0.15,
@@ -364,7 +372,7 @@ def build_reference(
                         "to detect smaller shifts", names[f], thr, rho, n_eff)
     return Reference(
         names=tuple(names), sketch=sketches, psi_edges=edges, psi_ref=fractions,
-        clear_threshold=0.7 * out["threshold"], **out,
+        clear_threshold=CLEAR_RATIO * out["threshold"], **out,
         model_sha256=model_sha256, model_path=model_path, created=float(created), origin=origin,
         source=source, frames=int(n_frames), fps=float(fps), window_frames=int(window_frames),
         eval_stride_frames=int(eval_stride_frames), persistence_evals=persistence_evals,

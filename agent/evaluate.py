@@ -1,0 +1,222 @@
+"""The periodic evaluation: warm-up learning, rules, drift and class mix over the ring buffer.
+
+Every ``rules.eval_interval_s`` of frame time the monitor calls :meth:`Evaluator.evaluate`:
+it finishes a due warm-up, runs the rules over the last ``rules.window_s``, runs the drift
+test every ``drift.eval_interval_s`` (on the reference's window size), hands every
+observation to the alert manager and returns an :class:`~agent.records.Evaluation`.
+Drift groups its features into two alerts, ``image`` (data drift) and ``predictions``
+(prediction drift), plus ``class_mix`` for multi-class models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from .alerts import AlertManager
+from .buffers import RingBuffer
+from .config import Config
+from .drift.classmix import CLASS_MIX_FEATURE, class_mix
+from .drift.detector import FeatureDrift
+from .drift.detector import evaluate as evaluate_drift
+from .drift.reference import CLEAR_RATIO, Reference
+from .errors import ConfigError
+from .observe import FEATURES, PERF_FEATURES
+from .records import Evaluation, Observation, ReferenceStatus, Window
+from .rules import check_frames
+from .stats import IMAGE_FEATURES
+from .warmup import Warmup, WarmupFailed
+
+__all__ = ["DRIFT_FEATURES", "NOT_DRIFT_TESTED", "Evaluator", "drift_features"]
+
+#: The drift alerts' features: image statistics, confidence summary, predicted-class mix.
+DRIFT_FEATURES: tuple[str, ...] = ("image", "predictions", CLASS_MIX_FEATURE)
+# Not tested for distribution drift: motion/frames are covered by rules, the predicted
+# class is categorical, and timing belongs to the performance checks.
+NOT_DRIFT_TESTED: tuple[str, ...] = ("diff", "pred_class") + PERF_FEATURES
+_SHOWN = 6  # drifted features named in an alert
+
+Events = Callable[[str, str, Dict[str, Any]], None]
+
+
+def drift_features(config: Config) -> tuple[str, ...]:
+    """The features tested for drift: configured (checked), else all but NOT_DRIFT_TESTED."""
+    if not config.drift.features:
+        return tuple(f for f in FEATURES if f not in NOT_DRIFT_TESTED)
+    unknown = [f for f in config.drift.features if f not in FEATURES]
+    if unknown:
+        raise ConfigError(f"{config.origin}: drift.features has unknown feature '{unknown[0]}' "
+                          f"(valid: {', '.join(FEATURES)})")
+    return tuple(config.drift.features)
+
+
+class Evaluator:
+    """Rules, drift and warm-up over the ring buffer, feeding one alert manager."""
+
+    def __init__(self, config: Config, alerts: AlertManager, ring: RingBuffer, warmup: Warmup, *,
+                 events: Events, reference_learned: Callable[[Reference], None],
+                 expected_fps: Optional[float] = None) -> None:
+        self.config = config
+        self.alerts = alerts
+        self.ring = ring
+        self.warmup = warmup
+        self.drift_names = drift_features(config)
+        self.expected_fps = expected_fps
+        self._events = events
+        self._learned = reference_learned
+        self._reference: Optional[Reference] = None  # None until one is loaded or learned
+        self._next_drift = -np.inf
+        self._last_drift: Dict[str, float] = {}
+
+    @property
+    def reference(self) -> Optional[Reference]:
+        """The reference drift is tested against, if any yet."""
+        return self._reference
+
+    @property
+    def last_drift(self) -> Dict[str, float]:
+        """KS distance per feature at the last drift test."""
+        return dict(self._last_drift)
+
+    def status(self) -> ReferenceStatus:
+        """Where the reference stands (for snapshots and heartbeats)."""
+        ref = self._reference
+        if ref is not None:
+            return ReferenceStatus("ready", frames=ref.frames, origin=ref.origin,
+                                   created=ref.created)
+        if not self.config.drift.enabled:
+            return ReferenceStatus("disabled")
+        return self.warmup.status()
+
+    def set_reference(self, reference: Reference) -> None:
+        """Test against this reference from now on (baseline file, warm-up or history)."""
+        self._reference = reference
+        self.warmup.stop()
+
+    def restart_warmup(self, start: Optional[float]) -> None:
+        """Forget the reference and learn a new one from the next frames."""
+        self._reference = None
+        self._last_drift = {}
+        self.warmup.begin(start)
+
+    def evaluate(self, now: float) -> Evaluation:
+        """One evaluation at ``now``; drift runs at most every ``drift.eval_interval_s``."""
+        if self.warmup.due(now):
+            self._finish_warmup(now)
+        observations: List[Observation] = []
+        rules = self.config.rules
+        if rules.enabled:
+            ts, values = self.ring.since(now - rules.window_s)
+            observations += check_frames(FEATURES, ts, values, rules,
+                                         reference=self._ref_summary,
+                                         expected_fps=self.expected_fps)
+        ran = False
+        ref = self._reference
+        if now >= self._next_drift and ref is not None:
+            self._next_drift = now + self.config.drift.eval_interval_s
+            drift = self._drift_observations(ref)
+            ran = drift is not None
+            observations += drift or []
+        self.alerts.update(observations, now)
+        self.alerts.tick(now)
+        return Evaluation(now, tuple(observations), dict(self._last_drift), ran, self.status())
+
+    def _finish_warmup(self, now: float) -> None:
+        try:
+            ref = self.warmup.finish(now)
+        except WarmupFailed as exc:
+            self._events("warmup_failed", str(exc), {"frames": self.warmup.frames})
+            return
+        self._reference = ref
+        self._learned(ref)
+        self._events("reference", f"warm-up reference learned from {ref.frames} frames",
+                     {"origin": "warmup", "frames": ref.frames})
+
+    def _ref_summary(self, feature: str) -> Optional[Dict[str, float]]:
+        ref = self._reference
+        if ref is None or feature not in ref.names:
+            return None
+        out = ref.summary(feature)
+        out["mad"] = float(ref.mad[ref.index(feature)])
+        return out
+
+    def _drift_observations(self, ref: Reference) -> Optional[List[Observation]]:
+        """The drift groups' and class mix's observations; None until the window is full."""
+        n = ref.window_frames  # thresholds are calibrated for the reference's window size
+        if self.ring.size < n:
+            return None
+        ts, values = self.ring.last(n)
+        if ref.names != FEATURES:
+            values = values[:, [FEATURES.index(f) for f in ref.names]]
+        feats = [f for f in self.drift_names if f in ref.names]
+        overrides = {f: v for f in feats if (v := self.alerts.threshold_override(f)) is not None}
+        report = evaluate_drift(ref, values, features=feats, thresholds_override=overrides or None)
+        window = Window(float(ts[0]), float(ts[-1]), n)
+        self._last_drift = {fd.feature: round(float(fd.ks), 4) for fd in report.features
+                            if fd.evaluated}
+        out = []
+        for kind, group in (("data_drift", "image"), ("prediction_drift", "predictions")):
+            members = [fd for fd in report.features if fd.evaluated
+                       and (fd.feature in IMAGE_FEATURES) == (kind == "data_drift")
+                       and not self.alerts.is_disabled(kind, fd.feature)]
+            if members:
+                out.append(self._group_observation(kind, group, members, window))
+        mix = self._class_mix_observation(values, ref, window)
+        if mix is not None:
+            out.append(mix)
+        return out
+
+    def _group_observation(self, kind: str, group: str, members: Sequence[FeatureDrift],
+                           window: Window) -> Observation:
+        """One alert per group: breach when any feature drifted, clear when all are calm."""
+        drifted = sorted((fd for fd in members if fd.drifted), key=lambda f: -f.ratio)
+        top = drifted[0] if drifted else max(members, key=lambda f: f.ratio)
+        shown = drifted[:_SHOWN] or [top]
+        rs, cs = top.reference, top.current
+        names = ", ".join(fd.feature for fd in drifted[:_SHOWN]) or "none"
+        label = "data drift" if kind == "data_drift" else "prediction drift"
+        cfg = self.config.drift
+        return Observation(
+            kind=kind, feature=group, metric="ks", value=float(top.ks),
+            threshold=float(top.threshold), breach=bool(drifted),
+            clear=not any(fd.above_clear for fd in members),
+            severity="critical" if drifted and top.ks > 2 * top.threshold else "warning",
+            for_s=cfg.for_s, clear_for_s=cfg.clear_for_s,
+            summary=(f"{label} in {names}: {top.feature} mean {cs['mean']:.3g} vs reference "
+                     f"{rs['mean']:.3g}±{rs['std']:.2g} (KS {top.ks:.2f} > {top.threshold:.2f}, "
+                     f"PSI {top.psi:.2f})"),
+            expected={fd.feature: {**fd.reference, "threshold": fd.threshold} for fd in shown},
+            observed={"drifted": [fd.feature for fd in drifted],
+                      "features": {fd.feature: {**fd.current, "ks": fd.ks, "psi": fd.psi,
+                                                "wasserstein": fd.wasserstein} for fd in shown}},
+            window=window)
+
+    def _class_mix_observation(self, values: npt.NDArray[np.float32], ref: Reference,
+                               window: Window) -> Optional[Observation]:
+        """Prediction drift in the mix of predicted classes (multi-class models only)."""
+        if "pred_class" not in ref.names:
+            return None
+        col = ref.index("pred_class")
+        result = class_mix(ref.sketch[col], values[:, col])
+        if result is None:
+            return None
+        js, ref_frac, cur_frac = result
+        limit = self.alerts.threshold_override(CLASS_MIX_FEATURE) or self.config.drift.class_mix_js
+        top_ref, top_cur = int(np.argmax(ref_frac)), int(np.argmax(cur_frac))
+        return Observation(
+            kind="prediction_drift", feature=CLASS_MIX_FEATURE, metric="js_divergence",
+            value=js, threshold=limit, breach=js > limit, clear=js < CLEAR_RATIO * limit,
+            severity="warning", for_s=self.config.drift.for_s,
+            clear_for_s=self.config.drift.clear_for_s,
+            summary=(f"prediction drift in class mix: JS divergence {js:.2f} > {limit:.2f} "
+                     f"(most frequent class {top_cur} at {cur_frac[top_cur]:.0%}; reference class "
+                     f"{top_ref} at {ref_frac[top_ref]:.0%})"),
+            expected=_fractions(ref_frac, max_js=limit),
+            observed=_fractions(cur_frac, js=js),
+            window=window)
+
+
+def _fractions(frac: npt.NDArray[np.float64], **extra: float) -> Mapping[str, Any]:
+    return {"class_fractions": [round(float(v), 4) for v in frac], **extra}
