@@ -8,14 +8,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
 from agent.central import Central
 
 
-def query(db: Path, sql: str, *args: Any) -> List[tuple]:
+def query(db: Path, sql: str, *args: Any) -> List[Tuple[Any, ...]]:
     """Rows of ``sql`` on the SQLite file ``db``."""
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, args).fetchall()
@@ -29,12 +29,13 @@ def heartbeat(device: str, seq: int, interval: float = 30.0) -> Dict[str, Any]:
 
 
 @pytest.fixture
-def central_factory(tmp_path: Path) -> Iterator:
+def central_factory(tmp_path: Path) -> Iterator[Callable[..., Central]]:
     """``make(broker, **kw)``: a started Central on ``tmp_path/central.db``, subscribed."""
     made: List[Central] = []
 
     def make(broker: Any, **kw: Any) -> Central:
         kw.setdefault("keepalive", 5)
+        kw.setdefault("group_wait_s", 0.0)  # notifications at once unless a test groups them
         central = Central(broker.host, broker.port, str(tmp_path / "central.db"), **kw)
         made.append(central)
         central.start()
@@ -80,7 +81,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webhook() -> Iterator[type]:
+def webhook() -> Iterator[type[Hook]]:
     """A local HTTP receiver; ``webhook.url``, ``.received``, ``.fail_first`` (default 1)."""
     Hook.received, Hook.fail_first, Hook.attempts = [], 1, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
@@ -91,11 +92,3 @@ def webhook() -> Iterator[type]:
     server.shutdown()
     server.server_close()
 
-
-def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` (a database read) until it holds, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import broker as broker_fixtures
 import central_helpers
 import pytest
 from central_helpers import heartbeat, query
+from helpers import make_alert, wait
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_mqtt import make_alert
 
 from agent.central.records import (
     REASONS,
@@ -27,7 +26,6 @@ from agent.central.records import (
     parse,
 )
 
-listeners = broker_fixtures.listeners  # the fixtures, registered for this module
 central_factory = central_helpers.central_factory
 webhook = central_helpers.webhook
 
@@ -75,7 +73,7 @@ def test_hostile_message_is_counted_and_the_fleet_still_recorded(
     pub.publish(f"{P}/cam-b/heartbeat", json.dumps(heartbeat("cam-b", 3)))
     got = webhook.wait_for(1)
     assert got[0]["alert"]["device"] == "cam-b"
-    central_helpers.wait_until(lambda: query(db, "SELECT device_id FROM devices")
+    wait(lambda: query(db, "SELECT device_id FROM devices")
                                == [("cam-b",)], what="cam-b's heartbeat recorded")
     assert query(db, "SELECT device, seq FROM alerts") == [("cam-b", 7)]
     status = central.status()
@@ -137,7 +135,7 @@ def test_a_device_cannot_rewrite_another_devices_alert(broker, tmp_path, central
     pub.publish(f"{P}/evil/alerts", json.dumps(forged))
     unclaimed = {k: v for k, v in forged.items() if k != "device"}
     pub.publish(f"{P}/evil/alerts", json.dumps(unclaimed))  # same id, evil's own now
-    central_helpers.wait_until(lambda: central.status()["alerts"] == 2, what="evil's own alert")
+    wait(lambda: central.status()["alerts"] == 2, what="evil's own alert")
     assert central.status()["bad"] == {"device_mismatch": 1}
     assert sorted(query(db, "SELECT device, id, seq, state FROM alerts")) == [
         ("cam-c", "c0ffee", 1, "firing"), ("evil", "c0ffee", 999, "resolved")]

@@ -12,13 +12,12 @@ from typing import Any, Dict, Iterator, List
 import broker as broker_fixtures
 import central_helpers
 import pytest
-from central_helpers import heartbeat, query, wait_until
-from test_mqtt import make_alert
+from central_helpers import heartbeat, query
+from helpers import make_alert, wait
 
 from agent.central import check_url, redact
 from agent.errors import ConfigError
 
-listeners = broker_fixtures.listeners  # the fixtures, registered for this module
 central_factory = central_helpers.central_factory
 webhook = central_helpers.webhook
 
@@ -76,13 +75,13 @@ def test_undelivered_notifications_wait_in_the_database_until_the_webhook_is_bac
     pub.wait_connected()
     pub.publish(f"{P}/cam-a/alerts", json.dumps(make_alert(1, device="cam-a")))
     # Far more failed attempts than the old fixed five, and the notification still waits.
-    wait_until(lambda: [a for _, _, a in pending(db)] and pending(db)[0][2] >= 8,
+    wait(lambda: [a for _, _, a in pending(db)] and pending(db)[0][2] >= 8,
                what="eight failed attempts")
     assert pending(db)[0][:2] == ("alert", "cam-a")
     assert central.status()["webhook_failing"] is True
     late_hook.start()
-    wait_until(lambda: len(late_hook.received) == 1, what="delivered once the webhook is back")
-    wait_until(lambda: pending(db) == [], what="delivered notification removed")
+    wait(lambda: len(late_hook.received) == 1, what="delivered once the webhook is back")
+    wait(lambda: pending(db) == [], what="delivered notification removed")
     assert late_hook.received[0]["alert"]["id"] == "a0001"
     assert central.status()["webhook_sent"] == 1
     logs = caplog.text
@@ -98,7 +97,7 @@ def test_notifications_expire_when_the_webhook_stays_down(
     pub = listeners(broker, [])
     pub.wait_connected()
     pub.publish(f"{P}/cam-a/alerts", json.dumps(make_alert(1, device="cam-a")))
-    wait_until(lambda: central.status()["webhook_expired"] == 1, what="expired")
+    wait(lambda: central.status()["webhook_expired"] == 1, what="expired")
     assert pending(db) == []
     assert "1 notification(s) undelivered for 0 s expired" in caplog.text
     assert SECRET not in caplog.text
@@ -117,7 +116,7 @@ def test_device_offline_and_back_online_reach_the_webhook(
     assert [b["text"] for b in got] == ["[OFFLINE] cam-a: last will or clean shutdown",
                                         "[ONLINE] cam-a: heartbeat"]
     assert got[0]["device"]["state"] == "offline" and got[1]["device"]["state"] == "online"
-    wait_until(lambda: pending(tmp_path / "central.db") == [], what="delivered ones removed")
+    wait(lambda: pending(tmp_path / "central.db") == [], what="delivered ones removed")
 
 
 def test_overdue_heartbeat_reaches_the_webhook(broker, tmp_path, central_factory, listeners,
@@ -142,3 +141,26 @@ def test_redact_keeps_scheme_host_and_port_only() -> None:
     assert redact(f"https://hooks.slack.com:8443/services/{SECRET}?x=1") == \
         "https://hooks.slack.com:8443/…"
     assert check_url("https://hooks.example/x") == "https://hooks.example/x"
+
+
+def test_a_storm_of_devices_going_dark_is_one_webhook_call(broker, tmp_path, central_factory,
+                                                            listeners, webhook) -> None:
+    webhook.fail_first = 0
+    n = 40
+    central = central_factory(broker, webhook=webhook.url, group_wait_s=3.0)
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    for i in range(n):  # first sightings: online, nothing to tell
+        pub.publish(f"{P}/cam-{i:02d}/heartbeat", json.dumps(heartbeat(f"cam-{i:02d}", 1)))
+    wait(lambda: central.status()["heartbeats"] == n, what="every device seen")
+    for i in range(n):  # dusk: every last will at once
+        pub.publish(f"{P}/cam-{i:02d}/status", "offline")
+    [body] = webhook.wait_for(1)
+    wait(lambda: pending(tmp_path / "central.db") == [], what="the group delivered")
+    assert len(webhook.received) == 1
+    assert body["group"] == "device/offline" and body["count"] == n
+    assert body["devices"] == [f"cam-{i:02d}" for i in range(n)]
+    assert body["text"].splitlines()[0].startswith(f"[OFFLINE] {n} devices: cam-00, cam-01")
+    assert "(+20 more)" in body["text"].splitlines()[0]
+    status = central.status()
+    assert (status["webhook_sent"], status["webhook_notifications_sent"]) == (1, n)

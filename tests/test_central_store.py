@@ -7,18 +7,16 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import broker as broker_fixtures
 import central_helpers
 import pytest
-from central_helpers import query, wait_until
-from test_mqtt import make_alert
+from central_helpers import query
+from helpers import make_alert, wait
 
 from agent.central import SCHEMA_VERSION, Central, CentralReader, CentralStore
 from agent.central.records import parse
 from agent.central.store import _V1
 from agent.errors import StoreError
 
-listeners = broker_fixtures.listeners  # the fixtures, registered for this module
 central_factory = central_helpers.central_factory
 
 P = "edgewatch/v1"
@@ -99,7 +97,7 @@ def test_status_reports_every_thread_and_is_saved_for_the_fleet_view(
     assert names == {"edgewatch-central-db", "edgewatch-central-overdue",
                      "edgewatch-central-webhook"}
     db = tmp_path / "central.db"
-    wait_until(lambda: '"connected":true' in "".join(
+    wait(lambda: '"connected":true' in "".join(
         v for (v,) in query(db, "SELECT replace(value, ' ', '') FROM meta WHERE key='status'")),
         what="status row saved once connected")
     with CentralReader(str(db)) as reader:

@@ -15,13 +15,12 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
 import broker as broker_fixtures
 import central_helpers
 import pytest
-from test_commands import DictControl
-from test_mqtt import link_config, make_alert, wait
+from helpers import DictControl, link_config, make_alert, wait
 
 from agent.central import CentralStore
 from agent.central.records import parse
@@ -34,6 +33,25 @@ central_factory = central_helpers.central_factory
 
 P = "edgewatch/v1"
 REPO = Path(__file__).resolve().parent.parent
+
+
+def start_central(*args: str) -> subprocess.Popen[str]:
+    """``edgewatch central ARGS`` in its own process, with this checkout first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "central", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def terminate(proc: subprocess.Popen[str]) -> int:
+    """SIGTERM, wait, close the pipes; the exit code."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
 
 
 def store_message(db: Path, device: str, kind: str, payload: Any) -> None:
@@ -135,12 +153,8 @@ def test_central_refuses_a_webhook_that_is_not_http(tmp_path, url: str, capsys) 
 def test_central_says_at_once_it_cannot_reach_the_broker_and_keeps_trying(
         broker_factory, tmp_path) -> None:
     later = broker_factory(start=False)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "central", "--broker", later.host, "--port",
-         str(later.port), "--db", str(tmp_path / "c.db"), "--offline-after", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
+    proc = start_central("--broker", later.host, "--port", str(later.port), "--db",
+                         str(tmp_path / "c.db"), "--offline-after", "60")
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -152,11 +166,7 @@ def test_central_says_at_once_it_cannot_reach_the_broker_and_keeps_trying(
             assert line, "central exited"
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        assert terminate(proc) == 0
 
 
 @pytest.mark.integration
@@ -170,10 +180,11 @@ def test_fleet_ack_from_the_cli_shows_in_fleet_commands(broker, tmp_path, centra
     try:
         link.start()
         wait(lambda: link.connected, what="device connected")
+        broker.wait_suback("dev1")  # the link's cmd/+ subscription
         common = ["--broker", broker.host, "--port", str(broker.port), "--timeout", "5"]
         assert main(["fleet", "ack", "dev1", "a1", *common]) == 0
         assert capsys.readouterr().out.strip() == "dev1: ack a1: ok"
-        central_helpers.wait_until(
+        wait(
             lambda: central_helpers.query(db, "SELECT r.ok FROM commands c JOIN "
                                           "command_results r USING (device, id)") == [(1,)],
             what="command and result recorded")
@@ -214,3 +225,50 @@ def test_fleet_shows_the_centrals_own_health(tmp_path, capsys) -> None:
     assert main(["fleet", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["central"]["bad"] == {"bad_field": 2,
                                                                      "too_deep": 1}
+
+
+def write_central_config(path: Path, central: Dict[str, Any], mqtt: Dict[str, Any]) -> Path:
+    from conftest import toml_text
+
+    path.write_text(toml_text({"central": central, "mqtt": mqtt}))
+    return path
+
+
+@pytest.mark.parametrize("central, mqtt, words", [
+    ({"dbx": "c.db"}, {}, "unknown key 'central.dbx' (valid keys: db, webhook"),
+    ({"webhook": "file:///etc/passwd"}, {}, "central.webhook: must be an http:// or https://"),
+    ({"keep_history_days": 0}, {}, "central.keep_history_days: must be > 0"),
+    ({}, {"prot": "5"}, "unknown key 'mqtt.prot'"),
+])
+def test_a_bad_central_config_is_one_line_naming_file_and_key(tmp_path, capsys, central,
+                                                              mqtt, words: str) -> None:
+    cfg = write_central_config(tmp_path / "central.toml", central, mqtt)
+    assert main(["central", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(cfg) in err and words in err
+
+
+@pytest.mark.integration
+def test_central_runs_from_its_config_file_and_fleet_reads_it(broker, tmp_path, capsys,
+                                                              listeners) -> None:
+    db = tmp_path / "from-config.db"
+    cfg = write_central_config(tmp_path / "central.toml",
+                               {"db": str(db), "keep_history_days": 7},
+                               {"host": broker.host, "port": broker.port, "protocol": "5"})
+    proc = start_central("--config", str(cfg))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == (f"central: following edgewatch/v1/+ on "
+                                f"mqtt://127.0.0.1:{broker.port} into {db}")
+        pub = listeners(broker, [])
+        pub.wait_connected()
+        alert = make_alert(1, device="cam-a")  # retained: the central gets it once subscribed
+        pub.publish(f"edgewatch/v1/cam-a/alerts/state/{alert['fingerprint']}",
+                    json.dumps(alert), retain=True)
+        wait(lambda: central_helpers.query(db, "SELECT count(*) FROM alerts") == [(1,)],
+             what="alert stored in the configured database")
+    finally:
+        assert terminate(proc) == 0
+    assert main(["fleet", "alerts", "--config", str(cfg), "--json"]) == 0
+    assert [r["device"] for r in json.loads(capsys.readouterr().out)] == ["cam-a"]

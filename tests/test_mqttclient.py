@@ -10,9 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.errors import ConfigError
-from agent.mqttclient import ClientSettings, Will, build_client, read_password
-
-listeners = broker_fixtures.listeners  # the fixture, registered for this module
+from agent.mqttclient import ClientSettings, Will, build_client, read_password, stop_client
 
 
 class Probe:
@@ -57,8 +55,7 @@ class Probe:
             return list(self.messages)
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -97,8 +94,11 @@ def test_last_will_is_published_when_the_client_vanishes(broker, listeners) -> N
                               will=Will("dev/status", "offline"))
     probe = Probe(settings).start()
     probe.client.loop_stop()  # no more pings, no DISCONNECT: the broker times the client out
-    msgs = watcher.wait_for(lambda m: any(x.payload == b"offline" for x in m))
-    assert [(m.topic, m.payload) for m in msgs][-1] == ("dev/status", b"offline")
+    try:
+        msgs = watcher.wait_for(lambda m: any(x.payload == b"offline" for x in m))
+        assert [(m.topic, m.payload) for m in msgs][-1] == ("dev/status", b"offline")
+    finally:
+        stop_client(probe.client)
 
 
 def test_tls_with_ca_and_client_certificate(broker_factory, tmp_path) -> None:

@@ -5,7 +5,9 @@ record (:mod:`agent.central.records`; a refusal is counted by reason and the mes
 skipped), applies it through :class:`~agent.central.store.CentralStore` in one transaction,
 and in the same transaction queues the webhook notifications it causes: a new alert
 transition (not a QoS 1 duplicate), a device going offline (last will or overdue heartbeat)
-or coming back online.
+or coming back online. Each notification has a group (``device/offline``,
+``alert/firing/data_drift``, ...) and waits ``group_wait_s`` before it is due, so that a
+storm (300 cameras going dark at dusk) leaves as one webhook call per group.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ class Ingest:
 
     def __init__(self, store: CentralStore, prefix: str, *, notify: bool,
                  offline_after: Optional[float] = None, limits: Limits = DEFAULT_LIMITS,
-                 clock: Callable[[], float]) -> None:
+                 group_wait_s: float = 0.0, clock: Callable[[], float]) -> None:
         self.store, self.prefix, self.notify = store, prefix, notify
         self.offline_after, self.limits, self._clock = offline_after, limits, clock
+        self.group_wait_s = group_wait_s
         self.counts: Dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self.bad: Dict[str, int] = {}
         self._bad_logged: set[str] = set()
@@ -90,7 +93,9 @@ class Ingest:
             if self.store.put_alert(record, now):
                 self.counts["alerts"] += 1
                 if self.notify:
-                    self.store.enqueue("alert", record.device, alert_body(record), now)
+                    group = f"alert/{record.transition}/{record.kind or '-'}"
+                    self.store.enqueue("alert", group, record.device, alert_body(record), now,
+                                       self.group_wait_s)
                     queued += 1
             else:
                 self.counts["alert_duplicates"] += 1
@@ -110,7 +115,9 @@ class Ingest:
             log.info("central: device %s %s (%s)", change.device,
                      "back online" if change.online else "offline", change.reason)
             if self.notify:
-                self.store.enqueue("device", change.device, device_body(change), now)
+                group = f"device/{'online' if change.online else 'offline'}"
+                self.store.enqueue("device", group, change.device, device_body(change), now,
+                                   self.group_wait_s)
         return len(changes)
 
     def check_overdue(self) -> int:

@@ -6,7 +6,11 @@ so it survives a webhook outage and a central restart. :class:`WebhookSender` (t
 ``edgewatch-central-webhook`` thread) posts due notifications oldest first; a failed post is
 retried with exponential backoff (``backoff_s`` doubling up to ``max_backoff_s``) until it
 goes through or is older than ``expire_s``, and never dropped after a fixed number of tries.
-A delivered notification is deleted. Failures are logged once per change of state (failing,
+Notifications of one group (``device/offline``, ``alert/firing/data_drift``, ...) that are
+due together leave as one call (:func:`group_body`: a summary line listing the devices, then
+each notification's text, and every body under ``notifications``), in the manner of
+Alertmanager's ``group_by``; the ingest side delays each by ``group_wait_s`` so that a storm
+is grouped. A delivered notification is deleted. Failures are logged once per change of state (failing,
 delivering again), with the URL redacted: a webhook URL often is a secret token.
 
 The body is JSON with a Slack-compatible ``text``:
@@ -27,7 +31,7 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ConfigError
 from .records import AlertTransition
@@ -35,7 +39,8 @@ from .store import CentralReader, CentralStore, DeviceChange, Notification
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_url", "redact", "webhook_body", "alert_body", "device_body", "WebhookSender"]
+__all__ = ["check_url", "redact", "webhook_body", "alert_body", "device_body", "group_body",
+           "WebhookSender"]
 
 StoreOp = Callable[[CentralStore], Any]
 RunInWriter = Callable[[StoreOp], Any]
@@ -88,6 +93,34 @@ def device_body(change: DeviceChange) -> Dict[str, Any]:
                        "ts": change.ts}}
 
 
+def group_body(group: str, items: List[Tuple[str, Dict[str, Any]]], *,
+               listed: int = 20) -> Dict[str, Any]:
+    """One body for several notifications of one group: a summary, then each one's text.
+
+    >>> b = group_body("device/offline", [(f"cam-{i}", {"text": f"[OFFLINE] cam-{i}: x"})
+    ...                                   for i in range(3)])
+    >>> print(b["text"])
+    [OFFLINE] 3 devices: cam-0, cam-1, cam-2
+    [OFFLINE] cam-0: x
+    [OFFLINE] cam-1: x
+    [OFFLINE] cam-2: x
+    """
+    devices = sorted({device for device, _ in items})
+    named = ", ".join(devices[:listed]) + (f" (+{len(devices) - listed} more)"
+                                           if len(devices) > listed else "")
+    parts = group.split("/")
+    what = parts[1].upper() if len(parts) > 1 else group.upper()
+    if parts[0] == "alert" and len(parts) > 2:
+        head = f"[{what}] {parts[2]}: {len(items)} alerts on {len(devices)} devices: {named}"
+    else:
+        head = f"[{what}] {len(devices)} devices: {named}"
+    texts = [str(body.get("text", "")) for _, body in items[:listed]]
+    if len(items) > listed:
+        texts.append(f"... and {len(items) - listed} more")
+    return {"text": "\n".join([head, *texts]), "group": group, "count": len(items),
+            "devices": devices, "notifications": [body for _, body in items]}
+
+
 class WebhookSender:
     """Posts due notifications from the database; its ``step`` runs under the supervisor."""
 
@@ -105,7 +138,8 @@ class WebhookSender:
         self.expire_s, self.poll_s, self._clock = expire_s, poll_s, clock
         self._wake = threading.Event()
         self._failing = False
-        self.counts = {"sent": 0, "failed_attempts": 0, "expired": 0}
+        # sent: webhook calls that went through; notifications_sent: what they carried.
+        self.counts = {"sent": 0, "notifications_sent": 0, "failed_attempts": 0, "expired": 0}
 
     def wake(self) -> None:
         """Look for due notifications now (a new one was committed)."""
@@ -132,28 +166,36 @@ class WebhookSender:
             self.counts["expired"] += expired
             log.warning("webhook %s: %d notification(s) undelivered for %.0f s expired",
                         redact(self.url), expired, self.expire_s)
+        groups: Dict[str, List[Notification]] = {}
         for note in self._reader.due_notifications(now):
-            self._deliver(note)
+            groups.setdefault(note.group, []).append(note)
+        for notes in groups.values():
+            self._deliver(notes)
         due = self._reader.next_due()
         wait = self.poll_s if due is None else min(self.poll_s, max(0.0, due - self._clock()))
         self._wake.wait(wait)
         self._wake.clear()
 
-    def _deliver(self, note: Notification) -> None:
+    def _deliver(self, notes: List[Notification]) -> None:
+        ids = [n.id for n in notes]
+        body = notes[0].body if len(notes) == 1 else json.dumps(
+            group_body(notes[0].group, [(n.device, json.loads(n.body)) for n in notes]))
         try:
-            self._post(note.body.encode())
+            self._post(body.encode())
         except (OSError, ValueError, http.client.HTTPException, _HttpStatus) as exc:
             self.counts["failed_attempts"] += 1
-            delay = min(self.backoff_s * 2.0 ** min(note.attempts, 30), self.max_backoff_s)
+            tries = max(n.attempts for n in notes)
+            delay = min(self.backoff_s * 2.0 ** min(tries, 30), self.max_backoff_s)
             error = _describe(exc)
-            self._run(lambda s: s.retry_later(note.id, self._clock() + delay, error))
+            self._run(lambda s: s.retry_later(ids, self._clock() + delay, error))
             if not self._failing:
                 self._failing = True
                 log.warning("webhook %s failing: %s (notifications are kept and retried)",
                             redact(self.url), error)
             return
-        self._run(lambda s: s.delivered(note.id))
+        self._run(lambda s: s.delivered(ids))
         self.counts["sent"] += 1
+        self.counts["notifications_sent"] += len(notes)
         if self._failing:
             self._failing = False
             log.info("webhook %s delivering again", redact(self.url))

@@ -70,7 +70,7 @@ class Central:
                  protocol: str = "5", offline_after: Optional[float] = None,
                  client_id: Optional[str] = None, keepalive: int = 30,
                  notify_expire_s: float = 86400.0, webhook_backoff_s: float = 1.0,
-                 keep_history_s: float = 30 * 86400.0,
+                 keep_history_s: float = 30 * 86400.0, group_wait_s: float = 5.0,
                  max_consecutive: int = 10,
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
@@ -86,6 +86,9 @@ class Central:
         if keep_history_s <= 0:
             raise CommandError(f"history retention must be > 0 seconds, got {keep_history_s}")
         self.keep_history_s = keep_history_s
+        if group_wait_s < 0:
+            raise CommandError(f"group wait must be >= 0 seconds, got {group_wait_s}")
+        self.group_wait_s = group_wait_s
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
         self.settings = settings or ClientSettings(
@@ -128,7 +131,8 @@ class Central:
         """Open the database, start the threads, connect (retrying in the background)."""
         self._store = CentralStore(self.db_path)
         self._ingest = Ingest(self._store, self.prefix, notify=self._webhook_url is not None,
-                              offline_after=self.offline_after, clock=self._clock)
+                              offline_after=self.offline_after,
+                              group_wait_s=self.group_wait_s, clock=self._clock)
         sup = self._supervisor
         sup.spawn("edgewatch-central-db", self._write_step, critical=True, backoff_s=0.5)
         sup.spawn("edgewatch-central-overdue", self._periodic, interval_s=_CHECK_S)

@@ -27,7 +27,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import StoreError
 from .records import AlertTransition, CommandResult, CommandSent, Heartbeat
@@ -79,9 +79,10 @@ CREATE TABLE commands (device TEXT NOT NULL, id TEXT NOT NULL, verb TEXT, alert 
     requested_by TEXT, payload TEXT, received REAL, PRIMARY KEY (device, id));
 CREATE INDEX idx_commands_received ON commands (received);
 CREATE TABLE notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
-    device TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL, next_at REAL NOT NULL,
-    attempts INT NOT NULL DEFAULT 0, last_error TEXT);
+    grp TEXT NOT NULL, device TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL,
+    next_at REAL NOT NULL, attempts INT NOT NULL DEFAULT 0, last_error TEXT);
 CREATE INDEX idx_notifications_due ON notifications (next_at);
+CREATE INDEX idx_notifications_grp ON notifications (grp);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
 """
 MIGRATIONS: Tuple[str, ...] = (_V1, _V2)
@@ -105,6 +106,7 @@ class Notification:
 
     id: int
     kind: str
+    group: str  # notifications of one group due together go out as one webhook call
     device: str
     body: str
     created: float
@@ -260,19 +262,22 @@ class CentralStore:
 
     # -- notifications -----------------------------------------------------------------------
 
-    def enqueue(self, kind: str, device: str, body: Dict[str, Any], now: float) -> None:
-        """Keep a webhook body until it is delivered or expires."""
-        self.conn.execute("INSERT INTO notifications (kind, device, body, created, next_at) "
-                          "VALUES (?,?,?,?,?)", (kind, device, json.dumps(body), now, now))
+    def enqueue(self, kind: str, group: str, device: str, body: Dict[str, Any], now: float,
+                wait_s: float = 0.0) -> None:
+        """Keep a webhook body until it is delivered or expires; due after ``wait_s``."""
+        self.conn.execute("INSERT INTO notifications (kind, grp, device, body, created, next_at)"
+                          " VALUES (?,?,?,?,?,?)",
+                          (kind, group, device, json.dumps(body), now, now + wait_s))
 
-    def delivered(self, notification_id: int) -> None:
-        """The webhook took it: forget it."""
-        self.conn.execute("DELETE FROM notifications WHERE id=?", (notification_id,))
+    def delivered(self, ids: Sequence[int]) -> None:
+        """The webhook took them: forget them."""
+        self.conn.executemany("DELETE FROM notifications WHERE id=?", [(i,) for i in ids])
 
-    def retry_later(self, notification_id: int, next_at: float, error: str) -> None:
+    def retry_later(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Delivery failed: try again at ``next_at``."""
-        self.conn.execute("UPDATE notifications SET attempts=attempts+1, next_at=?, "
-                          "last_error=? WHERE id=?", (next_at, error[:500], notification_id))
+        self.conn.executemany("UPDATE notifications SET attempts=attempts+1, next_at=?, "
+                              "last_error=? WHERE id=?",
+                              [(next_at, error[:500], i) for i in ids])
 
     def expire(self, before: float) -> int:
         """Drop notifications created before ``before``; how many."""
@@ -347,11 +352,17 @@ class CentralReader:
             "r.received AS answered FROM commands c LEFT JOIN command_results r "
             "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC, c.rowid DESC LIMIT ?", (limit,))
 
-    def due_notifications(self, now: float, limit: int = 20) -> List[Notification]:
-        """Notifications whose next attempt is due, oldest first."""
-        rows = self.conn.execute("SELECT id, kind, device, body, created, attempts FROM "
-                                 "notifications WHERE next_at <= ? ORDER BY id LIMIT ?",
-                                 (now, limit)).fetchall()
+    def due_notifications(self, now: float, limit: int = 1000) -> List[Notification]:
+        """Notifications due now, oldest first, with the fresh ones of the same groups.
+
+        A group is due when its oldest notification is; notifications of that group that
+        are still waiting out their group wait (never tried) join it, as in Alertmanager.
+        """
+        rows = self.conn.execute(
+            "SELECT id, kind, grp, device, body, created, attempts FROM notifications "
+            "WHERE grp IN (SELECT grp FROM notifications WHERE next_at <= ?) "
+            "AND (next_at <= ? OR attempts = 0) ORDER BY id LIMIT ?",
+            (now, now, limit)).fetchall()
         return [Notification(*row) for row in rows]
 
     def next_due(self) -> Optional[float]:

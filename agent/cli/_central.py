@@ -13,12 +13,15 @@ import signal
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..commands import parse_duration
 from ..errors import CommandError, StoreError, UsageError
 from ..mqttclient import PROTOCOLS, ClientSettings, read_password
 from ._format import duration, local_time, safe_text, table
+
+if TYPE_CHECKING:
+    from ..central.config import CentralConfig
 
 DEFAULT_DB = "edgewatch-central.db"
 DEFAULT_PREFIX = "edgewatch/v1"
@@ -26,8 +29,8 @@ DEFAULT_PREFIX = "edgewatch/v1"
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker (default: [mqtt] of --config)")
-    g.add_argument("--config", metavar="FILE", help="read broker, credentials, TLS and topic "
-                   "prefix from this device config's [mqtt] section")
+    g.add_argument("--config", metavar="FILE", help="a central config ([central] and [mqtt]), "
+                   "or a device config whose [mqtt] names the broker")
     g.add_argument("--broker", metavar="HOST", help="MQTT broker host")
     g.add_argument("--port", type=int, help="MQTT broker port (default: 1883)")
     g.add_argument("--protocol", choices=PROTOCOLS, help="MQTT protocol version (default: 5)")
@@ -43,14 +46,21 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", help=f"topic prefix (default: {DEFAULT_PREFIX})")
 
 
-def _settings(args: argparse.Namespace, client_id: str, *,
+def _config(args: argparse.Namespace) -> CentralConfig:
+    """The file named by --config (a central or a device config), or the defaults."""
+    from ..central.config import CentralConfig, CentralSection, load_central_config
+
+    if getattr(args, "config", None):
+        return load_central_config(args.config)
+    return CentralConfig(CentralSection(), None)
+
+
+def _settings(args: argparse.Namespace, cfg: CentralConfig, client_id: str, *,
               persistent: bool = False) -> Tuple[ClientSettings, str]:
     """Client settings and topic prefix: ``[mqtt]`` of --config, overridden by the flags."""
     base: Dict[str, Any] = {}
-    if args.config:
-        from ..config import load_config
-
-        m = load_config(args.config).mqtt
+    m = cfg.mqtt
+    if m is not None:
         base = {"host": m.host, "port": m.port, "protocol": m.protocol,
                 "keepalive": m.keepalive, "username": m.username, "password": m.password,
                 "tls": m.tls, "ca_file": m.ca_file, "cert_file": m.cert_file,
@@ -62,8 +72,10 @@ def _settings(args: argparse.Namespace, client_id: str, *,
     base.update({k: v for k, v in flags.items() if v is not None})
     if "host" not in base:
         raise UsageError("give --broker HOST (or --config with an [mqtt] section)")
-    password = read_password(value=args.password, env=args.password_env,
-                             file=args.password_file)
+    secret = (args.password, args.password_env, args.password_file)
+    if secret == (None, None, None):  # none on the command line: the config's reference
+        secret = (None, cfg.central.password_env, cfg.central.password_file)
+    password = read_password(value=secret[0], env=secret[1], file=secret[2])
     if password is not None:
         base["password"] = password
     if base.get("ca_file") or base.get("cert_file"):
@@ -80,13 +92,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "will or an overdue heartbeat; send alerts and device offline/online "
                        "changes to --webhook, retrying until delivered.")
     _broker_args(p)
-    p.add_argument("--db", default=DEFAULT_DB, help=f"central database (default: {DEFAULT_DB})")
+    p.add_argument("--db", help=f"central database (default: {DEFAULT_DB})")
     p.add_argument("--webhook", metavar="URL", help="POST each alert transition and device "
                    "offline/online change here as JSON (Slack-compatible 'text' field)")
-    p.add_argument("--webhook-expire", default="1d", metavar="DURATION", help="give up on a "
-                   "notification the webhook has not taken for this long (default: 1d)")
-    p.add_argument("--keep-history", default="30d", metavar="DURATION", help="drop heartbeats, "
-                   "commands and results older than this (default: 30d; alerts are kept)")
+    p.add_argument("--webhook-expire", metavar="DURATION", help="give up on a notification "
+                   "the webhook has not taken for this long (default: 1d)")
+    p.add_argument("--group-wait", metavar="DURATION", help="hold each notification this long "
+                   "so that a storm of one kind leaves as one webhook call listing the devices "
+                   "(default: 5s; 0 sends at once)")
+    p.add_argument("--keep-history", metavar="DURATION", help="drop heartbeats, commands and "
+                   "results older than this (default: 30d; alerts are kept)")
     p.add_argument("--share", metavar="GROUP", help="use MQTT 5 shared subscriptions "
                    "($share/GROUP/...) so several centrals split the load")
     p.add_argument("--offline-after", type=float, metavar="SECONDS", help="mark a device "
@@ -127,10 +142,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _view_args(p: argparse.ArgumentParser, sub_command: bool) -> None:
     # SUPPRESS on subcommands: 'fleet --db X alerts' keeps X instead of the default.
-    default_db: Any = argparse.SUPPRESS if sub_command else DEFAULT_DB
+    default: Any = argparse.SUPPRESS if sub_command else None
     default_json: Any = argparse.SUPPRESS if sub_command else False
-    p.add_argument("--db", default=default_db,
-                   help=f"central database (default: {DEFAULT_DB})")
+    p.add_argument("--db", default=default,
+                   help=f"central database (default: [central] db of --config, or {DEFAULT_DB})")
+    p.add_argument("--config", default=default, metavar="FILE",
+                   help="a central config: its [central] db is the database to read")
     p.add_argument("--json", action="store_true", default=default_json,
                    help="machine-readable output (unix times, seconds)")
 
@@ -141,18 +158,26 @@ def run_central(args: argparse.Namespace) -> int:
     """Handle ``edgewatch central``: run until SIGINT/SIGTERM, or a writer that keeps failing."""
     from ..central import Central
 
-    client_id = args.client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}"
-    settings, prefix = _settings(args, client_id, persistent=args.client_id is not None)
+    cfg = _config(args)
+    c = cfg.central
+    client_id = args.client_id or c.client_id
+    settings, prefix = _settings(args, cfg, client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
+                                 persistent=client_id is not None)
+    db = args.db or c.db
+    expire = parse_duration(args.webhook_expire) if args.webhook_expire else c.webhook_expire_s
+    keep = parse_duration(args.keep_history) if args.keep_history else c.keep_history_days * 86400
+    group_wait = c.group_wait_s if args.group_wait is None else (
+        0.0 if args.group_wait.strip() in ("0", "0s") else parse_duration(args.group_wait))
     stop = threading.Event()
-    central = Central(settings.host, settings.port, args.db, settings=settings, prefix=prefix,
-                      webhook=args.webhook, share=args.share, offline_after=args.offline_after,
-                      notify_expire_s=parse_duration(args.webhook_expire),
-                      keep_history_s=parse_duration(args.keep_history),
+    central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
+                      webhook=args.webhook or c.webhook, share=args.share or c.share,
+                      offline_after=args.offline_after or c.offline_after_s,
+                      notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"central: following {prefix}/+ on {settings.describe()} into {args.db}", flush=True)
     central.start()
+    print(f"central: following {prefix}/+ on {settings.describe()} into {db}", flush=True)
     try:
         stop.wait()
     finally:
@@ -167,7 +192,7 @@ def run_central(args: argparse.Namespace) -> int:
 def _reader(args: argparse.Namespace) -> Any:
     from ..central import CentralReader
 
-    return CentralReader(args.db)
+    return CentralReader(args.db or _config(args).central.db)
 
 
 def _dump(value: Any) -> None:
@@ -271,7 +296,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         body["duration"] = parse_duration(args.duration)
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout}")
-    settings, prefix = _settings(args, f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
+    settings, prefix = _settings(args, _config(args), f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
     result = send_command(settings, args.device, args.verb, body, timeout=args.timeout,
                           prefix=prefix)
     if args.json:

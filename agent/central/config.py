@@ -1,0 +1,105 @@
+"""The central's config file: ``edgewatch central --config central.toml``.
+
+A central config has a ``[central]`` section (what flags carry badly: storage, retention,
+the webhook and its expiry, secrets by reference) and an ``[mqtt]`` section with the same
+keys as a device's. It is validated like the device's config: parsed once, unknown sections
+and keys refused with the file named, every value checked. Flags override the file.
+
+A file without ``[central]`` is read as a device config, of which only ``[mqtt]`` is used:
+an operator can point ``edgewatch fleet`` at the config of a device on the same broker.
+
+>>> cfg = central_config_from_dict({"central": {"keep_history_days": 7}}, "<example>")
+>>> cfg.central.keep_history_days, cfg.central.db
+(7.0, 'edgewatch-central.db')
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..config import build_section, from_dict, load_config
+from ..errors import ConfigError
+from .notify import check_url
+
+__all__ = ["CentralSection", "CentralConfig", "load_central_config",
+           "central_config_from_dict"]
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.9/3.10 on older boards
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class CentralSection:
+    """The ``[central]`` section."""
+
+    db: str = "edgewatch-central.db"  # the central's SQLite file
+    webhook: Optional[str] = None  # http(s) URL for alert and device notifications
+    webhook_expire_s: float = 86400.0  # give up on a notification undelivered this long
+    group_wait_s: float = 5.0  # hold notifications so a storm leaves as one call per group
+    keep_history_days: float = 30.0  # heartbeats, commands and results older are dropped
+    offline_after_s: Optional[float] = None  # default: 3 x the device's heartbeat interval
+    share: Optional[str] = None  # MQTT 5 shared-subscription group
+    client_id: Optional[str] = None  # fixed id: a persistent session
+    password_env: Optional[str] = None  # environment variable holding the MQTT password
+    password_file: Optional[str] = None  # file holding the MQTT password
+
+    def __post_init__(self) -> None:
+        if self.webhook is not None:
+            try:
+                check_url(self.webhook)
+            except ConfigError as exc:
+                raise ConfigError(f"central.webhook: {str(exc).replace('--webhook ', '')}"
+                                  ) from None
+        if self.group_wait_s < 0:
+            raise ConfigError(f"central.group_wait_s: must be >= 0, got {self.group_wait_s}")
+        for key in ("webhook_expire_s", "keep_history_days", "offline_after_s"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"central.{key}: must be > 0, got {value}")
+        if self.password_env is not None and self.password_file is not None:
+            raise ConfigError("central.password_env: give password_env or password_file, "
+                              "not both")
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """A whole central config: ``[central]`` and ``[mqtt]``."""
+
+    central: CentralSection
+    mqtt: Any  # the device's MqttConfig: same keys, same checks
+    origin: str = "<defaults>"
+
+
+def central_config_from_dict(data: Mapping[str, Any], origin: str) -> CentralConfig:
+    """Build and validate a :class:`CentralConfig` from a parsed TOML mapping."""
+    unknown = sorted(set(data) - {"central", "mqtt"})
+    if unknown:
+        raise ConfigError(f"{origin}: unknown section '{unknown[0]}' in a central config "
+                          "(valid sections: central, mqtt)")
+    central = build_section(CentralSection, data.get("central", {}), "central", origin)
+    mqtt_type = type(from_dict({}).mqtt)
+    mqtt = build_section(mqtt_type, data.get("mqtt", {}), "mqtt", origin)
+    return CentralConfig(central, mqtt, origin)
+
+
+def load_central_config(path: str) -> CentralConfig:
+    """A central config, or a device config's ``[mqtt]`` under default ``[central]`` values."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config not found: {path} (check --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "central" in data:
+        return central_config_from_dict(data, os.fspath(path))
+    return CentralConfig(CentralSection(), load_config(path).mqtt, os.fspath(path))
