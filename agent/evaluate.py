@@ -10,7 +10,8 @@ Drift groups its features into two alerts, ``image`` (data drift) and ``predicti
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+import math
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,13 @@ DRIFT_FEATURES: tuple[str, ...] = ("image", "predictions", CLASS_MIX_FEATURE)
 # Not tested for distribution drift: motion/frames are covered by rules, the predicted
 # class is categorical, and timing belongs to the performance checks.
 NOT_DRIFT_TESTED: tuple[str, ...] = ("diff", "pred_class") + PERF_FEATURES
-_SHOWN = 6  # drifted features named in an alert
+_SHOWN = 6  # drifted features named in an alert message (the payload lists them all)
+_DECISIVE = 5.0  # robust SDs: a move this large is beyond doubt and beyond ranking
+# Ties among decisive moves: a cause before the statistics it drives (less light raises
+# the noise and lowers contrast, colour and entropy; noise raises the Laplacian).
+_CAUSE_ORDER = ("brightness", "noise", "contrast", "sharpness", "saturation", "colorfulness",
+                "mean_b", "mean_g", "mean_r", "overexposed", "underexposed", "entropy",
+                "edge_density", "diff", "motion")
 
 Events = Callable[[str, str, Dict[str, Any]], None]
 
@@ -170,12 +177,18 @@ class Evaluator:
 
     def _group_observation(self, kind: str, group: str, members: Sequence[FeatureDrift],
                            window: Window) -> Observation:
-        """One alert per group: breach when any feature drifted, clear when all are calm."""
-        drifted = sorted((fd for fd in members if fd.drifted), key=lambda f: -f.ratio)
+        """One alert per group: breach when any feature drifted, clear when all are calm.
+
+        The breach is the calibrated tests' (some feature drifted). The features named are
+        those that moved: the drifted ones and, once the group is in breach, those that
+        moved decisively (see :func:`_moved`) although their own threshold, capped near 1
+        by a strong autocorrelation (brightness), is not crossed yet. They are named by
+        how far they moved in the reference's own units (:func:`_ranked_by_effect`), not
+        by how far their KS statistic is over its threshold.
+        """
+        drifted = _ranked_by_effect(_moved(members))
         top = drifted[0] if drifted else max(members, key=lambda f: f.ratio)
-        shown = drifted[:_SHOWN] or [top]
         rs, cs = top.reference, top.current
-        names = ", ".join(fd.feature for fd in drifted[:_SHOWN]) or "none"
         label = "data drift" if kind == "data_drift" else "prediction drift"
         cfg = self.config.drift
         return Observation(
@@ -184,13 +197,17 @@ class Evaluator:
             clear=not any(fd.above_clear for fd in members),
             severity="critical" if drifted and top.ks > 2 * top.threshold else "warning",
             for_s=cfg.for_s, clear_for_s=cfg.clear_for_s,
-            summary=(f"{label} in {names}: {top.feature} mean {cs['mean']:.3g} vs reference "
-                     f"{rs['mean']:.3g}±{rs['std']:.2g} (KS {top.ks:.2f} > {top.threshold:.2f}, "
-                     f"PSI {top.psi:.2f})"),
-            expected={fd.feature: {**fd.reference, "threshold": fd.threshold} for fd in shown},
+            summary=(f"{label} in {_named(drifted)}: {top.feature} mean {cs['mean']:.3g} vs "
+                     f"reference {rs['mean']:.3g}±{rs['std']:.2g} (moved {_effect(top):.3g} "
+                     f"robust SDs; KS {top.ks:.2f} {'>' if top.drifted else 'vs threshold'} "
+                     f"{top.threshold:.2f}, PSI {top.psi:.2f})"),
+            expected={fd.feature: {**fd.reference, "threshold": fd.threshold}
+                      for fd in drifted or [top]},
             observed={"drifted": [fd.feature for fd in drifted],
                       "features": {fd.feature: {**fd.current, "ks": fd.ks, "psi": fd.psi,
-                                                "wasserstein": fd.wasserstein} for fd in shown}},
+                                                "wasserstein": fd.wasserstein,
+                                                "effect": _effect(fd)}
+                                   for fd in drifted or [top]}},
             window=window)
 
     def _class_mix_observation(self, values: npt.NDArray[np.float32], ref: Reference,
@@ -216,6 +233,49 @@ class Evaluator:
             expected=_fractions(ref_frac, max_js=limit),
             observed=_fractions(cur_frac, js=js),
             window=window)
+
+
+def _effect(fd: FeatureDrift) -> float:
+    """How far a feature moved in reference robust SDs (normalised Wasserstein); 0 if unknown."""
+    w = float(fd.wasserstein)
+    return w if math.isfinite(w) else 0.0
+
+
+def _moved(members: Sequence[FeatureDrift]) -> List[FeatureDrift]:
+    """The drifted features, plus (when any drifted) those that moved decisively.
+
+    Decisively: at least ``_DECISIVE`` robust SDs with the KS distance over the clear
+    threshold. A window that wanders within the reference's own range is within a couple
+    of its robust SDs, so this names no feature that did not move; the alert itself is
+    still raised only by the calibrated tests.
+    """
+    if not any(fd.drifted for fd in members):
+        return []
+    return [fd for fd in members if fd.drifted
+            or (fd.above_clear and _effect(fd) >= _DECISIVE)]
+
+
+def _ranked_by_effect(features: Iterable[FeatureDrift]) -> List[FeatureDrift]:
+    """Features by how far they moved, largest first; beyond ``_DECISIVE`` all count as equal.
+
+    Past that many robust SDs the distributions no longer overlap and the number says more
+    about how steady a feature was in the reference (entropy's SD is a few hundredths of a
+    bit) than about the change; such features are named cause first (``_CAUSE_ORDER``).
+    """
+    def key(fd: FeatureDrift) -> tuple[float, int]:
+        order = _CAUSE_ORDER.index(fd.feature) if fd.feature in _CAUSE_ORDER else len(
+            _CAUSE_ORDER)
+        return -min(_effect(fd), _DECISIVE), order
+
+    return sorted(features, key=key)
+
+
+def _named(features: Sequence[FeatureDrift], shown: int = _SHOWN) -> str:
+    """Feature names for a message: the first ``shown``, then ``+N more``; "none" if empty."""
+    names = [fd.feature for fd in features[:shown]]
+    if len(features) > shown:
+        names.append(f"+{len(features) - shown} more")
+    return ", ".join(names) or "none"
 
 
 def _fractions(frac: npt.NDArray[np.float64], **extra: float) -> Mapping[str, Any]:

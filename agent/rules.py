@@ -24,6 +24,7 @@ Values = npt.NDArray[np.floating[Any]]
 RULE_FEATURES: tuple[str, ...] = ("black_frames", "saturated_frames", "frozen_frames", "blur",
                                   "stalled", "fps", "latency_ms", "outlier_frames")
 
+_FLAT_CONTRAST = 2.0  # luma std below which a frame has no detail to call blurred
 # Features whose robust z-scores count as per-frame outliers (image statistics only).
 OUTLIER_FEATURES = ("brightness", "contrast", "sharpness", "saturation", "colorfulness",
                     "entropy", "noise", "edge_density", "mean_b", "mean_g", "mean_r")
@@ -66,7 +67,7 @@ def check_frames(
         _black(col("brightness"), cfg, win),
         _saturated(col("overexposed"), cfg, win),
         _frozen(col("diff"), cfg, win),
-        _blur(col("sharpness"), ref("sharpness"), cfg, win),
+        _blur(col("sharpness"), col("contrast"), ref("sharpness"), ref("contrast"), cfg, win),
         _fps(ts, expected_fps, cfg, win),
         _latency(col("latency_ms"), ref("latency_ms"), cfg, win),
     ]
@@ -124,21 +125,35 @@ def _frozen(diff: Optional[Values], cfg: RulesConfig, win: Window) -> Optional[O
         expected={"min_diff": cfg.frozen_diff}, observed={"max_diff": top}, window=win)
 
 
-def _blur(sharp: Optional[Values], ref: Optional[Dict[str, float]], cfg: RulesConfig,
+def _blur(sharp: Optional[Values], con: Optional[Values], ref: Optional[Dict[str, float]],
+          ref_con: Optional[Dict[str, float]], cfg: RulesConfig,
           win: Window) -> Optional[Observation]:
-    if sharp is None or not ref or ref.get("p50", 0) <= 0:
+    """Sharpness relative to contrast, as a fraction of the reference's.
+
+    The Laplacian's variance scales with the square of the contrast, so a dimmer, hazier or
+    lower-gain scene loses sharpness without any blur. Divided by contrast squared it is
+    the share of the image's energy at fine scales, which only defocus (or a smeared lens)
+    takes away; dusk, fog and night leave it unchanged or raise it (sensor noise).
+    """
+    if sharp is None or con is None or not ref or not ref_con:
         return None
+    ref_sharp, ref_c = float(ref.get("p50", 0.0)), float(ref_con.get("p50", 0.0))
+    c50 = float(np.median(con))
+    if ref_sharp <= 0 or ref_c < _FLAT_CONTRAST or c50 < _FLAT_CONTRAST:
+        return None  # a flat (black, covered) frame has no detail to judge: black_frames does
     p50 = float(np.median(sharp))
-    ratio = p50 / float(ref["p50"])
+    ratio = (p50 / (c50 * c50)) / (ref_sharp / (ref_c * ref_c))
     return Observation(
         kind="camera_fault", feature="blur", metric="sharpness_ratio",
         value=ratio, threshold=cfg.blur_ratio, breach=ratio < cfg.blur_ratio,
         clear=ratio > min(1.0, cfg.blur_ratio * 2), severity="warning",
         for_s=cfg.blur_for_s, clear_for_s=cfg.blur_for_s,
-        summary=(f"blurred image: sharpness {p50:.1f} is {ratio:.0%} of "
-                 f"reference {ref['p50']:.1f} (expected above {cfg.blur_ratio:.0%})"),
-        expected={"sharpness_p50": ref["p50"], "min_ratio": cfg.blur_ratio},
-        observed={"sharpness_p50": p50, "ratio": ratio}, window=win)
+        summary=(f"blurred image: sharpness relative to contrast is {ratio:.0%} of the "
+                 f"reference's (sharpness {p50:.1f} at contrast {c50:.1f}; reference "
+                 f"{ref_sharp:.1f} at {ref_c:.1f}; expected above {cfg.blur_ratio:.0%})"),
+        expected={"sharpness_p50": ref_sharp, "contrast_p50": ref_c,
+                  "min_ratio": cfg.blur_ratio},
+        observed={"sharpness_p50": p50, "contrast_p50": c50, "ratio": ratio}, window=win)
 
 
 def _fps(ts: npt.NDArray[np.float64], expected_fps: Optional[float], cfg: RulesConfig,

@@ -96,3 +96,18 @@ def test_every_feature_reported_is_exported() -> None:
                                                  expected_fps=30)}
     seen.add(check_stall(None, 0.0, 1.0, CFG).feature)
     assert seen == set(RULE_FEATURES)
+
+
+@pytest.mark.parametrize("gain", [0.45, 0.15])
+def test_a_dimmer_or_hazier_scene_is_not_blur(gain: float) -> None:
+    # Less light (or fog) scales the Laplacian with contrast squared: no detail was lost.
+    ts, v = window(contrast=50.0 * gain, sharpness=400.0 * gain * gain)
+    assert not breaches(check_frames(FEATURES, ts, v, CFG, reference=ref))["blur"]
+
+
+def test_blur_is_judged_on_sharpness_relative_to_contrast() -> None:
+    ts, v = window(contrast=47.0, sharpness=60.0)  # defocus: detail gone, contrast kept
+    obs = {o.feature: o for o in check_frames(FEATURES, ts, v, CFG, reference=ref)}
+    assert obs["blur"].breach and obs["blur"].value == pytest.approx(0.17, abs=0.01)
+    ts, v = window(contrast=1.0, sharpness=0.5)  # a flat frame: black_frames' business
+    assert "blur" not in breaches(check_frames(FEATURES, ts, v, CFG, reference=ref))
