@@ -1,0 +1,246 @@
+"""The reference lifecycle: which reference drift is tested against, and whether it is running.
+
+A reference records the view its statistics were measured on (``frame``: the camera's
+frames, as ``run`` and ``observe(frame)`` see them; ``input``: the model's input tensor, as
+``wrap`` sees it). The lifecycle picks the reference for the view this path observes (a
+baseline file carries both), and never compares across views: a reference without the view
+needed leaves drift detection ``off`` with the reason and the fix.
+
+Drift detection is ``active``, or it is not and says why (:meth:`Lifecycle.monitoring`):
+``warming_up`` (learning a reference from the first ``warmup_s``, or waiting for the first
+full window), ``calibrating`` (a training reference's thresholds are being calibrated on the
+camera's own frames for ``calibration_s``), ``degraded`` (some features are not tested) or
+``off`` (drift disabled, warm-up or calibration failed, view mismatch). Past the configured
+warm-up or calibration time, a state other than ``active`` is a ``monitoring`` alert
+(:meth:`Lifecycle.observation`) that resolves once drift detection runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from .config import Config
+from .drift.calibrate import calibrate
+from .drift.reference import Reference
+from .errors import BaselineError
+from .observe import FEATURES_VERSION
+from .records import Observation, ReferenceStatus, Window
+from .warmup import Warmup, WarmupFailed
+
+__all__ = ["VIEWS", "Lifecycle", "calibration_key"]
+
+log = logging.getLogger(__name__)
+
+#: What a path observes: the camera's frames or the model's input tensor.
+VIEWS = ("frame", "input")
+_VIEW_WORDS = {"frame": "full camera frames", "input": "the model's input tensor",
+               "unknown": "an unrecorded view (a baseline from an older edgewatch)"}
+
+Events = Callable[[str, str, Dict[str, Any]], None]
+
+
+def calibration_key(reference: Reference) -> str:
+    """The identity of a training reference, under which its calibration is stored."""
+    return (f"{reference.model_sha256[:16]}:{reference.created!r}:{reference.frames}:"
+            f"{reference.view_kind}")
+
+
+class Lifecycle:
+    """The reference in use, its view, warm-up or calibration, and the monitoring state."""
+
+    def __init__(self, config: Config, warmup: Warmup, *, events: Events,
+                 learned: Callable[[Reference], None],
+                 calibration_started: Callable[[str, float], None]) -> None:
+        self.config = config
+        self.warmup = warmup
+        self._events = events
+        self._learned = learned
+        self._calibration_started = calibration_started
+        self.view = "frame"
+        self.view_size: Optional[Tuple[int, int]] = None
+        self._given: Optional[Reference] = None  # as loaded: a file, the store or a warm-up
+        self._active: Optional[Reference] = None  # what drift tests use
+        self._calibrating: Optional[Reference] = None
+        self._off = ""  # why drift detection is off (a failure), '' otherwise
+        self._since: Optional[float] = None  # when drift detection stopped/was not yet running
+        self._resume_since: Optional[float] = None  # a calibration's start, kept over restarts
+
+    @property
+    def reference(self) -> Optional[Reference]:
+        """The reference drift is tested against, if drift can run."""
+        return self._active
+
+    def identity(self) -> Dict[str, Any]:
+        """Kind, origin, source and view of the reference in use ({} when none)."""
+        return {} if self._active is None else self._active.identity()
+
+    def set_reference(self, reference: Optional[Reference],
+                      calibration_since: Optional[float] = None) -> None:
+        """Use this reference (view-resolved; a training one is calibrated first)."""
+        self._given = reference
+        self._resume_since = calibration_since
+        self._resolve(None)
+
+    def restart_warmup(self, start: Optional[float]) -> None:
+        """Forget the reference and learn a new one from the next frames."""
+        self._given = self._active = self._calibrating = None
+        self._off = ""
+        self._since = start
+        self.warmup.begin(start)
+
+    def set_view(self, kind: str, size: Optional[Tuple[int, int]] = None) -> None:
+        """The view this path observes (``wrap`` sets ``input``)."""
+        if kind not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {kind!r}")
+        self.view, self.view_size = kind, size
+        if self._given is not None:
+            self._resolve(None)
+
+    def view_record(self) -> Dict[str, Any]:
+        """The view a reference learned here records."""
+        s = self.config.stats
+        return {"kind": self.view, "size": None if self.view_size is None else
+                list(self.view_size), "sample": [s.sample_width, s.sample_height],
+                "features_version": FEATURES_VERSION}
+
+    def _resolve(self, now: Optional[float]) -> None:
+        given = self._given
+        self._active = self._calibrating = None
+        self._off = ""
+        if given is None:
+            if self.config.drift.enabled and not self.warmup.collecting:
+                self.warmup.begin(now)
+            return
+        ref = given.for_view(self.view)
+        if ref is None and given.view_kind == "unknown" and self.view == "frame":
+            ref = given  # older references all measured full frames
+        if ref is None:
+            self.warmup.stop()
+            self._off = self._mismatch(given)
+        elif not ref.calibrated:
+            self._calibrating = ref
+            # A resumed calibration collects afresh (the frames were lost); its alert clock
+            # runs from the stored start.
+            self.warmup.begin(None, target_s=self.config.drift.calibration_s)
+        else:
+            self._active = ref
+            self.warmup.stop()
+
+    def _mismatch(self, given: Reference) -> str:
+        return (f"the reference ({given.source}) measured {_VIEW_WORDS[given.view_kind]} but "
+                f"this path observes {_VIEW_WORDS[self.view]}: rebuild it with "
+                "`edgewatch baseline SOURCE... --out FILE` (it records both views), or remove "
+                "[drift] reference to learn one from a warm-up")
+
+    def tick(self, now: float) -> None:
+        """Finish a due warm-up or calibration; note when a collection starts."""
+        if self._calibrating is not None and self._resume_since is None:
+            self._resume_since = now
+            self._calibration_started(calibration_key(self._calibrating), now)
+        if not self.warmup.due(now):
+            return
+        if self._calibrating is not None:
+            self._finish_calibration(now)
+        else:
+            self._finish_warmup(now)
+
+    def _finish_warmup(self, now: float) -> None:
+        try:
+            ref = self.warmup.finish(now, view=self.view_record())
+        except WarmupFailed as exc:
+            self._off = str(exc)
+            self._events("warmup_failed", str(exc), {"frames": self.warmup.frames})
+            return
+        self._given = self._active = ref
+        self._learned(ref)
+        self._events("reference", f"warm-up reference learned from {ref.frames} frames "
+                     f"({self.view} view)", {"origin": "warmup", "frames": ref.frames,
+                                             "view": self.view})
+
+    def _finish_calibration(self, now: float) -> None:
+        training = self._calibrating
+        assert training is not None
+        rows, fps, _ = self.warmup.take(now)
+        cfg = self.config.drift
+        try:
+            ref = calibrate(training, rows, fps=fps, window_frames=cfg.window_frames,
+                            eval_stride_frames=max(1, int(round(cfg.eval_interval_s * fps))),
+                            persistence_s=cfg.for_s,
+                            target_false_alarms_per_week=cfg.false_alarms_per_week)
+        except (BaselineError, ValueError) as exc:
+            self._off = str(exc)
+            self._events("calibration_failed", str(exc), {"frames": int(rows.shape[0])})
+            return
+        self._calibrating = None
+        self._active = ref
+        self._learned(ref)
+        self._events("calibrated", f"training reference calibrated on {rows.shape[0]} frames "
+                     "of this camera", {"frames": int(rows.shape[0])})
+
+    def status(self) -> ReferenceStatus:
+        """Where the reference stands (for snapshots and heartbeats)."""
+        ref = self._active
+        if ref is not None:
+            return ReferenceStatus("ready", frames=ref.frames, origin=ref.origin,
+                                   created=ref.created)
+        if not self.config.drift.enabled:
+            return ReferenceStatus("disabled")
+        if self._off:
+            return ReferenceStatus("failed", frames=self.warmup.frames, message=self._off)
+        if self._calibrating is not None:
+            return ReferenceStatus("calibrating", frames=self.warmup.frames,
+                                   target_s=self.warmup.target_s)
+        return self.warmup.status()
+
+    def monitoring(self, now: Optional[float], *, window_missing: int = 0,
+                   features_off: Sequence[str] = ()) -> Dict[str, Any]:
+        """The heartbeat's ``monitoring``: state, reason, since, reference, features off."""
+        state, reason = self._state(window_missing, features_off)
+        if state == "active":
+            self._since = None
+        elif self._since is None and now is not None:
+            resumed = self._calibrating is not None and self._resume_since is not None
+            self._since = self._resume_since if resumed else now
+        shown = self._active or self._calibrating or self._given
+        return {"state": state, "reason": reason, "since": self._since,
+                "reference": None if shown is None else shown.identity(),
+                "features_off": list(features_off)}
+
+    def _state(self, window_missing: int, features_off: Sequence[str]) -> Tuple[str, str]:
+        cfg = self.config.drift
+        if not cfg.enabled:
+            return "off", "drift detection is disabled ([drift] enabled = false)"
+        if self._off:
+            return "off", self._off
+        if self._calibrating is not None:
+            return "calibrating", (
+                f"calibrating the training reference's thresholds on this camera's frames "
+                f"({self.warmup.frames} frames of {cfg.calibration_s:g} s)")
+        if self._active is None:
+            return "warming_up", (f"learning a reference from the first {cfg.warmup_s:g} s "
+                                  f"({self.warmup.frames} frames so far)")
+        if window_missing:
+            return "warming_up", (f"waiting for a full window: {window_missing} more frames "
+                                  f"of {self._active.window_frames}")
+        if features_off:
+            return "degraded", f"not tested (no data): {', '.join(features_off)}"
+        return "active", "drift detection is running"
+
+    def observation(self, now: float, monitoring: Dict[str, Any]) -> Observation:
+        """The ``monitoring`` alert's observation: breach once not running past its time."""
+        cfg = self.config.drift
+        state = monitoring["state"]
+        grace = cfg.calibration_s if state == "calibrating" else cfg.warmup_s
+        since = monitoring["since"]
+        off_for = 0.0 if since is None else now - since
+        breach = cfg.enabled and state != "active" and off_for > grace
+        feature = "calibration" if state == "calibrating" else "drift"
+        what = "drift detection is not running" if state != "degraded" else \
+            "drift detection is degraded"
+        return Observation(
+            kind="monitoring", feature=feature, metric="seconds_not_running",
+            value=round(off_for, 3), threshold=grace, breach=breach, clear=not breach,
+            summary=f"{what} ({state}): {monitoring['reason']}" if breach else
+            "drift detection is running", window=Window(since or now, now, 0),
+            observed={"monitoring": dict(monitoring)}, reference=monitoring["reference"])

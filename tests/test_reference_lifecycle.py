@@ -1,0 +1,71 @@
+"""The reference lifecycle: which reference, in which view, and never silently off (issue 9)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from agent.alerts import AlertManager
+from agent.config import load_config
+from agent.emulated import EmulatedFeed
+from agent.monitor import Monitor
+
+MODEL = {"path": "/m.tflite", "sha256": "ab" * 32}
+
+
+def monitor(records: List[Dict[str, Any]], **drift: Any) -> Monitor:
+    cfg = load_config({"drift": {"eval_interval_s": 2, "for_s": 4, "clear_for_s": 4, **drift},
+                       "stats": {"capacity": 1024}})
+    alerts = AlertManager(device="d", camera="c", model=MODEL,
+                          emit=lambda t: records.append(t.to_dict()))
+    return Monitor(cfg, alerts, model_info=MODEL)
+
+
+def feed(mon: Monitor, seconds: float, fps: float, t0: float = 1000.0, seed: int = 4) -> None:
+    frames = EmulatedFeed("stationary", seed=seed, size=(160, 120))
+    images = [frames.frame_at(i) for i in range(50)]
+    for i in range(int(seconds * fps)):
+        mon.observe(images[i % 50], None, 0.001, ts=t0 + i / fps)
+
+
+def test_failed_warmup_is_a_monitoring_alert_that_says_why() -> None:
+    """Bug 3: warmup_s = 20, window_frames = 150 at 10 fps left drift off with no alert."""
+    records: List[Dict[str, Any]] = []
+    mon = monitor(records, warmup_s=20, window_frames=150)
+    feed(mon, 60, 10)
+    state = mon.snapshot()["monitoring"]
+    assert state["state"] == "off"
+    assert "only 201 frames" in state["reason"] and "need 300" in state["reason"]
+    assert "raise [drift] warmup_s or lower [drift] window_frames" in state["reason"]
+    fired = [r for r in records if r["kind"] == "monitoring"]
+    assert [r["transition"] for r in fired] == ["firing"]
+    assert fired[0]["feature"] == "drift" and fired[0]["severity"] == "warning"
+    assert "need 300" in fired[0]["message"] and 20 < fired[0]["ts"] - 1000 < 25
+
+
+def test_monitoring_says_warming_up_then_active_and_the_alert_resolves() -> None:
+    records: List[Dict[str, Any]] = []
+    mon = monitor(records, warmup_s=20, window_frames=150)
+    feed(mon, 5, 30)
+    assert mon.snapshot()["monitoring"]["state"] == "warming_up"
+    assert "learning a reference from the first 20 s" in mon.monitoring()["reason"]
+    feed(mon, 40, 30, t0=1005.0)
+    state = mon.monitoring()
+    assert state["state"] == "active" and state["since"] is None
+    assert state["reference"]["kind"] == "device" and state["reference"]["view"] == "frame"
+    assert not [r for r in records if r["kind"] == "monitoring"]
+    assert mon.reference is not None and mon.reference.view["kind"] == "frame"
+
+
+def test_drift_alerts_say_which_reference() -> None:
+    records: List[Dict[str, Any]] = []
+    mon = monitor(records, warmup_s=20, window_frames=150)
+    feed(mon, 30, 30)
+    dark = (EmulatedFeed("stationary", seed=4, size=(160, 120)).frame_at(0) // 10).astype(np.uint8)
+    for i in range(30 * 30):
+        mon.observe(dark, None, 0.001, ts=1030 + i / 30)
+    drift = [r for r in records if r["kind"] == "data_drift"]
+    assert drift and drift[0]["reference"] == {"kind": "device", "origin": "warmup",
+                                               "view": "frame"}
+    assert "against the device reference" in drift[0]["message"]
