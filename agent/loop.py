@@ -24,15 +24,18 @@ import numpy.typing as npt
 from .alerts import AlertManager
 from .config import Config, load_config
 from .errors import AgentError, BaselineError, SourceError
+from .hook import TensorImage
 from .inference import Model
 from .monitor import Monitor, NullSink
 from .notify import Notifier
+from .observe import LAYOUT
 from .service import Agent
 from .sources import Source, open_source
+from .stats import ImageStats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoopResult", "collect_rows", "drive", "replay", "run", "run_forever"]
+__all__ = ["Collected", "LoopResult", "collect_rows", "drive", "replay", "run", "run_forever"]
 
 Frame = npt.NDArray[np.uint8]
 Timed = Tuple[Frame, float]
@@ -154,12 +157,31 @@ def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dic
 
 
 # ---- baseline ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Collected:
+    """A baseline's rows measured in both views: full frames and the model's input tensor."""
+
+    frame: npt.NDArray[np.float32]
+    input: npt.NDArray[np.float32]
+    input_size: Tuple[int, int]
+
+
 def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
                  max_frames: Optional[int] = None,
-                 on_frame: Optional[OnFrame] = None) -> npt.NDArray[np.float32]:
-    """Each frame's feature row over ``uris``, in time order (``edgewatch baseline``)."""
+                 on_frame: Optional[OnFrame] = None) -> Collected:
+    """Each frame's feature rows over ``uris``, in time order (``edgewatch baseline``).
+
+    Both views in one pass: the frame as ``run`` sees it, and the prepared input tensor
+    turned back into pixels as ``wrap`` sees it (only the image statistics differ).
+    """
     rows: List[npt.NDArray[np.float32]] = []
+    inputs: List[npt.NDArray[np.float32]] = []
     cfg = config.with_values(drift__enabled=False, rules__enabled=False)
+    detail = model.input_details[0]
+    image = TensorImage(detail["shape"], detail["dtype"], input_range=config.model.input_range,
+                        quantization=tuple(detail.get("quantization", (0.0, 0))),
+                        color=config.model.color)
+    stats = ImageStats(sample_size=(config.stats.sample_width, config.stats.sample_height))
     for uri in uris:
         alerts = AlertManager(device="baseline", camera="baseline", model={}, emit=lambda r: None)
         mon = Monitor(cfg, alerts, model_info=model.info(), sink=NullSink(),
@@ -168,7 +190,15 @@ def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
         def keep(frame: Frame, outputs: Sequence[npt.NDArray[Any]], latency: float,
                  ts: float, mon: Monitor = mon) -> None:
             mon.observe(frame, outputs, latency, ts)
-            rows.append(mon.ring.last(1)[1][0].copy())
+            row = mon.ring.last(1)[1][0].copy()
+            rows.append(row)
+            seen = image(model.interpreter.get_tensor(model.input_index))
+            other = row.copy()
+            if seen is None:
+                other[LAYOUT.image] = np.nan
+            else:
+                stats.compute(seen, other[LAYOUT.image])
+            inputs.append(other)
             if on_frame is not None:
                 on_frame(len(rows))
 
@@ -179,7 +209,7 @@ def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
             source.close()
     if not rows:
         raise BaselineError(f"no frames read from {', '.join(uris)} (check the sources)")
-    return np.vstack(rows)
+    return Collected(np.vstack(rows), np.vstack(inputs), image.size)
 
 
 # ---- the live loop -----------------------------------------------------------------------
