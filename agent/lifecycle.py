@@ -75,6 +75,15 @@ class Lifecycle:
         """Kind, origin, source and view of the reference in use ({} when none)."""
         return {} if self._active is None else self._active.identity()
 
+    def thresholds(self) -> Dict[str, Dict[str, float]]:
+        """Per feature: calibrated KS threshold, lag-1 autocorrelation, independent values."""
+        ref = self._active
+        if ref is None:
+            return {}
+        rows = zip(ref.names, ref.threshold.tolist(), ref.rho1.tolist(), ref.n_eff.tolist())
+        return {n: {"threshold": round(t, 4), "rho1": round(r, 4), "n_eff": round(e, 1)}
+                for n, t, r, e in rows if t == t}
+
     def set_reference(self, reference: Optional[Reference],
                       calibration_since: Optional[float] = None) -> None:
         """Use this reference (view-resolved; a training one is calibrated first)."""

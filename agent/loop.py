@@ -81,13 +81,16 @@ class LoopResult:
     alerts: int
     reference: Optional[str] = None
     unchecked: Dict[str, str] = field(default_factory=dict)
+    #: Drift detection's state at the end: {"state", "reason", "since", "reference", ...}.
+    monitoring: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of ``edgewatch replay --json``."""
         return {"frames": self.frames, "start_ts": self.start_ts, "fps": self.fps,
                 "seconds": self.seconds, "db": self.db, "alert_transitions": self.alerts,
                 "processing_fps": round(self.frames / max(self.seconds, 1e-9), 1),
-                "reference": self.reference, "unchecked": dict(self.unchecked)}
+                "reference": self.reference, "unchecked": dict(self.unchecked),
+                "monitoring": self.monitoring}
 
 
 def replay(config: Config, source: Source, *, fps: Optional[float] = None,
@@ -108,6 +111,7 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     finally:
         elapsed = time.perf_counter() - t0
         unchecked = _unchecked(agent.monitor, config, fps, frames)
+        monitoring = agent.monitor.monitoring()
         reference = agent.monitor.reference
         n_alerts = agent.alerts.seq
         agent.close()
@@ -117,7 +121,7 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     return LoopResult(frames=frames, start_ts=start, fps=fps, seconds=round(elapsed, 3),
                       db=config.store.path, alerts=n_alerts,
                       reference=None if reference is None else reference.origin,
-                      unchecked=unchecked)
+                      unchecked=unchecked, monitoring=monitoring)
 
 
 def _start_or_close(source: Source, config: Config, model: Model, *, expected_fps: float,
@@ -148,7 +152,11 @@ def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dic
         out["drift"] = (f"the replay ended during warm-up ({status.frames / fps:.0f} s of "
                         f"{config.drift.warmup_s:.0f} s)")
     elif status.state == "failed":
-        out["drift"] = f"warm-up failed: {status.message}"
+        out["drift"] = f"drift detection is off: {status.message}"
+    elif status.state == "calibrating":
+        out["drift"] = (f"the replay ended while calibrating the training reference on this "
+                        f"camera ({status.frames / fps:.0f} s of "
+                        f"{config.drift.calibration_s:.0f} s)")
     else:
         window = monitor.reference.window_frames if monitor.reference is not None else 0
         out["drift"] = (f"the replay was too short for one drift test after the reference "
@@ -317,12 +325,14 @@ class _LiveStatus:
         self._last_frames, self._last_t, self._next = monitor.frames, now, now + self._every
         self._agent.camera["fps_processed"] = round(fps, 2)
         snap = monitor.snapshot()
+        mon = snap["monitoring"]
+        drift = mon["state"] if mon["state"] == "active" else f"{mon['state']} ({mon['reason']})"
         line = (f"frames={monitor.frames} fps={fps:.1f} "
                 f"brightness={snap['stats'].get('brightness')} "
                 f"detections={snap['confidence'].get('det_count')} "
                 f"top_score={snap['confidence'].get('top_score')} "
-                f"reference={(snap['reference'] or {}).get('origin', 'warming up')} "
-                f"alerts_open={len(snap['alerts_open'])}")
+                f"reference={(snap['reference'] or {}).get('origin', 'none')} "
+                f"drift={drift} alerts_open={len(snap['alerts_open'])}")
         log.info("status: %s", line)
         self._notifier.status(line)
 

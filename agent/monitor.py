@@ -321,7 +321,8 @@ class Monitor:
                 "drift": self._evaluator.last_drift,
                 "reference": None if status.state != "ready" else {
                     "origin": status.origin, "created": status.created, "frames": status.frames,
-                    **self._evaluator.life.identity()},
+                    **self._evaluator.life.identity(),
+                    "thresholds": self._evaluator.life.thresholds()},
                 "monitoring": self._evaluator.monitoring(self.last_ts),
                 "warmup": _warmup_state(status),
                 "alerts_open": [{"id": a.id, "kind": a.kind, "feature": a.feature,

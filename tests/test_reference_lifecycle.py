@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+import pytest
+from conftest import toml_text
 
 from agent.alerts import AlertManager
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.emulated import EmulatedFeed
 from agent.monitor import Monitor
 
@@ -69,3 +74,45 @@ def test_drift_alerts_say_which_reference() -> None:
     assert drift and drift[0]["reference"] == {"kind": "device", "origin": "warmup",
                                                "view": "frame"}
     assert "against the device reference" in drift[0]["message"]
+
+
+def agent_config(tmp_path: Path, **drift: Any) -> Config:
+    return load_config({"store": {"path": str(tmp_path / "agent.db"), "flush_interval_s": 0.2},
+                        "health": {"enabled": False},
+                        "drift": {"eval_interval_s": 2, "for_s": 4, "clear_for_s": 4, **drift}})
+
+
+def test_status_and_heartbeat_say_drift_is_off_and_why(tmp_path: Path) -> None:
+    """Bug 3: status and the heartbeat said "warming up" long after the warm-up failed."""
+    from agent.cli._status import _lines, device_status
+    from agent.service import Agent
+
+    cfg = agent_config(tmp_path, warmup_s=20, window_frames=150)
+    agent = Agent.start(cfg, model_info=MODEL, live=False)
+    try:
+        feed(agent.monitor, 60, 10)  # type: ignore[arg-type]
+        beat = agent.heartbeat().to_dict()
+    finally:
+        agent.close()
+    assert beat["monitoring"]["state"] == "off" and "need 300" in beat["monitoring"]["reason"]
+    st = device_status(cfg.store.path, time.time())
+    assert st["monitoring"]["state"] == "off"
+    assert [a["feature"] for a in st["alerts_open"] if a["kind"] == "monitoring"] == ["drift"]
+    st.update(retention_days=30.0, max_db_mb=512.0)
+    line = [x for x in _lines(st, time.time()) if x.startswith("drift:")][0]
+    assert line.startswith("drift:     off: warm-up collected only 201 frames") and "since" in line
+
+
+def test_replay_shorter_than_the_warmup_says_drift_was_never_checked(
+        tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml_text({"model": {"path": model_path}, "health": {"enabled": False},
+                              "store": {"path": tmp_path / "r.db"}, "drift": {"warmup_s": 60}}))
+    assert main(["replay", "emulated:stationary?seed=1&size=160x120&fps=10", "--config",
+                 str(cfg), "--fps", "10", "--max-frames", "200", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "ended during warm-up (20 s of 60 s)" in result["unchecked"]["drift"]
+    assert result["monitoring"]["state"] == "warming_up"
+    assert "learning a reference from the first 60 s" in result["monitoring"]["reason"]
