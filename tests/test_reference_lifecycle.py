@@ -116,3 +116,50 @@ def test_replay_shorter_than_the_warmup_says_drift_was_never_checked(
     assert "ended during warm-up (20 s of 60 s)" in result["unchecked"]["drift"]
     assert result["monitoring"]["state"] == "warming_up"
     assert "learning a reference from the first 60 s" in result["monitoring"]["reason"]
+
+
+def test_a_training_calibration_is_kept_in_sqlite_across_restarts(tmp_path: Path) -> None:
+    from agent.drift.reference import build_reference
+    from agent.monitor import FEATURES
+    from agent.service import Agent
+
+    rows_from = monitor([], enabled=False)
+    images = EmulatedFeed("stationary", seed=4, size=(160, 120))
+    rows = []
+    for i in range(300):
+        rows_from.observe(images.frame_at(3 * i), None, 0.001, ts=1000 + i)
+        rows.append(rows_from.ring.last(1)[1][0].copy())
+    training = build_reference(
+        np.vstack(rows), FEATURES, window_frames=150, eval_stride_frames=20, fps=10.0,
+        model_sha256="", model_path="", origin="baseline", source="images/", created=5.0,
+        kind="training", independent=True, view={"kind": "frame"})
+    training.save(tmp_path / "training.npz")
+    cfg = agent_config(tmp_path, window_frames=150, calibration_s=60,
+                       reference=str(tmp_path / "training.npz"))
+    info = {"path": "", "sha256": ""}
+
+    agent = Agent.start(cfg, model_info=info, live=False)
+    try:
+        feed(agent.monitor, 30, 10)  # type: ignore[arg-type]
+        first = agent.monitor.monitoring()
+    finally:
+        agent.close()
+    assert first["state"] == "calibrating" and first["reference"]["kind"] == "training"
+
+    agent = Agent.start(cfg, model_info=info, live=False)  # restarted mid-calibration
+    try:
+        feed(agent.monitor, 1, 10, t0=1100.0)  # type: ignore[arg-type]
+        resumed = agent.monitor.monitoring()
+        feed(agent.monitor, 70, 10, t0=1101.0)  # type: ignore[arg-type]
+        done = agent.monitor.monitoring()
+    finally:
+        agent.close()
+    assert resumed["state"] == "calibrating" and resumed["since"] == first["since"]
+    assert done["state"] == "active"
+
+    agent = Agent.start(cfg, model_info=info, live=False)  # calibrated: kept
+    try:
+        assert agent.monitor.reference is not None and agent.monitor.reference.calibrated
+        assert agent.monitor.reference.kind == "training"
+    finally:
+        agent.close()
