@@ -94,10 +94,10 @@ class Evaluator:
         return self.life.monitoring(now, window_missing=missing, features_off=self._features_off)
 
     def set_reference(self, reference: Optional[Reference],
-                      calibration_since: Optional[float] = None) -> None:
+                      calibration_since: Optional[float] = None, model_sha256: str = "") -> None:
         """Test against this reference from now on (baseline file, warm-up or history)."""
         self._last_drift, self._features_off = {}, ()
-        self.life.set_reference(reference, calibration_since)
+        self.life.set_reference(reference, calibration_since, model_sha256)
 
     def restart_warmup(self, start: Optional[float]) -> None:
         """Forget the reference and learn a new one from the next frames."""
@@ -121,7 +121,7 @@ class Evaluator:
             drift = self._drift_observations(ref)
             ran = drift is not None
             observations += drift or []
-        observations.append(self.life.observation(now, self.monitoring(now)))
+        observations += self.life.observations(now, self.monitoring(now))
         self.alerts.update(observations, now)
         self.alerts.tick(now)
         return Evaluation(now, tuple(observations), dict(self._last_drift), ran, self.status())
@@ -142,7 +142,7 @@ class Evaluator:
         ts, values = self.ring.last(n)
         if ref.names != FEATURES:
             values = values[:, [FEATURES.index(f) for f in ref.names]]
-        feats = [f for f in self.drift_names if f in ref.names]
+        feats = [f for f in self.drift_names if f in ref.names and f not in self.life.relearning]
         overrides = {f: v for f in feats if (v := self.alerts.threshold_override(f)) is not None}
         report = evaluate_drift(ref, values, features=feats, thresholds_override=overrides or None)
         window = Window(float(ts[0]), float(ts[-1]), n)

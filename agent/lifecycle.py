@@ -17,18 +17,22 @@ warm-up or calibration time, a state other than ``active`` is a ``monitoring`` a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
+from .confidence import CONFIDENCE_FEATURES
 from .config import Config
 from .drift.calibrate import calibrate
-from .drift.reference import Reference
+from .drift.reference import Reference, sketch
 from .errors import BaselineError
 from .observe import FEATURES_VERSION
 from .records import Observation, ReferenceStatus, Window
 from .warmup import Warmup, WarmupFailed
 
-__all__ = ["VIEWS", "Lifecycle", "calibration_key"]
+__all__ = ["PREDICTION_FEATURES", "VIEWS", "Lifecycle", "calibration_key", "with_features"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,12 @@ _VIEW_WORDS = {"frame": "full camera frames", "input": "the model's input tensor
                "unknown": "an unrecorded view (a baseline from an older edgewatch)"}
 
 Events = Callable[[str, str, Dict[str, Any]], None]
+#: The features a new model changes: relearned while image drift goes on.
+PREDICTION_FEATURES = frozenset(CONFIDENCE_FEATURES + ("pred_class",))
+# Per-feature arrays of a Reference (one row per feature).
+_ROW_ARRAYS = ("sketch", "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale",
+               "psi_edges", "psi_ref", "threshold", "clear_threshold", "rho1", "n_eff",
+               "null_mean", "null_max")
 
 
 def calibration_key(reference: Reference) -> str:
@@ -65,6 +75,8 @@ class Lifecycle:
         self._off = ""  # why drift detection is off (a failure), '' otherwise
         self._since: Optional[float] = None  # when drift detection stopped/was not yet running
         self._resume_since: Optional[float] = None  # a calibration's start, kept over restarts
+        self._relearn: Tuple[str, ...] = ()  # features relearned for a new model
+        self._relearn_note = ""
 
     @property
     def reference(self) -> Optional[Reference]:
@@ -84,17 +96,34 @@ class Lifecycle:
         return {n: {"threshold": round(t, 4), "rho1": round(r, 4), "n_eff": round(e, 1)}
                 for n, t, r, e in rows if t == t}
 
+    @property
+    def relearning(self) -> Tuple[str, ...]:
+        """Features not tested while they are relearned for a new model."""
+        return self._relearn
+
     def set_reference(self, reference: Optional[Reference],
-                      calibration_since: Optional[float] = None) -> None:
-        """Use this reference (view-resolved; a training one is calibrated first)."""
+                      calibration_since: Optional[float] = None, model_sha256: str = "") -> None:
+        """Use this reference (view-resolved; a training one is calibrated first).
+
+        A reference made for another model (``model_sha256`` differs): image drift keeps
+        running on it while the prediction features are relearned from a warm-up.
+        """
         self._given = reference
         self._resume_since = calibration_since
+        self._relearn = ()
         self._resolve(None)
+        if self._active is not None and model_sha256 and \
+                self._active.model_sha256 not in ("", model_sha256):
+            self._relearn = tuple(f for f in self._active.names if f in PREDICTION_FEATURES)
+            self._relearn_note = (f"the model changed (sha256 {self._active.model_sha256[:12]} "
+                                  f"-> {model_sha256[:12]})")
+            self.warmup.begin(None)
 
     def restart_warmup(self, start: Optional[float]) -> None:
         """Forget the reference and learn a new one from the next frames."""
         self._given = self._active = self._calibrating = None
         self._off = ""
+        self._relearn = ()
         self._since = start
         self.warmup.begin(start)
 
@@ -151,8 +180,26 @@ class Lifecycle:
             return
         if self._calibrating is not None:
             self._finish_calibration(now)
+        elif self._relearn and self._active is not None:
+            self._finish_relearning(now, self._active)
         else:
             self._finish_warmup(now)
+
+    def _finish_relearning(self, now: float, old: Reference) -> None:
+        try:
+            new = self.warmup.finish(now, view=self.view_record())
+        except WarmupFailed as exc:
+            self._events("warmup_failed", f"relearning the prediction reference: {exc}",
+                         {"frames": self.warmup.frames})
+            self.warmup.begin(None)  # image drift goes on; the next warm-up tries again
+            return
+        merged = with_features(old, new, self._relearn)
+        self._events("reference", f"prediction reference relearned for the new model from "
+                     f"{new.frames} frames ({', '.join(self._relearn)})",
+                     {"origin": "warmup", "frames": new.frames})
+        self._relearn = ()
+        self._given = self._active = merged
+        self._learned(merged)
 
     def _finish_warmup(self, now: float) -> None:
         try:
@@ -234,22 +281,57 @@ class Lifecycle:
                                   f"of {self._active.window_frames}")
         if features_off:
             return "degraded", f"not tested (no data): {', '.join(features_off)}"
+        if self._relearn:
+            return "degraded", (
+                f"{self._relearn_note}: image drift runs on the existing reference; the "
+                f"prediction reference is being relearned ({self.warmup.frames} frames of "
+                f"{cfg.warmup_s:g} s)")
         return "active", "drift detection is running"
 
-    def observation(self, now: float, monitoring: Dict[str, Any]) -> Observation:
-        """The ``monitoring`` alert's observation: breach once not running past its time."""
+    def observations(self, now: float, monitoring: Dict[str, Any]) -> List[Observation]:
+        """The ``monitoring`` alerts' observations: drift (or calibration) not running past its
+        time, and the prediction reference being relearned for a new model."""
         cfg = self.config.drift
         state = monitoring["state"]
         grace = cfg.calibration_s if state == "calibrating" else cfg.warmup_s
         since = monitoring["since"]
         off_for = 0.0 if since is None else now - since
-        breach = cfg.enabled and state != "active" and off_for > grace
-        feature = "calibration" if state == "calibrating" else "drift"
+        relearning_only = state == "degraded" and bool(self._relearn) and \
+            not monitoring["features_off"]
+        breach = cfg.enabled and state != "active" and off_for > grace and not relearning_only
         what = "drift detection is not running" if state != "degraded" else \
             "drift detection is degraded"
-        return Observation(
-            kind="monitoring", feature=feature, metric="seconds_not_running",
-            value=round(off_for, 3), threshold=grace, breach=breach, clear=not breach,
+        window = Window(since or now, now, 0)
+        observed = {"monitoring": dict(monitoring)}
+        return [Observation(
+            kind="monitoring", feature="calibration" if state == "calibrating" else "drift",
+            metric="seconds_not_running", value=round(off_for, 3), threshold=grace,
+            breach=breach, clear=not breach, window=window, observed=observed,
             summary=f"{what} ({state}): {monitoring['reason']}" if breach else
-            "drift detection is running", window=Window(since or now, now, 0),
-            observed={"monitoring": dict(monitoring)}, reference=monitoring["reference"])
+            "drift detection is running", reference=monitoring["reference"]), Observation(
+            kind="monitoring", feature="prediction_reference", metric="relearning",
+            value=float(bool(self._relearn)), threshold=0.0, breach=bool(self._relearn),
+            clear=not self._relearn, window=window, observed=observed,
+            summary=(f"{self._relearn_note}: prediction drift is off for "
+                     f"{', '.join(self._relearn)} until it is relearned from the first "
+                     f"{cfg.warmup_s:g} s of the new model's frames; image drift runs on the "
+                     "existing reference" if self._relearn else
+                     "the prediction reference matches the model"),
+            reference=monitoring["reference"])]
+
+
+def with_features(base: Reference, other: Reference, features: Sequence[str]) -> Reference:
+    """``base`` with the rows of ``features`` taken from ``other`` (and ``other``'s model)."""
+    rows = [base.index(f) for f in features]
+    k = base.sketch.shape[1]
+    arrays: Dict[str, Any] = {}
+    for name in _ROW_ARRAYS:
+        mine, theirs = getattr(base, name).copy(), getattr(other, name)
+        for r in rows:
+            row = theirs[other.index(base.names[r])]
+            if name == "sketch":  # resampled to the base's sketch size
+                row = np.full(k, np.nan) if np.isnan(row[0]) else sketch(row, k)
+            mine[r] = row
+        arrays[name] = mine
+    return dataclasses.replace(base, **arrays, model_sha256=other.model_sha256,
+                               model_path=other.model_path, alt=None)

@@ -131,7 +131,8 @@ class Monitor:
             self.ring, stats, warmup, make_decoder=self._make_decoder,
             decoder=None if output_spec is None else self._make_decoder(output_spec))
         alerts.declare_features(KNOWN_FEATURES)
-        self._evaluator.set_reference(reference, calibration_since)
+        self._evaluator.set_reference(reference, calibration_since,
+                                      str(self.model_info.get("sha256") or ""))
         self._started: Optional[float] = None
         self._next_eval = math.inf  # set by the first frame
         self._next_window = math.inf

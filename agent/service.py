@@ -283,7 +283,9 @@ def _load_reference(config: Config, store: Store,
     if not drift.enabled:
         return None, None
     if drift.reference:
-        from_file = Reference.load(drift.reference, expected_sha256=sha or None)
+        # A reference for another model still serves the image statistics (the monitor
+        # relearns the prediction part), so it is not refused here.
+        from_file = Reference.load(drift.reference)
         log.info("reference: %s (%s, %s view, %d frames)", drift.reference, from_file.origin,
                  from_file.view_kind, from_file.frames)
         if from_file.calibrated:
@@ -294,13 +296,29 @@ def _load_reference(config: Config, store: Store,
                      config.store.path)
             return Reference.from_bytes(blob, where=config.store.path), None
         return from_file, started
-    stored = load_stored_reference(store, sha)
+    stored = load_stored_reference(store, sha) or _previous_model_reference(store, sha)
     if stored is not None:
         log.info("reference: %s, kept in %s (%d frames)", stored.origin, config.store.path,
                  stored.frames)
     else:
         log.info("no reference: learning one from the first %.0f s (warm-up)", drift.warmup_s)
     return stored, None
+
+
+def _previous_model_reference(store: Store, sha: str) -> Optional[Reference]:
+    """The reference kept for the model the last heartbeat named, when the model changed.
+
+    Its image statistics still hold; the monitor relearns the prediction part.
+    """
+    beat = store.latest_heartbeat() if sha else None
+    previous = str(((beat or {}).get("payload", {}).get("model") or {}).get("sha256") or "")
+    if not previous or previous == sha:
+        return None
+    stored = load_stored_reference(store, previous)
+    if stored is not None:
+        log.info("reference: kept for the previous model %s…; image drift goes on while the "
+                 "prediction part is relearned", previous[:12])
+    return stored
 
 
 def _build_alerts(config: Config, store: Store, model_info: Dict[str, Any],

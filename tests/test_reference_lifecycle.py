@@ -163,3 +163,59 @@ def test_a_training_calibration_is_kept_in_sqlite_across_restarts(tmp_path: Path
         assert agent.monitor.reference.kind == "training"
     finally:
         agent.close()
+
+
+def test_a_new_model_keeps_image_drift_running_while_predictions_are_relearned() -> None:
+    """Item 5: a reference for another model was refused, leaving the camera unwatched."""
+    old = monitor([], warmup_s=20, window_frames=150)
+    feed(old, 25, 30)
+    reference = old.reference
+    assert reference is not None and reference.model_sha256 == MODEL["sha256"]
+
+    records: List[Dict[str, Any]] = []
+    cfg = load_config({"drift": {"eval_interval_s": 2, "for_s": 4, "clear_for_s": 4,
+                                 "warmup_s": 20, "window_frames": 150},
+                       "stats": {"capacity": 1024}})
+    alerts = AlertManager(device="d", camera="c", model=MODEL,
+                          emit=lambda t: records.append(t.to_dict()))
+    new_sha = "cd" * 32
+    mon = Monitor(cfg, alerts, model_info={"path": "/m2.tflite", "sha256": new_sha},
+                  reference=reference)
+    feed(mon, 6, 30, t0=2000.0)
+    state = mon.monitoring()
+    assert state["state"] == "degraded" and "the model changed" in state["reason"]
+    relearn = [r for r in records if r["feature"] == "prediction_reference"]
+    assert relearn and relearn[0]["kind"] == "monitoring" and relearn[0]["state"] == "firing"
+    dark = (EmulatedFeed("stationary", seed=4, size=(160, 120)).frame_at(0) // 10).astype(np.uint8)
+    for i in range(30 * 10):  # night falls while the predictions are relearned
+        mon.observe(dark, None, 0.001, ts=2006 + i / 30)
+    assert [r for r in records if r["kind"] == "data_drift" and r["transition"] == "firing"]
+    feed(mon, 30, 30, t0=2016.0)
+    assert mon.reference is not None and mon.reference.model_sha256 == new_sha
+    assert mon.monitoring()["state"] == "active"
+    done = [r for r in records if r["feature"] == "prediction_reference"]
+    assert done[-1]["transition"] == "resolved"
+    # The image rows are still the old reference's.
+    i = reference.index("brightness")
+    assert np.array_equal(mon.reference.sketch[i], reference.sketch[i])
+
+
+def test_a_new_model_file_keeps_the_stored_warmup_reference(tmp_path: Path) -> None:
+    from agent.service import Agent
+
+    cfg = agent_config(tmp_path, warmup_s=20, window_frames=150)
+    agent = Agent.start(cfg, model_info=MODEL, live=False)
+    try:
+        feed(agent.monitor, 25, 30)  # type: ignore[arg-type]
+        agent.heartbeat()
+    finally:
+        agent.close()
+    agent = Agent.start(cfg, model_info={"path": "/m2.tflite", "sha256": "cd" * 32}, live=False)
+    try:
+        assert agent.monitor.reference is not None
+        assert agent.monitor.reference.model_sha256 == MODEL["sha256"]
+        feed(agent.monitor, 6, 30, t0=3000.0)  # type: ignore[arg-type]
+        state = agent.monitor.monitoring()
+    finally:
+        agent.close()
+    assert state["state"] == "degraded" and "the model changed" in state["reason"]
