@@ -75,6 +75,7 @@ class Lifecycle:
         self._off = ""  # why drift detection is off (a failure), '' otherwise
         self._since: Optional[float] = None  # when drift detection stopped/was not yet running
         self._resume_since: Optional[float] = None  # a calibration's start, kept over restarts
+        self._model_sha = ""  # the running model's, when known
         self._relearn: Tuple[str, ...] = ()  # features relearned for a new model
         self._relearn_note = ""
 
@@ -110,14 +111,8 @@ class Lifecycle:
         """
         self._given = reference
         self._resume_since = calibration_since
-        self._relearn = ()
+        self._model_sha = model_sha256
         self._resolve(None)
-        if self._active is not None and model_sha256 and \
-                self._active.model_sha256 not in ("", model_sha256):
-            self._relearn = tuple(f for f in self._active.names if f in PREDICTION_FEATURES)
-            self._relearn_note = (f"the model changed (sha256 {self._active.model_sha256[:12]} "
-                                  f"-> {model_sha256[:12]})")
-            self.warmup.begin(None)
 
     def restart_warmup(self, start: Optional[float]) -> None:
         """Forget the reference and learn a new one from the next frames."""
@@ -146,6 +141,7 @@ class Lifecycle:
         given = self._given
         self._active = self._calibrating = None
         self._off = ""
+        self._relearn = ()
         if given is None:
             if self.config.drift.enabled and not self.warmup.collecting:
                 self.warmup.begin(now)
@@ -164,12 +160,24 @@ class Lifecycle:
         else:
             self._active = ref
             self.warmup.stop()
+            self._relearn_if_new_model(ref)
+
+    def _relearn_if_new_model(self, ref: Reference) -> None:
+        sha = self._model_sha
+        if not sha or ref.model_sha256 in ("", sha):
+            return
+        self._relearn = tuple(f for f in ref.names if f in PREDICTION_FEATURES)
+        self._relearn_note = (f"the model changed (sha256 {ref.model_sha256[:12]} -> "
+                              f"{sha[:12]})")
+        self.warmup.begin(None)
 
     def _mismatch(self, given: Reference) -> str:
+        fix = ("rebuild it with `edgewatch baseline SOURCE... --out FILE` (it records both "
+               "views), or remove [drift] reference to learn one from a warm-up"
+               if given.kind == "training" else
+               "learn a new one with `edgewatch baseline --rebuild`")
         return (f"the reference ({given.source}) measured {_VIEW_WORDS[given.view_kind]} but "
-                f"this path observes {_VIEW_WORDS[self.view]}: rebuild it with "
-                "`edgewatch baseline SOURCE... --out FILE` (it records both views), or remove "
-                "[drift] reference to learn one from a warm-up")
+                f"this path observes {_VIEW_WORDS[self.view]}: {fix}")
 
     def tick(self, now: float) -> None:
         """Finish a due warm-up or calibration; note when a collection starts."""
