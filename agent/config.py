@@ -131,6 +131,7 @@ class DriftConfig:
     enabled: bool = True
     reference: str = ""
     warmup_s: float = 300.0
+    calibration_s: float = 300.0
     window_frames: int = 900
     eval_interval_s: float = 5.0
     for_s: float = 10.0
@@ -141,6 +142,7 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         _check(self.warmup_s >= 10, "warmup_s", "at least 10 seconds")
+        _check(self.calibration_s >= 10, "calibration_s", "at least 10 seconds")
         _check(64 <= self.window_frames, "window_frames", "at least 64")
         _check(self.eval_interval_s > 0, "eval_interval_s", "positive seconds")
         _check(self.for_s >= 0, "for_s", "0 or more seconds")
