@@ -40,12 +40,14 @@ DRIFT_FEATURES: tuple[str, ...] = ("image", "predictions", CLASS_MIX_FEATURE)
 # class is categorical, and timing belongs to the performance checks.
 NOT_DRIFT_TESTED: tuple[str, ...] = ("diff", "pred_class") + PERF_FEATURES
 _SHOWN = 6  # drifted features named in an alert message (the payload lists them all)
-_DECISIVE = 5.0  # robust SDs: a move this large is beyond doubt and beyond ranking
+# Robust SDs: a move this large is beyond doubt and beyond ranking. A window wandering within
+# the reference's own range stays within about 2 (the emulated scenes' exposure wander).
+_DECISIVE = 4.0
 # Ties among decisive moves: a cause before the statistics it drives (less light raises
-# the noise and lowers contrast, colour and entropy; noise raises the Laplacian).
-_CAUSE_ORDER = ("brightness", "noise", "contrast", "sharpness", "saturation", "colorfulness",
-                "mean_b", "mean_g", "mean_r", "overexposed", "underexposed", "entropy",
-                "edge_density", "diff", "motion")
+# the noise and lowers contrast, detail, colour and entropy; noise raises the Laplacian).
+_CAUSE_ORDER = ("brightness", "noise", "contrast", "sharpness", "edge_density", "saturation",
+                "colorfulness", "mean_b", "mean_g", "mean_r", "overexposed", "underexposed",
+                "entropy", "diff", "motion")
 
 Events = Callable[[str, str, Dict[str, Any]], None]
 
