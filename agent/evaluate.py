@@ -42,7 +42,7 @@ NOT_DRIFT_TESTED: tuple[str, ...] = ("diff", "pred_class") + PERF_FEATURES
 _SHOWN = 6  # drifted features named in an alert message (the payload lists them all)
 # Robust SDs: a move this large is beyond doubt and beyond ranking. A window wandering within
 # the reference's own range stays within about 2 (the emulated scenes' exposure wander).
-_DECISIVE = 4.0
+_DECISIVE = 3.0
 # Ties among decisive moves: a cause before the statistics it drives (less light raises
 # the noise and lowers contrast, detail, colour and entropy; noise raises the Laplacian).
 _CAUSE_ORDER = ("brightness", "noise", "contrast", "sharpness", "edge_density", "saturation",
@@ -243,15 +243,13 @@ def _effect(fd: FeatureDrift) -> float:
 def _moved(members: Sequence[FeatureDrift]) -> List[FeatureDrift]:
     """The drifted features, plus (when any drifted) those that moved decisively.
 
-    Decisively: at least ``_DECISIVE`` robust SDs with the KS distance over the clear
-    threshold. A window that wanders within the reference's own range is within a couple
-    of its robust SDs, so this names no feature that did not move; the alert itself is
-    still raised only by the calibrated tests.
+    Decisively: at least ``_DECISIVE`` robust SDs (normalised Wasserstein). A window that
+    wanders within the reference's own range stays within about 2, so this names no feature
+    that did not move; the alert itself is still raised only by the calibrated tests.
     """
     if not any(fd.drifted for fd in members):
         return []
-    return [fd for fd in members if fd.drifted
-            or (fd.above_clear and _effect(fd) >= _DECISIVE)]
+    return [fd for fd in members if fd.drifted or _effect(fd) >= _DECISIVE]
 
 
 def _ranked_by_effect(features: Iterable[FeatureDrift]) -> List[FeatureDrift]:
