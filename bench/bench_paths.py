@@ -244,6 +244,9 @@ class _TimedObserver:
     def hook_error(self, exc: BaseException) -> None:
         self._monitor.hook_error(exc)
 
+    def __getattr__(self, name: str) -> Any:  # the rest of the monitor's API (set_view, ...)
+        return getattr(self._monitor, name)
+
 
 def run_wrap(cfg: Config, uri: str, start: float) -> None:
     """An application's own interpreter, wrapped: resize to the input, [-1, 1], invoke."""
