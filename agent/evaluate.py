@@ -260,8 +260,10 @@ def _ranked_by_effect(features: Iterable[FeatureDrift]) -> List[FeatureDrift]:
     bit) than about the change; such features are named cause first (``_CAUSE_ORDER``).
     """
     def key(fd: FeatureDrift) -> tuple[float, int]:
-        order = _CAUSE_ORDER.index(fd.feature) if fd.feature in _CAUSE_ORDER else len(
-            _CAUSE_ORDER)
+        name = fd.feature
+        if name == "noise" and fd.current.get("mean", 0.0) < fd.reference.get("mean", 0.0):
+            name = "entropy"  # less noise is what smoothing (blur) does: a consequence
+        order = _CAUSE_ORDER.index(name) if name in _CAUSE_ORDER else len(_CAUSE_ORDER)
         return -min(_effect(fd), _DECISIVE), order
 
     return sorted(features, key=key)

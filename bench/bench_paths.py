@@ -262,7 +262,10 @@ def run_wrap(cfg: Config, uri: str, start: float) -> None:
         wrapped = wrap(interpreter, _TimedObserver(monitor, clock))
         i = 0
         while (frame := source.read()) is not None:
-            rgb = cv2.cvtColor(cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA),
+            # Resized as the agent resizes for `edgewatch baseline`'s model-input view: an
+            # application that resizes otherwise (INTER_AREA) shifts box_area_mean by about
+            # 0.5 robust SDs, enough for prediction drift against that view.
+            rgb = cv2.cvtColor(cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR),
                                cv2.COLOR_BGR2RGB)
             wrapped.set_tensor(inp["index"], (rgb[None].astype(np.float32) / 127.5) - 1.0)
             clock.t = start + i / FPS

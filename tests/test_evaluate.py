@@ -9,8 +9,9 @@ from agent.drift.detector import FeatureDrift
 from agent.evaluate import _moved, _named, _ranked_by_effect
 
 
-def fd(name: str, effect: float, *, drifted: bool = True, above_clear: bool = True) -> FeatureDrift:
-    return FeatureDrift(name, True, 0.8, 1.0, effect, 0.5, 0.35, drifted, above_clear, 450, None)
+def fd(name: str, effect: float, *, drifted: bool = True, change: float = 1.0) -> FeatureDrift:
+    return FeatureDrift(name, True, 0.8, 1.0, effect, 0.5, 0.35, drifted, True, 450, None,
+                        {"mean": 1.0}, {"mean": 1.0 + change})
 
 
 def names(features: List[FeatureDrift]) -> List[str]:
@@ -41,3 +42,10 @@ def test_the_message_lists_six_and_counts_the_rest() -> None:
     assert _named(many) == "f0, f1, f2, f3, f4, f5, +3 more"
     assert _named(many[:2]) == "f0, f1"
     assert _named([]) == "none"
+
+
+def test_more_noise_is_a_cause_less_noise_a_consequence_of_smoothing() -> None:
+    noisier = [fd("sharpness", 9.0), fd("noise", 8.0)]
+    assert names(_ranked_by_effect(noisier)) == ["noise", "sharpness"]
+    blurred = [fd("noise", 8.0, change=-0.5), fd("sharpness", 9.0, change=-0.9)]
+    assert names(_ranked_by_effect(blurred)) == ["sharpness", "noise"]
