@@ -189,6 +189,6 @@ def test_transition_record_is_the_readme_json() -> None:
         "schema", "id", "fingerprint", "seq", "transition", "state", "ts", "starts_at",
         "ends_at", "device", "camera", "kind", "severity", "feature", "metric", "value",
         "threshold", "expected", "observed", "window", "model", "message", "acknowledged",
-        "snoozed_until"]
+        "snoozed_until", "reference"]
     assert record["window"] == {"start": 0.0, "end": 30.0, "frames": 900}
     assert AlertTransition.from_dict(record).to_dict() == record
