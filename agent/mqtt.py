@@ -97,8 +97,12 @@ def topics(prefix: str, device_id: str) -> Topics:
     )
 
 
-def alert_outbox_messages(t: Topics, record: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def alert_outbox_messages(t: Topics, record: Mapping[str, Any], *,
+                          state_only: bool = False) -> List[Dict[str, Any]]:
     """The outbox rows for one alert transition: the event, then the retained state.
+
+    ``state_only``: just the retained state, for a change that is not a transition (an
+    operator acknowledged or snoozed the alert: same ``seq``, new ``acknowledged_by``, ...).
 
     The record goes to ``alerts`` (QoS 1, not retained) for every transition. The retained
     ``alerts/state/<fingerprint>`` holds the record while the alert fires and is *cleared*
@@ -109,8 +113,8 @@ def alert_outbox_messages(t: Topics, record: Mapping[str, Any]) -> List[Dict[str
     severity = str(record.get("severity", ""))
     state_topic = t.alert_state(str(record["fingerprint"]))
     resolved = record.get("state") == "resolved"
-    return [
-        {"topic": t.alerts, "payload": payload, "qos": 1, "retain": 0, "severity": severity},
+    event = {"topic": t.alerts, "payload": payload, "qos": 1, "retain": 0, "severity": severity}
+    return ([] if state_only else [event]) + [
         {"topic": state_topic, "payload": "" if resolved else payload, "qos": 1, "retain": 1,
          "severity": severity},
     ]
