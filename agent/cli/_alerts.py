@@ -50,13 +50,13 @@ def _dispatch(args: argparse.Namespace, verb: str, payload: Dict[str, Any]) -> i
         return 0 if answer.get("ok") else CommandError.exit_code
     if not answer.get("ok"):
         raise CommandError(str(answer.get("error") or "command rejected"))
-    print(_describe(answer.get("result") or {}))
+    print(describe_result(answer.get("result") or {}))
     if answer.get("offline"):
         print(f"agent not running: saved in {cfg.store.path}, applied when it starts")
     return 0
 
 
-def _describe(result: Dict[str, Any]) -> str:
+def describe_result(result: Dict[str, Any]) -> str:
     """One line for people from a command's result."""
     parts: List[str] = []
     for key, value in result.items():
