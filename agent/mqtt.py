@@ -459,6 +459,9 @@ class MqttLink:
         refused: List[Tuple[int, Any]] = []
         with self._lock:
             done = [(row, info) for row, info in self._inflight if info.is_published()]
+            if self._refused_mids:  # forget refusals of messages not ours (status, results)
+                mine = {info.mid for _, info in self._inflight}
+                self._refused_mids = {m: r for m, r in self._refused_mids.items() if m in mine}
             if not done:
                 return
             self._inflight = [(r, i) for r, i in self._inflight if not i.is_published()]
