@@ -166,3 +166,15 @@ def test_a_notification_is_claimed_by_one_worker(central_db: CentralDb) -> None:
         assert second.claim(due, 300.0) == []  # it read the same row: too late
     first.close()
     second.close()
+
+
+def test_grouping_keys_in_the_central_config() -> None:
+    from agent.central.config import central_config_from_dict
+    from agent.errors import ConfigError
+
+    cfg = central_config_from_dict({"central": {"group_interval_s": 120, "group_by": ["kind"]}},
+                                   "c.toml")
+    assert (cfg.central.group_interval_s, cfg.central.group_by) == (120.0, ("kind",))
+    with pytest.raises(ConfigError, match=r"c.toml: central.group_by: 'colour' is not a label "
+                                          r"to group by \(valid: transition, kind"):
+        central_config_from_dict({"central": {"group_by": ["colour"]}}, "c.toml")

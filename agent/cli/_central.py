@@ -166,6 +166,7 @@ def _seconds(text: str) -> float:
 def run_central(args: argparse.Namespace) -> int:
     """Handle ``edgewatch central``: run until SIGINT/SIGTERM, or a writer that keeps failing."""
     from ..central import Central
+    from ..central._postgres import redact_url
 
     cfg = _config(args)
     c = cfg.central
@@ -188,7 +189,8 @@ def run_central(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     central.start()
-    print(f"central: following {prefix}/+ on {settings.describe()} into {db}", flush=True)
+    print(f"central: following {prefix}/+ on {settings.describe()} into {redact_url(db)}",
+          flush=True)
     try:
         stop.wait()
     finally:
