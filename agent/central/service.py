@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import paho.mqtt.client as mqtt
@@ -100,12 +100,12 @@ class Central:
         self.group_by = check_group_by(group_by)
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
-        self.settings = settings or ClientSettings(
+        self.settings = replace(settings or ClientSettings(
             host=host, port=port, keepalive=keepalive, protocol=protocol,
             client_id=client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
             persistent=client_id is not None, username=username, password=password,
             tls=bool(tls_ca or cert_file), ca_file=tls_ca, cert_file=cert_file,
-            key_file=key_file, reconnect_max_s=30)
+            key_file=key_file, reconnect_max_s=30), manual_ack=True)
         self._client = self._build_client()
         self._generation = 0
         self._queue: queue.Queue[Union[_Message, _Op]] = queue.Queue(_QUEUE)
@@ -126,8 +126,7 @@ class Central:
             log.warning("central: --share without --client-id: a clean session, so messages "
                         "in flight when this worker dies are lost (give each worker a fixed "
                         "--client-id)")
-        client = build_client(self.settings)
-        client.manual_ack_set(True)  # PUBACK once committed (_ack)
+        client = build_client(self.settings)  # manual_ack: PUBACK once committed (_ack)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -262,8 +261,10 @@ class Central:
             self._queue.put(_Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
                                      self._generation), timeout=5.0)
         except queue.Full:
-            # Not acknowledged: a persistent session gets it again on the next connection.
+            # Counted and acknowledged: an unacknowledged message would hold one of the
+            # broker's in-flight slots for the rest of the connection.
             self.dropped += 1
+            client.ack(msg.mid, msg.qos)
 
     # -- the writer and the periodic check ---------------------------------------------------
 
