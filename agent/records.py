@@ -125,6 +125,8 @@ class AlertTransition:
     """One alert transition (firing, repeat, resolved): the README's alert JSON record.
 
     ``notify`` is False for a transition stored but not notified (a snoozed alert firing).
+    ``acknowledged_by``/``acknowledged_at`` and ``snoozed_by`` say who acted and when (the
+    ``--by`` of the command; None when not given); ``snoozed_until`` says until when.
     """
 
     id: str
@@ -152,6 +154,9 @@ class AlertTransition:
     snoozed_until: Optional[float]
     notify: bool = True
     schema: int = SCHEMA
+    acknowledged_by: Optional[str] = None
+    acknowledged_at: Optional[float] = None
+    snoozed_by: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record (SQLite ``alerts.payload``, MQTT, central), without ``notify``."""
@@ -165,7 +170,8 @@ class AlertTransition:
             "expected": dict(self.expected), "observed": dict(self.observed),
             "window": self.window.to_dict(), "model": dict(self.model),
             "message": self.message, "acknowledged": self.acknowledged,
-            "snoozed_until": self.snoozed_until,
+            "snoozed_until": self.snoozed_until, "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": self.acknowledged_at, "snoozed_by": self.snoozed_by,
         }
 
     @classmethod
@@ -190,7 +196,18 @@ class AlertTransition:
             acknowledged=bool(data.get("acknowledged", False)),
             snoozed_until=None if snoozed is None else float(snoozed),
             schema=int(data.get("schema", SCHEMA)),
+            acknowledged_by=_optional_text(data.get("acknowledged_by")),
+            acknowledged_at=_optional_float(data.get("acknowledged_at")),
+            snoozed_by=_optional_text(data.get("snoozed_by")),
         )
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _optional_float(value: Any) -> Optional[float]:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

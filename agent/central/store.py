@@ -485,7 +485,7 @@ class CentralReader:
         """Firing alerts across devices, oldest first."""
         return self._dicts(
             "SELECT device, id, kind, severity, feature, camera, starts_at, acknowledged, "
-            "snoozed_until, message FROM alerts WHERE state='firing' "
+            "snoozed_until, message, payload FROM alerts WHERE state='firing' "
             "ORDER BY starts_at, device")
 
     def recent_commands(self, limit: int = 20) -> List[Dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from ..commands import parse_duration
 from ..errors import CommandError, StoreError, UsageError
 from ..mqttclient import PROTOCOLS, ClientSettings, read_password
+from ._alerts import default_by, describe_result, who
 from ._format import duration, local_time, safe_text, table
 
 if TYPE_CHECKING:
@@ -128,16 +129,42 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _view_args(c, sub_command=True)
     c.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
     c.set_defaults(func=run_fleet_commands)
-    for verb, text in (("ack", "acknowledge an alert on a device"),
-                       ("snooze", "snooze an alert on a device")):
+    _command_parsers(fsub)
+
+
+_FLEET_HELP = {
+    "ack": "acknowledge an alert on a device (no repeats until it resolves)",
+    "snooze": "snooze an alert, kind or feature on a device",
+    "disable": "disable alerts of a kind or feature on a device",
+    "enable": "enable a disabled kind or feature on a device again",
+    "set": "set a feature's drift threshold on a device",
+    "rebaseline": "make a device learn a new reference from its coming frames",
+}
+
+
+def _command_parsers(fsub: Any) -> None:
+    """``fleet ack|snooze|disable|enable|set|rebaseline DEVICE ...``: one device command each."""
+    for verb, text in _FLEET_HELP.items():
         cmd = fsub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: "
                               "publish the command and wait for the device's result.")
         cmd.add_argument("device", help="device id")
-        cmd.add_argument("alert", help="alert id (see 'edgewatch fleet alerts')")
+        if verb in ("ack", "snooze"):
+            what = "alert id (as 'edgewatch fleet alerts' or 'edgewatch alerts list' show it)"
+            cmd.add_argument("alert", help=what + (", a kind or a feature"
+                                                   if verb == "snooze" else ""))
+        elif verb in ("disable", "enable"):
+            cmd.add_argument("alert", metavar="target", help="a kind or a feature")
+        elif verb == "set":
+            cmd.add_argument("alert", metavar="feature", help="feature name, e.g. brightness")
+            cmd.add_argument("value", type=float, help="new threshold")
+            cmd.add_argument("--metric", help="metric the threshold applies to")
         if verb == "snooze":
             cmd.add_argument("--for", dest="duration", default="1h",
                              help="how long, e.g. 30m, 2h (default 1h)")
             cmd.add_argument("--duration", dest="duration", help=argparse.SUPPRESS)
+        if verb != "rebaseline":
+            cmd.add_argument("--by", help="who asks, kept with the alert and shown by every "
+                             "view (default: $USER@$HOSTNAME)")
         cmd.add_argument("--timeout", type=float, default=10.0,
                          help="seconds to wait for the result (default: 10)")
         cmd.add_argument("--json", action="store_true", help="print the device's answer as JSON")
@@ -271,12 +298,15 @@ def run_fleet_alerts(args: argparse.Namespace) -> int:
     if args.json:
         _dump(rows)
         return 0
-    shown = [{**r, "since": local_time(r["starts_at"]),
-              "snoozed": local_time(r["snoozed_until"]) if (r["snoozed_until"] or 0) > now
-              else None} for r in rows]
+    shown = [{**r, "id": str(r["id"])[:12], "since": local_time(r["starts_at"]),
+              "acknowledged": (who(r["acknowledged_by"], r["acknowledged_at"]) or "yes")
+              if r["acknowledged"] else "no",
+              "snoozed": f"until {local_time(r['snoozed_until'])}"
+              + (f" by {safe_text(r['snoozed_by'])}" if r["snoozed_by"] else "")
+              if (r["snoozed_until"] or 0) > now else None} for r in rows]
     print(table(shown, ["device", "id", "kind", "severity", "feature", "since", "acknowledged",
                         "snoozed", "message"], {"id": "ALERT", "acknowledged": "ACK",
-                                                "snoozed": "SNOOZED UNTIL"})
+                                                "snoozed": "SNOOZED"})
           if shown else "(no open alerts)")
     return 0
 
@@ -300,17 +330,38 @@ def run_fleet_commands(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fleet_command(args: argparse.Namespace) -> int:
-    """Handle ``edgewatch fleet ack|snooze``: send, wait for the result, print it."""
-    from ..central import send_command
-
-    body: Dict[str, Any] = {"alert": args.alert}
-    if args.verb == "snooze":
+def _command_body(args: argparse.Namespace) -> Dict[str, Any]:
+    """The device command's fields for ``fleet VERB`` (validated here as on the device)."""
+    verb = args.verb
+    body: Dict[str, Any] = {}
+    if verb in ("ack", "snooze"):
+        body["alert"] = args.alert
+    elif verb in ("disable", "enable"):
+        body["target"] = args.alert
+    elif verb == "set":
+        if not args.value > 0:
+            raise UsageError(f"the threshold must be > 0, got {args.value:g}")
+        body.update(feature=args.alert, value=args.value)
+        if args.metric:
+            body["metric"] = args.metric
+    if verb == "snooze":
         body["duration"] = parse_duration(args.duration)
+    if verb != "rebaseline":
+        body["by"] = args.by or default_by()
+    return body
+
+
+def run_fleet_command(args: argparse.Namespace) -> int:
+    """Handle ``edgewatch fleet ack|snooze|disable|enable|set|rebaseline``: send, wait, print."""
+    from ..central import send_command
+    from ..central.fleet import FLEET_VERBS
+
+    body = _command_body(args)
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout}")
     settings, prefix = _settings(args, _config(args), f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
-    result = send_command(settings, args.device, args.verb, body, timeout=args.timeout,
+    verb = FLEET_VERBS[args.verb]
+    result = send_command(settings, args.device, verb, body, timeout=args.timeout,
                           prefix=prefix)
     if args.json:
         print(json.dumps(result, sort_keys=True))
@@ -319,7 +370,5 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.device} refused {args.verb}: "
                            f"{safe_text(result.get('error') or 'no reason given')}")
     answer = result.get("result") or {}
-    until = answer.get("until") if isinstance(answer, dict) else None
-    tail = f" until {local_time(until)}" if isinstance(until, (int, float)) else ""
-    print(f"{safe_text(args.device)}: {args.verb} {safe_text(args.alert)}: ok{tail}")
+    print(f"{safe_text(args.device)}: {describe_result(answer if isinstance(answer, dict) else {})}")
     return 0
