@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -260,6 +261,7 @@ def main() -> int:
         broker.kill()
         if cluster is not None:
             remove_cluster(cluster)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
