@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Set, Tuple
 
@@ -75,25 +75,19 @@ def test_two_workers_one_killed_mid_storm_record_and_notify_each_transition_once
     n = 300
     pub = listeners(broker, [])
     pub.wait_connected()
-    done = threading.Event()
+    import psycopg
 
-    def storm() -> None:
-        for i in range(n):
-            alert = make_alert(1, device=f"cam-{i:03d}", fingerprint=f"fp{i:014d}")
-            payload = json.dumps(alert)
+    # The database stalls (a lock): the workers hold messages they have not committed.
+    payloads = [json.dumps(make_alert(1, device=f"cam-{i:03d}", fingerprint=f"fp{i:014d}"))
+                for i in range(n)]
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("LOCK TABLE alert_events IN SHARE ROW EXCLUSIVE MODE")
+        for i, payload in enumerate(payloads):
             pub.publish(f"{P}/cam-{i:03d}/alerts", payload)  # shared: one worker
-            # The retained state: every worker gets it (plain subscription); one records it.
-            pub.publish(f"{P}/cam-{i:03d}/alerts/state/fp{i:014d}", payload, retain=True)
-        done.set()
-
-    thread = threading.Thread(target=storm)
-    thread.start()
-    wait(lambda: db.query("SELECT count(*) FROM alert_events")[0][0] >= n // 5,
-         timeout=60, what="the storm is being recorded")
-    workers[0].send_signal(signal.SIGKILL)  # mid-storm, before any notification is due
-    workers[0].wait(10)
-    thread.join(60)
-    assert done.is_set()
+        broker.wait_log(r"Sending PUBLISH to w1 \(d0, q1, r0", count=50)
+        workers[0].send_signal(signal.SIGKILL)  # with messages received, none committed
+        workers[0].wait(10)
+        blocker.rollback()
     workers[0] = start_worker(broker, pg_url, "w1", webhook.url, tmp_path / "w.log")
     wait(lambda: db.query("SELECT count(*) FROM alert_events")[0][0] == n, timeout=90,
          what="every transition recorded")
@@ -103,6 +97,15 @@ def test_two_workers_one_killed_mid_storm_record_and_notify_each_transition_once
     assert len(events) == n and all(row[3] == 1 for row in events)  # 0 lost, 0 twice
     wait(lambda: db.query("SELECT count(*) FROM notifications")[0][0] == 0, timeout=30,
          what="nothing left to notify")
+    # The same transitions as retained state: every worker gets each (plain subscription),
+    # the database records and notifies none of them again.
+    acks = {w: len(re.findall(f"Received PUBACK from {w} ", broker.log())) for w in ("w1", "w2")}
+    for i, payload in enumerate(payloads):
+        pub.publish(f"{P}/cam-{i:03d}/alerts/state/fp{i:014d}", payload, retain=True)
+    for w, before in acks.items():  # PUBACK comes after the commit
+        broker.wait_log(f"Received PUBACK from {w} ", count=before + n, timeout=60)
+    assert db.query("SELECT count(*) FROM alert_events")[0][0] == n
+    assert db.query("SELECT count(*) FROM notifications")[0][0] == 0
     sent = notified(webhook.received)
     assert len(sent) == n and len(set(sent)) == n  # 0 notified twice
     assert len(webhook.received) < n  # and grouped
