@@ -87,13 +87,15 @@ def _settings(args: argparse.Namespace, cfg: CentralConfig, client_id: str, *,
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``central`` and ``fleet`` commands."""
-    p = sub.add_parser("central", help="follow every device over MQTT into a SQLite file",
+    p = sub.add_parser("central", help="follow every device over MQTT into SQLite or "
+                       "PostgreSQL",
                        description="Subscribe to the status, heartbeats, alerts and commands of "
                        "every device and keep them in --db; mark devices offline on their last "
                        "will or an overdue heartbeat; send alerts and device offline/online "
                        "changes to --webhook, retrying until delivered.")
     _broker_args(p)
-    p.add_argument("--db", help=f"central database (default: {DEFAULT_DB})")
+    p.add_argument("--db", help=f"central database: a SQLite file or a postgresql:// URL "
+                   f"(default: {DEFAULT_DB})")
     p.add_argument("--webhook", metavar="URL", help="POST each alert transition and device "
                    "offline/online change here as JSON (Slack-compatible 'text' field)")
     p.add_argument("--webhook-expire", metavar="DURATION", help="give up on a notification "
@@ -101,10 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--group-wait", metavar="DURATION", help="hold each notification this long "
                    "so that a storm of one kind leaves as one webhook call listing the devices "
                    "(default: 5s; 0 sends at once)")
+    p.add_argument("--group-interval", metavar="DURATION", help="after a group went out, hold "
+                   "its next notifications this long (default: 30s; 0 for none)")
     p.add_argument("--keep-history", metavar="DURATION", help="drop heartbeats, commands and "
                    "results older than this (default: 30d; alerts are kept)")
     p.add_argument("--share", metavar="GROUP", help="use MQTT 5 shared subscriptions "
-                   "($share/GROUP/...) so several centrals split the load")
+                   "($share/GROUP/...) so several centrals on one PostgreSQL split the load "
+                   "(give each its own --client-id)")
     p.add_argument("--offline-after", type=float, metavar="SECONDS", help="mark a device "
                    "offline after this long without a heartbeat (default: 3 x its interval)")
     p.add_argument("--client-id", help="fixed MQTT client id: a persistent session, so alerts "
@@ -181,9 +186,14 @@ def _view_args(p: argparse.ArgumentParser, sub_command: bool) -> None:
 
 # -- central ------------------------------------------------------------------------------------
 
+def _seconds(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+
+
 def run_central(args: argparse.Namespace) -> int:
     """Handle ``edgewatch central``: run until SIGINT/SIGTERM, or a writer that keeps failing."""
     from ..central import Central
+    from ..central._postgres import redact_url
 
     cfg = _config(args)
     c = cfg.central
@@ -193,18 +203,21 @@ def run_central(args: argparse.Namespace) -> int:
     db = args.db or c.db
     expire = parse_duration(args.webhook_expire) if args.webhook_expire else c.webhook_expire_s
     keep = parse_duration(args.keep_history) if args.keep_history else c.keep_history_days * 86400
-    group_wait = c.group_wait_s if args.group_wait is None else (
-        0.0 if args.group_wait.strip() in ("0", "0s") else parse_duration(args.group_wait))
+    group_wait = c.group_wait_s if args.group_wait is None else _seconds(args.group_wait)
+    group_interval = (c.group_interval_s if args.group_interval is None
+                      else _seconds(args.group_interval))
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
                       webhook=args.webhook or c.webhook, share=args.share or c.share,
                       offline_after=args.offline_after or c.offline_after_s,
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
+                      group_interval_s=group_interval, group_by=c.group_by,
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     central.start()
-    print(f"central: following {prefix}/+ on {settings.describe()} into {db}", flush=True)
+    print(f"central: following {prefix}/+ on {settings.describe()} into {redact_url(db)}",
+          flush=True)
     try:
         stop.wait()
     finally:
