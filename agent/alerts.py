@@ -241,7 +241,8 @@ class AlertManager:
             kind=obs.kind, severity=obs.severity, feature=obs.feature, metric=obs.metric,
             value=float(obs.value), threshold=float(obs.threshold), expected=obs.expected,
             observed=obs.observed, window=window, model=dict(self.model),
-            message=obs.summary + timeframe, acknowledged=fp in self._acked, snoozed_until=None)
+            message=obs.summary + timeframe, acknowledged=fp in self._acked, snoozed_until=None,
+            reference=obs.reference)
         firing = self._firing[key] = _Firing(record=record)
         notes = self._maybe_notify(firing, now)
         if notes:

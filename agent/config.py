@@ -156,6 +156,7 @@ class DriftConfig:
     enabled: bool = True
     reference: str = ""
     warmup_s: float = 300.0
+    calibration_s: float = 300.0
     window_frames: int = 900
     eval_interval_s: float = 5.0
     for_s: float = 10.0
@@ -166,6 +167,7 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         _range(self, "warmup_s", 10, 7 * DAY, "seconds")
+        _range(self, "calibration_s", 10, 7 * DAY, "seconds")
         _range(self, "window_frames", 64, 1_000_000, "frames")
         _range(self, "eval_interval_s", 0, 3600, "seconds", above=True)
         _range(self, "for_s", 0, DAY, "seconds")

@@ -10,6 +10,7 @@ Drift groups its features into two alerts, ``image`` (data drift) and ``predicti
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -23,11 +24,12 @@ from .drift.detector import FeatureDrift
 from .drift.detector import evaluate as evaluate_drift
 from .drift.reference import CLEAR_RATIO, Reference
 from .errors import ConfigError
+from .lifecycle import Lifecycle
 from .observe import FEATURES, PERF_FEATURES
 from .records import Evaluation, Observation, ReferenceStatus, Window
 from .rules import check_frames
 from .stats import IMAGE_FEATURES
-from .warmup import Warmup, WarmupFailed
+from .warmup import Warmup
 
 __all__ = ["DRIFT_FEATURES", "NOT_DRIFT_TESTED", "Evaluator", "drift_features"]
 
@@ -53,27 +55,28 @@ def drift_features(config: Config) -> tuple[str, ...]:
 
 
 class Evaluator:
-    """Rules, drift and warm-up over the ring buffer, feeding one alert manager."""
+    """Rules, drift and the reference lifecycle over the ring buffer, feeding one alert manager."""
 
     def __init__(self, config: Config, alerts: AlertManager, ring: RingBuffer, warmup: Warmup, *,
                  events: Events, reference_learned: Callable[[Reference], None],
+                 calibration_started: Callable[[str, float], None],
                  expected_fps: Optional[float] = None) -> None:
         self.config = config
         self.alerts = alerts
         self.ring = ring
-        self.warmup = warmup
+        self.life = Lifecycle(config, warmup, events=events, learned=reference_learned,
+                              calibration_started=calibration_started)
         self.drift_names = drift_features(config)
         self.expected_fps = expected_fps
-        self._events = events
-        self._learned = reference_learned
-        self._reference: Optional[Reference] = None  # None until one is loaded or learned
         self._next_drift = -np.inf
         self._last_drift: Dict[str, float] = {}
+        self._features_off: tuple[str, ...] = ()
+        self._monitoring: Optional[Dict[str, Any]] = None
 
     @property
     def reference(self) -> Optional[Reference]:
         """The reference drift is tested against, if any yet."""
-        return self._reference
+        return self.life.reference
 
     @property
     def last_drift(self) -> Dict[str, float]:
@@ -82,29 +85,28 @@ class Evaluator:
 
     def status(self) -> ReferenceStatus:
         """Where the reference stands (for snapshots and heartbeats)."""
-        ref = self._reference
-        if ref is not None:
-            return ReferenceStatus("ready", frames=ref.frames, origin=ref.origin,
-                                   created=ref.created)
-        if not self.config.drift.enabled:
-            return ReferenceStatus("disabled")
-        return self.warmup.status()
+        return self.life.status()
 
-    def set_reference(self, reference: Reference) -> None:
+    def monitoring(self, now: Optional[float]) -> Dict[str, Any]:
+        """Is drift detection running, and if not why (the heartbeat's ``monitoring``)."""
+        ref = self.life.reference
+        missing = 0 if ref is None else max(0, ref.window_frames - self.ring.size)
+        return self.life.monitoring(now, window_missing=missing, features_off=self._features_off)
+
+    def set_reference(self, reference: Optional[Reference],
+                      calibration_since: Optional[float] = None, model_sha256: str = "") -> None:
         """Test against this reference from now on (baseline file, warm-up or history)."""
-        self._reference = reference
-        self.warmup.stop()
+        self._last_drift, self._features_off = {}, ()
+        self.life.set_reference(reference, calibration_since, model_sha256)
 
     def restart_warmup(self, start: Optional[float]) -> None:
         """Forget the reference and learn a new one from the next frames."""
-        self._reference = None
-        self._last_drift = {}
-        self.warmup.begin(start)
+        self._last_drift, self._features_off = {}, ()
+        self.life.restart_warmup(start)
 
     def evaluate(self, now: float) -> Evaluation:
         """One evaluation at ``now``; drift runs at most every ``drift.eval_interval_s``."""
-        if self.warmup.due(now):
-            self._finish_warmup(now)
+        self.life.tick(now)
         observations: List[Observation] = []
         rules = self.config.rules
         if rules.enabled:
@@ -113,29 +115,19 @@ class Evaluator:
                                          reference=self._ref_summary,
                                          expected_fps=self.expected_fps)
         ran = False
-        ref = self._reference
+        ref = self.life.reference
         if now >= self._next_drift and ref is not None:
             self._next_drift = now + self.config.drift.eval_interval_s
             drift = self._drift_observations(ref)
             ran = drift is not None
             observations += drift or []
+        observations += self.life.observations(now, self.monitoring(now))
         self.alerts.update(observations, now)
         self.alerts.tick(now)
         return Evaluation(now, tuple(observations), dict(self._last_drift), ran, self.status())
 
-    def _finish_warmup(self, now: float) -> None:
-        try:
-            ref = self.warmup.finish(now)
-        except WarmupFailed as exc:
-            self._events("warmup_failed", str(exc), {"frames": self.warmup.frames})
-            return
-        self._reference = ref
-        self._learned(ref)
-        self._events("reference", f"warm-up reference learned from {ref.frames} frames",
-                     {"origin": "warmup", "frames": ref.frames})
-
     def _ref_summary(self, feature: str) -> Optional[Dict[str, float]]:
-        ref = self._reference
+        ref = self.life.reference
         if ref is None or feature not in ref.names:
             return None
         out = ref.summary(feature)
@@ -150,12 +142,15 @@ class Evaluator:
         ts, values = self.ring.last(n)
         if ref.names != FEATURES:
             values = values[:, [FEATURES.index(f) for f in ref.names]]
-        feats = [f for f in self.drift_names if f in ref.names]
+        feats = [f for f in self.drift_names if f in ref.names and f not in self.life.relearning]
         overrides = {f: v for f in feats if (v := self.alerts.threshold_override(f)) is not None}
         report = evaluate_drift(ref, values, features=feats, thresholds_override=overrides or None)
         window = Window(float(ts[0]), float(ts[-1]), n)
         self._last_drift = {fd.feature: round(float(fd.ks), 4) for fd in report.features
                             if fd.evaluated}
+        # Off: a feature the reference or the window has data for that could not be tested.
+        self._features_off = tuple(fd.feature for fd in report.features if not fd.evaluated
+                                   and (fd.frames > 0 or fd.reason != "no reference data"))
         out = []
         for kind, group in (("data_drift", "image"), ("prediction_drift", "predictions")):
             members = [fd for fd in report.features if fd.evaluated
@@ -166,7 +161,9 @@ class Evaluator:
         mix = self._class_mix_observation(values, ref, window)
         if mix is not None:
             out.append(mix)
-        return out
+        against = {"kind": ref.kind, "origin": ref.origin, "view": ref.view_kind}
+        return [dataclasses.replace(obs, reference=against, summary=(
+            f"{obs.summary} [against the {ref.kind} reference: {ref.source}]")) for obs in out]
 
     def _group_observation(self, kind: str, group: str, members: Sequence[FeatureDrift],
                            window: Window) -> Observation:

@@ -64,6 +64,8 @@ class Heartbeat:
     errors: Dict[str, Any]
     schema: int = SCHEMA
     agent_version: str = __version__
+    #: Is drift detection running: {"state", "reason", "since", "reference", "features_off"}.
+    monitoring: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (the keys heartbeats have always had, plus threads and errors)."""
@@ -75,6 +77,7 @@ class Heartbeat:
             "reference": self.reference, "warmup": self.warmup, "alerts_open": self.alerts_open,
             "host": self.host, "agent": self.agent, "queues": self.queues, "outbox": self.outbox,
             "mqtt": self.mqtt, "threads": self.threads, "errors": self.errors,
+            "monitoring": self.monitoring,
         }
 
 
@@ -181,4 +184,5 @@ class Heartbeats:
                     "dropped": stats.get("outbox_dropped")},
             mqtt=None if self._mqtt is None else self._mqtt.status(),
             threads=self._supervisor.health(),
-            errors={k: snap[k] for k in ("bad_frames", "hook_errors", "last_hook_error")})
+            errors={k: snap[k] for k in ("bad_frames", "hook_errors", "last_hook_error")},
+            monitoring=snap["monitoring"])

@@ -1,7 +1,8 @@
 """``wrap``: observe every ``invoke()`` of an application's own TFLite interpreter.
 
 The wrapped interpreter behaves exactly as before; after each ``invoke()`` the monitor
-sees the model's input tensor (turned back into a BGR uint8 image) and its outputs.
+sees the model's input tensor (turned back into a BGR uint8 image by the config's
+``[model] input_range`` and the tensor's quantisation) and its outputs.
 Observing never raises into the application: ``invoke()`` returns the interpreter's result
 whatever happens to the observation, and a failure is counted in ``monitor.errors``.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import Config
+from .inference import input_transform
 
 
 class Observer(Protocol):
@@ -35,48 +37,85 @@ class Observer(Protocol):
     def hook_error(self, exc: BaseException) -> None:
         """Count an observation that failed in the hook."""
 
+    def set_view(self, kind: str, size: Optional[Tuple[int, int]] = None) -> None:
+        """Say what is observed: ``input`` (the model's input tensor) for ``wrap``."""
 
-def tensor_to_bgr(tensor: npt.NDArray[Any], *, quantization: Tuple[float, int] = (0.0, 0),
+
+class TensorImage:
+    """The model's input tensor turned back into BGR uint8 pixels, into buffers made once.
+
+    The inverse of what ``Model.prepare`` does to a frame, from the config's
+    ``[model] input_range`` and the tensor's quantisation: never from the frame's own values
+    (a bright frame of a [-1, 1] model has no negative values and is still in [-1, 1]).
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any, *,
+                 input_range: Tuple[float, float] = (-1.0, 1.0),
+                 quantization: Tuple[float, int] = (0.0, 0), color: str = "rgb") -> None:
+        h, w, c = (int(v) for v in tuple(shape)[-3:])
+        self.size = (w, h)
+        self._dtype = np.dtype(dtype)
+        mul, add = input_transform(self._dtype, quantization, input_range)
+        self._identity = self._dtype == np.uint8 and mul == 1.0 and add == 0.0
+        self._mul, self._add = mul, add
+        self._work = np.empty((h, w, c), np.float32)
+        self._out = np.empty((h, w, 3), np.uint8)
+        self._order = slice(None, None, -1) if color == "rgb" else slice(None)
+
+    def __call__(self, tensor: npt.NDArray[Any]) -> Optional[npt.NDArray[np.uint8]]:
+        """BGR pixels of one input tensor; None when it holds NaN or inf (no image to measure)."""
+        img = tensor[0] if tensor.ndim == 4 else tensor
+        if self._identity:
+            src: npt.NDArray[Any] = img
+        else:
+            work = self._work
+            np.subtract(img, self._add, out=work, casting="unsafe")
+            work *= 1.0 / self._mul
+            lo, hi = float(work.min()), float(work.max())  # NaN or inf here when any value is
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                return None
+            np.clip(np.rint(work, out=work), 0.0, 255.0, out=work)
+            src = work
+        if src.shape[-1] == 1:
+            np.copyto(self._out, src, casting="unsafe")  # grey: broadcast to three channels
+        else:
+            np.copyto(self._out, src[..., self._order], casting="unsafe")
+        return self._out
+
+
+def tensor_to_bgr(tensor: npt.NDArray[Any], *, input_range: Tuple[float, float] = (-1.0, 1.0),
+                  quantization: Tuple[float, int] = (0.0, 0),
                   color: str = "rgb") -> Optional[npt.NDArray[np.uint8]]:
     """Map a model input tensor ([1, H, W, C], float or quantised) to a BGR uint8 image.
 
-    None when a float tensor holds NaN or infinite values: there is no image to measure.
+    By ``input_range`` and ``quantization`` (see :class:`TensorImage`); None when a float
+    tensor holds NaN or infinite values.
     """
-    img = tensor[0] if tensor.ndim == 4 else tensor
-    if img.dtype == np.uint8:
-        out = img
-    else:
-        x = img.astype(np.float32)
-        scale, zero = quantization
-        if scale and img.dtype != np.float32:
-            x = (x - zero) * scale
-        lo, hi = float(x.min()), float(x.max())  # NaN or inf here when any value is
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            return None
-        # Float inputs are normalised to [-1, 1] or [0, 1] (or raw 0..255): undo whichever.
-        if lo >= -1.01 and hi <= 1.01:
-            x = (x + 1.0) * 127.5 if lo < -0.01 else x * 255.0
-        out = np.clip(x, 0, 255).astype(np.uint8)
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return out[..., ::-1] if color == "rgb" else out
+    out = TensorImage(tensor.shape, tensor.dtype, input_range=input_range,
+                      quantization=quantization, color=color)(tensor)
+    return None if out is None else out.copy()
 
 
 def wrap(interpreter: Any, monitor: Observer) -> Any:
-    """Return ``interpreter`` with every ``invoke()`` observed by ``monitor``."""
+    """Return ``interpreter`` with every ``invoke()`` observed by ``monitor``.
+
+    The monitor measures the model's input tensor (the ``input`` view), and compares it with
+    a reference measured the same way (``edgewatch baseline`` records both views).
+    """
     original = interpreter.invoke
     inp = interpreter.get_input_details()[0]
     outs = interpreter.get_output_details()
-    color = monitor.config.model.color
-    quant = tuple(inp.get("quantization", (0.0, 0)))
+    model = monitor.config.model
+    image = TensorImage(inp["shape"], inp["dtype"], input_range=model.input_range,
+                        quantization=tuple(inp.get("quantization", (0.0, 0))), color=model.color)
+    monitor.set_view("input", image.size)
 
     def invoke(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         result = original(*args, **kwargs)
         latency = time.perf_counter() - t0
         try:
-            frame = tensor_to_bgr(interpreter.get_tensor(inp["index"]), quantization=quant,
-                                  color=color)
+            frame = image(interpreter.get_tensor(inp["index"]))
             outputs = [interpreter.get_tensor(d["index"]) for d in outs]
             monitor.observe(frame, outputs, latency)
         # The application's boundary: whatever observing does, its invoke() must not fail.

@@ -143,7 +143,7 @@ def _open_interpreter(path: Path, interpreter_cls: Callable[..., Interpreter],
     return interpreter
 
 
-def _input_transform(dtype: np.dtype[Any], quantization: Optional[Tuple[float, int]],
+def input_transform(dtype: np.dtype[Any], quantization: Optional[Tuple[float, int]],
                      input_range: Tuple[float, float]) -> Tuple[float, float]:
     """``(mul, add)`` such that ``pixel * mul + add`` is the input tensor's value."""
     scale, zero = quantization or (0.0, 0)
@@ -196,7 +196,7 @@ class Model:
         self.input_size = (shape[2], shape[1])  # (width, height)
         self.channels = shape[3]
         self.color = color
-        self._mul, self._add = _input_transform(self.input_dtype, detail.get("quantization"),
+        self._mul, self._add = input_transform(self.input_dtype, detail.get("quantization"),
                                                 input_range)
         w, h = self.input_size
         self._resized = np.empty((h, w, 3), np.uint8)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,10 @@ class InProcessMonitor:
     def hook_error(self, exc: BaseException) -> None:
         """Count an observation that failed in :func:`agent.wrap` (never raised into the app)."""
         self._agent.monitor.hook_error(exc)
+
+    def set_view(self, kind: str, size: Optional[Tuple[int, int]] = None) -> None:
+        """What is observed: ``frame`` (default) or ``input`` (:func:`agent.wrap` sets it)."""
+        self._agent.monitor.set_view(kind, size)
 
     def snapshot(self) -> Dict[str, Any]:
         """Latest statistics, confidence, drift scores and open alerts."""

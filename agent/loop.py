@@ -24,15 +24,18 @@ import numpy.typing as npt
 from .alerts import AlertManager
 from .config import Config, load_config, require
 from .errors import AgentError, BaselineError, SourceError
+from .hook import TensorImage
 from .inference import Model
 from .monitor import Monitor, NullSink
 from .notify import Notifier
+from .observe import LAYOUT
 from .service import Agent
 from .sources import Source, open_source
+from .stats import ImageStats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoopResult", "collect_rows", "drive", "replay", "run", "run_forever"]
+__all__ = ["Collected", "LoopResult", "collect_rows", "drive", "replay", "run", "run_forever"]
 
 Frame = npt.NDArray[np.uint8]
 Timed = Tuple[Frame, float]
@@ -78,13 +81,16 @@ class LoopResult:
     alerts: int
     reference: Optional[str] = None
     unchecked: Dict[str, str] = field(default_factory=dict)
+    #: Drift detection's state at the end: {"state", "reason", "since", "reference", ...}.
+    monitoring: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form of ``edgewatch replay --json``."""
         return {"frames": self.frames, "start_ts": self.start_ts, "fps": self.fps,
                 "seconds": self.seconds, "db": self.db, "alert_transitions": self.alerts,
                 "processing_fps": round(self.frames / max(self.seconds, 1e-9), 1),
-                "reference": self.reference, "unchecked": dict(self.unchecked)}
+                "reference": self.reference, "unchecked": dict(self.unchecked),
+                "monitoring": self.monitoring}
 
 
 def replay(config: Config, source: Source, *, fps: Optional[float] = None,
@@ -105,6 +111,7 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     finally:
         elapsed = time.perf_counter() - t0
         unchecked = _unchecked(agent.monitor, config, fps, frames)
+        monitoring = agent.monitor.monitoring()
         reference = agent.monitor.reference
         n_alerts = agent.alerts.seq
         agent.close()
@@ -114,7 +121,7 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     return LoopResult(frames=frames, start_ts=start, fps=fps, seconds=round(elapsed, 3),
                       db=config.store.path, alerts=n_alerts,
                       reference=None if reference is None else reference.origin,
-                      unchecked=unchecked)
+                      unchecked=unchecked, monitoring=monitoring)
 
 
 def _start_or_close(source: Source, config: Config, model: Model, *, expected_fps: float,
@@ -145,7 +152,11 @@ def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dic
         out["drift"] = (f"the replay ended during warm-up ({status.frames / fps:.0f} s of "
                         f"{config.drift.warmup_s:.0f} s)")
     elif status.state == "failed":
-        out["drift"] = f"warm-up failed: {status.message}"
+        out["drift"] = f"drift detection is off: {status.message}"
+    elif status.state == "calibrating":
+        out["drift"] = (f"the replay ended while calibrating the training reference on this "
+                        f"camera ({status.frames / fps:.0f} s of "
+                        f"{config.drift.calibration_s:.0f} s)")
     else:
         window = monitor.reference.window_frames if monitor.reference is not None else 0
         out["drift"] = (f"the replay was too short for one drift test after the reference "
@@ -154,12 +165,31 @@ def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dic
 
 
 # ---- baseline ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Collected:
+    """A baseline's rows measured in both views: full frames and the model's input tensor."""
+
+    frame: npt.NDArray[np.float32]
+    input: npt.NDArray[np.float32]
+    input_size: Tuple[int, int]
+
+
 def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
                  max_frames: Optional[int] = None,
-                 on_frame: Optional[OnFrame] = None) -> npt.NDArray[np.float32]:
-    """Each frame's feature row over ``uris``, in time order (``edgewatch baseline``)."""
+                 on_frame: Optional[OnFrame] = None) -> Collected:
+    """Each frame's feature rows over ``uris``, in time order (``edgewatch baseline``).
+
+    Both views in one pass: the frame as ``run`` sees it, and the prepared input tensor
+    turned back into pixels as ``wrap`` sees it (only the image statistics differ).
+    """
     rows: List[npt.NDArray[np.float32]] = []
+    inputs: List[npt.NDArray[np.float32]] = []
     cfg = config.with_values(drift__enabled=False, rules__enabled=False)
+    detail = model.input_details[0]
+    image = TensorImage(detail["shape"], detail["dtype"], input_range=config.model.input_range,
+                        quantization=tuple(detail.get("quantization", (0.0, 0))),
+                        color=config.model.color)
+    stats = ImageStats(sample_size=(config.stats.sample_width, config.stats.sample_height))
     for uri in uris:
         alerts = AlertManager(device="baseline", camera="baseline", model={}, emit=lambda r: None)
         mon = Monitor(cfg, alerts, model_info=model.info(), sink=NullSink(),
@@ -168,7 +198,15 @@ def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
         def keep(frame: Frame, outputs: Sequence[npt.NDArray[Any]], latency: float,
                  ts: float, mon: Monitor = mon) -> None:
             mon.observe(frame, outputs, latency, ts)
-            rows.append(mon.ring.last(1)[1][0].copy())
+            row = mon.ring.last(1)[1][0].copy()
+            rows.append(row)
+            seen = image(model.interpreter.get_tensor(model.input_index))
+            other = row.copy()
+            if seen is None:
+                other[LAYOUT.image] = np.nan
+            else:
+                stats.compute(seen, other[LAYOUT.image])
+            inputs.append(other)
             if on_frame is not None:
                 on_frame(len(rows))
 
@@ -179,7 +217,7 @@ def collect_rows(config: Config, model: Model, uris: Sequence[str], fps: float,
             source.close()
     if not rows:
         raise BaselineError(f"no frames read from {', '.join(uris)} (check the sources)")
-    return np.vstack(rows)
+    return Collected(np.vstack(rows), np.vstack(inputs), image.size)
 
 
 # ---- the live loop -----------------------------------------------------------------------
@@ -287,12 +325,14 @@ class _LiveStatus:
         self._last_frames, self._last_t, self._next = monitor.frames, now, now + self._every
         self._agent.camera["fps_processed"] = round(fps, 2)
         snap = monitor.snapshot()
+        mon = snap["monitoring"]
+        drift = mon["state"] if mon["state"] == "active" else f"{mon['state']} ({mon['reason']})"
         line = (f"frames={monitor.frames} fps={fps:.1f} "
                 f"brightness={snap['stats'].get('brightness')} "
                 f"detections={snap['confidence'].get('det_count')} "
                 f"top_score={snap['confidence'].get('top_score')} "
-                f"reference={(snap['reference'] or {}).get('origin', 'warming up')} "
-                f"alerts_open={len(snap['alerts_open'])}")
+                f"reference={(snap['reference'] or {}).get('origin', 'none')} "
+                f"drift={drift} alerts_open={len(snap['alerts_open'])}")
         log.info("status: %s", line)
         self._notifier.status(line)
 

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,7 @@ from .config import Config
 from .drift.reference import Reference
 from .evaluate import DRIFT_FEATURES, NOT_DRIFT_TESTED, Evaluator, drift_features
 from .health import HEALTH_FEATURES
-from .observe import FEATURES, LAYOUT, PERF_FEATURES, Frame, FrameObserver
+from .observe import FEATURES, FEATURES_VERSION, LAYOUT, PERF_FEATURES, Frame, FrameObserver
 from .records import Evaluation, Observation, ReferenceStatus
 from .rules import RULE_FEATURES, check_stall
 from .stats import IMAGE_FEATURES, ImageStats
@@ -39,9 +39,6 @@ __all__ = ["FEATURES", "FEATURES_VERSION", "KNOWN_FEATURES", "NOT_DRIFT_TESTED",
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever a feature's definition changes, so that a reference learned by an older
-# agent (whose numbers mean something else) is not compared with the new ones.
-FEATURES_VERSION = 2
 #: Every feature an alert control may name: the row's columns and each detector's features.
 KNOWN_FEATURES: frozenset[str] = frozenset(
     FEATURES + RULE_FEATURES + DRIFT_FEATURES + HEALTH_FEATURES)
@@ -61,7 +58,10 @@ class MonitorSink(Protocol):
         """Something happened worth a line in the history."""
 
     def reference_learned(self, reference: Reference) -> None:
-        """A warm-up reference was built."""
+        """A warm-up reference was built, or a training reference calibrated."""
+
+    def calibration_started(self, key: str, ts: float) -> None:
+        """A training reference's calibration began (kept so a restart keeps its clock)."""
 
 
 class NullSink:
@@ -75,6 +75,9 @@ class NullSink:
 
     def reference_learned(self, reference: Reference) -> None:
         """Drop the reference."""
+
+    def calibration_started(self, key: str, ts: float) -> None:
+        """Drop the calibration's start."""
 
 
 def summarise(values: npt.NDArray[np.float32],
@@ -105,6 +108,7 @@ class Monitor:
         model_info: Mapping[str, Any],
         sink: Optional[MonitorSink] = None,
         reference: Optional[Reference] = None,
+        calibration_since: Optional[float] = None,
         output_spec: Optional[Sequence[Any]] = None,
         expected_fps: Optional[float] = None,
         clock: Callable[[], float] = time.time,
@@ -117,18 +121,18 @@ class Monitor:
         self._lock = threading.Lock()  # evaluation, commands, heartbeats; never held over I/O
         self.ring = RingBuffer(FEATURES, config.stats.capacity)
         warmup = Warmup(FEATURES, config.drift, self.model_info)
+        self._warmup = warmup
         self._evaluator = Evaluator(config, alerts, self.ring, warmup, events=self._event,
                                     reference_learned=self.sink.reference_learned,
+                                    calibration_started=self.sink.calibration_started,
                                     expected_fps=expected_fps)
         stats = ImageStats(sample_size=(config.stats.sample_width, config.stats.sample_height))
         self._observer = FrameObserver(
             self.ring, stats, warmup, make_decoder=self._make_decoder,
             decoder=None if output_spec is None else self._make_decoder(output_spec))
         alerts.declare_features(KNOWN_FEATURES)
-        if reference is not None:
-            self._evaluator.set_reference(reference)
-        elif config.drift.enabled:
-            warmup.begin()
+        self._evaluator.set_reference(reference, calibration_since,
+                                      str(self.model_info.get("sha256") or ""))
         self._started: Optional[float] = None
         self._next_eval = math.inf  # set by the first frame
         self._next_window = math.inf
@@ -153,7 +157,7 @@ class Monitor:
     @property
     def nbytes(self) -> int:
         """Bytes held by the fixed-size buffers."""
-        return int(self.ring.nbytes + self._evaluator.warmup.nbytes)
+        return int(self.ring.nbytes + self._warmup.nbytes)
 
     @property
     def frames(self) -> int:
@@ -252,6 +256,24 @@ class Monitor:
         with self._lock:
             self._evaluator.set_reference(reference)
 
+    def set_view(self, kind: str, size: Optional[Tuple[int, int]] = None) -> None:
+        """What this path observes: ``frame`` (default) or ``input`` (the model's input tensor).
+
+        The reference for that view is used; without one, drift detection reports itself off.
+        """
+        with self._lock:
+            self._evaluator.life.set_view(kind, size)
+
+    @property
+    def view(self) -> str:
+        """The view this monitor observes (``frame`` or ``input``)."""
+        return self._evaluator.life.view
+
+    def monitoring(self) -> Dict[str, Any]:
+        """Is drift detection running, and if not why (state, reason, since, reference)."""
+        with self._lock:
+            return self._evaluator.monitoring(self.last_ts)
+
     def restart_warmup(self, now: Optional[float] = None) -> None:
         """Forget the reference and learn a new one from the next frames."""
         with self._lock:
@@ -299,7 +321,10 @@ class Monitor:
                 "latency_ms": latency,
                 "drift": self._evaluator.last_drift,
                 "reference": None if status.state != "ready" else {
-                    "origin": status.origin, "created": status.created, "frames": status.frames},
+                    "origin": status.origin, "created": status.created, "frames": status.frames,
+                    **self._evaluator.life.identity(),
+                    "thresholds": self._evaluator.life.thresholds()},
+                "monitoring": self._evaluator.monitoring(self.last_ts),
                 "warmup": _warmup_state(status),
                 "alerts_open": [{"id": a.id, "kind": a.kind, "feature": a.feature,
                                  "severity": a.severity, "message": a.message}

@@ -24,8 +24,11 @@ from .records import FeatureLayout
 from .stats import IMAGE_FEATURES, ImageStats
 from .warmup import Warmup
 
-__all__ = ["FEATURES", "LAYOUT", "PERF_FEATURES", "FrameObserver"]
+__all__ = ["FEATURES", "FEATURES_VERSION", "LAYOUT", "PERF_FEATURES", "FrameObserver"]
 
+#: Bumped whenever a feature's definition changes, so that a reference learned by an older
+#: agent (whose numbers mean something else) is not compared with the new ones.
+FEATURES_VERSION = 2
 #: The performance features the observer itself measures.
 PERF_FEATURES: tuple[str, ...] = ("latency_ms", "frame_interval_ms")
 #: The per-frame row: image statistics, confidence summary, performance.

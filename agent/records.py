@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 __all__ = [
     "KINDS",
+    "MONITORING_STATES",
     "REFERENCE_STATES",
     "SCHEMA",
     "SEVERITIES",
@@ -30,10 +31,12 @@ __all__ = [
 ]
 
 KINDS = ("data_drift", "prediction_drift", "camera_fault", "anomaly", "performance",
-         "device_health")
+         "device_health", "monitoring")
 SEVERITIES = ("warning", "critical")
 TRANSITIONS = ("firing", "repeat", "resolved")
-REFERENCE_STATES = ("disabled", "warming_up", "ready", "failed")
+REFERENCE_STATES = ("disabled", "warming_up", "calibrating", "ready", "failed")
+#: The heartbeat's ``monitoring.state``: is drift detection running, and if not, why.
+MONITORING_STATES = ("active", "warming_up", "calibrating", "degraded", "off")
 #: Version of the alert JSON record.
 SCHEMA = 1
 
@@ -79,6 +82,8 @@ class Observation:
     clear_for_s: float = 0.0
     expected: Mapping[str, Any] = field(default_factory=dict)
     observed: Mapping[str, Any] = field(default_factory=dict)
+    #: The reference a drift observation is against: {"kind", "origin", "view"} or None.
+    reference: Optional[Mapping[str, Any]] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -152,6 +157,8 @@ class AlertTransition:
     snoozed_until: Optional[float]
     notify: bool = True
     schema: int = SCHEMA
+    #: The reference the alert is against: {"kind": "training"|"device", "origin", "view"}.
+    reference: Optional[Mapping[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record (SQLite ``alerts.payload``, MQTT, central), without ``notify``."""
@@ -166,6 +173,7 @@ class AlertTransition:
             "window": self.window.to_dict(), "model": dict(self.model),
             "message": self.message, "acknowledged": self.acknowledged,
             "snoozed_until": self.snoozed_until,
+            "reference": None if self.reference is None else dict(self.reference),
         }
 
     @classmethod
@@ -190,6 +198,7 @@ class AlertTransition:
             acknowledged=bool(data.get("acknowledged", False)),
             snoozed_until=None if snoozed is None else float(snoozed),
             schema=int(data.get("schema", SCHEMA)),
+            reference=dict(data["reference"]) if data.get("reference") else None,
         )
 
 

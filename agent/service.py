@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._version import __version__
 from .alerts import AlertManager, AlertTransition
@@ -21,6 +21,7 @@ from .control import ControlServer, socket_path
 from .drift.reference import Reference
 from .errors import BaselineError
 from .heartbeat import Heartbeat, Heartbeats
+from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
 from .store import Store
@@ -50,9 +51,16 @@ class _StoreSink:
         self.store.put("events", {"kind": kind, "message": message, "data": data or {}})
 
     def reference_learned(self, reference: Reference) -> None:
-        """Persist a warm-up reference so a restart keeps it."""
-        self.store.save_reference(ts=reference.created, model_sha256=self.sha,
-                                  origin=reference.origin, blob=reference.to_bytes(),
+        """Persist a warm-up reference (or a training one's calibration) for a restart."""
+        training = reference.kind == "training"
+        self.store.save_reference(
+            ts=reference.created, blob=reference.to_bytes(), features_version=FEATURES_VERSION,
+            model_sha256=calibration_key(reference) if training else self.sha,
+            origin="calibration" if training else reference.origin)
+
+    def calibration_started(self, key: str, ts: float) -> None:
+        """Keep a calibration's start, so a restart does not restart its alert clock."""
+        self.store.save_reference(ts=ts, model_sha256=key, origin="calibrating", blob=b"",
                                   features_version=FEATURES_VERSION)
 
 
@@ -202,10 +210,11 @@ class Agent:
                   expected_fps: Optional[float], clock: Callable[[], float],
                   live: bool) -> Agent:
         """Every part, in data-flow order, none of them running yet."""
-        reference = _load_reference(config, store, info.get("sha256") or "")
+        reference, calibration_since = _load_reference(config, store, info.get("sha256") or "")
         alerts = _build_alerts(config, store, info, clock)
         sink = _StoreSink(store, info.get("sha256") or "")
         monitor = Monitor(config, alerts, model_info=info, sink=sink, reference=reference,
+                          calibration_since=calibration_since,
                           output_spec=output_spec, expected_fps=expected_fps, clock=clock)
         mqtt = MqttLink(config.mqtt, store) if config.mqtt.enabled else None
         camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "dropped": 0}
@@ -266,22 +275,49 @@ def _open_store(config: Config, supervisor: Supervisor) -> Store:
                  ).start(supervisor)
 
 
-def _load_reference(config: Config, store: Store, sha: str) -> Optional[Reference]:
-    """The reference to compare with: the configured file, else the stored one, else warm-up."""
+def _load_reference(config: Config, store: Store,
+                    sha: str) -> Tuple[Optional[Reference], Optional[float]]:
+    """The reference to compare with (the configured file, else the stored one, else warm-up)
+    and, for a training reference still calibrating, when its calibration began."""
     drift = config.drift
     if not drift.enabled:
-        return None
+        return None, None
     if drift.reference:
-        from_file = Reference.load(drift.reference, expected_sha256=sha or None)
-        log.info("reference: %s (%s, %d frames)", drift.reference, from_file.origin,
-                 from_file.frames)
-        return from_file
-    stored = load_stored_reference(store, sha)
+        # A reference for another model still serves the image statistics (the monitor
+        # relearns the prediction part), so it is not refused here.
+        from_file = Reference.load(drift.reference)
+        log.info("reference: %s (%s, %s view, %d frames)", drift.reference, from_file.origin,
+                 from_file.view_kind, from_file.frames)
+        if from_file.calibrated:
+            return from_file, None
+        started, blob = store.load_calibration(calibration_key(from_file))
+        if blob is not None:
+            log.info("reference: calibration of %s kept in %s", drift.reference,
+                     config.store.path)
+            return Reference.from_bytes(blob, where=config.store.path), None
+        return from_file, started
+    stored = load_stored_reference(store, sha) or _previous_model_reference(store, sha)
     if stored is not None:
         log.info("reference: %s, kept in %s (%d frames)", stored.origin, config.store.path,
                  stored.frames)
     else:
         log.info("no reference: learning one from the first %.0f s (warm-up)", drift.warmup_s)
+    return stored, None
+
+
+def _previous_model_reference(store: Store, sha: str) -> Optional[Reference]:
+    """The reference kept for the model the last heartbeat named, when the model changed.
+
+    Its image statistics still hold; the monitor relearns the prediction part.
+    """
+    beat = store.latest_heartbeat() if sha else None
+    previous = str(((beat or {}).get("payload", {}).get("model") or {}).get("sha256") or "")
+    if not previous or previous == sha:
+        return None
+    stored = load_stored_reference(store, previous)
+    if stored is not None:
+        log.info("reference: kept for the previous model %s…; image drift goes on while the "
+                 "prediction part is relearned", previous[:12])
     return stored
 
 

@@ -190,10 +190,8 @@ def select_rows(conn: sqlite3.Connection, table: str, since: Optional[float] = N
 
 def prune_copy(conn: sqlite3.Connection, tables: Sequence[str], keep: Sequence[str],
                since: Optional[float], until: Optional[float]) -> Dict[str, int]:
-    """In a copy of the history: empty ``tables`` not in ``keep``, filter the rest by time.
-
-    Returns the rows left in each kept table (export's filtered snapshots).
-    """
+    """In a copy of the history: empty ``tables`` not in ``keep``, filter the rest by time;
+    returns the rows left in each kept table (export's filtered snapshots)."""
     rows = {}
     for table in tables:
         if table not in keep:
@@ -255,6 +253,13 @@ class Reader:
                            (model_sha256, features_version))
         return bytes(rows[0][0]) if rows else None
 
+    def load_calibration(self, key: str) -> Tuple[Optional[float], Optional[bytes]]:
+        """When a training reference's calibration began, and its result (None until done)."""
+        row = self._query("SELECT min(CASE WHEN origin = 'calibrating' THEN ts END), max(CASE "
+                          "WHEN origin = 'calibration' THEN blob END) FROM reference WHERE "
+                          "model_sha256 = ?", (key,))[0]
+        return row[0], None if row[1] is None else bytes(row[1])
+
     def open_alert_records(self) -> List[Dict[str, Any]]:
         """The full records (payloads) of the alerts firing now, oldest first."""
         rows = self._query("SELECT payload FROM alerts WHERE state = 'firing' ORDER BY starts_at")
@@ -305,9 +310,8 @@ class Reader:
         """The newest heartbeat as ``{"seq", "ts", "payload"}`` (payload decoded), or None."""
         rows = self._query("SELECT seq, ts, payload FROM heartbeats ORDER BY ts DESC, seq DESC "
                            "LIMIT 1")
-        if not rows:
-            return None
-        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])}
+        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])} if rows \
+            else None
 
     def last_event(self) -> Optional[Dict[str, Any]]:
         """The newest event as ``{"ts", "kind", "message"}``, or None."""
@@ -548,14 +552,13 @@ class Store(Reader):
         deleted = {"windows": 0, "events": 0, "heartbeats": 0, "outbox": 0}
         cutoff = now - self._retention_days * 86400.0
         for table in ("windows", "events", "heartbeats"):
-            cur = conn.execute(f"DELETE FROM {table} WHERE {TIME_COLUMNS[table]} < ?", (cutoff,))
-            deleted[table] += cur.rowcount
+            deleted[table] += conn.execute(f"DELETE FROM {table} WHERE {TIME_COLUMNS[table]} < ?",
+                                           (cutoff,)).rowcount
         deleted["outbox"] = self._bound_outbox(conn, now)
 
         def used() -> int:
-            page = conn.execute("PRAGMA page_size").fetchone()[0]
-            count = conn.execute("PRAGMA page_count").fetchone()[0]
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            page, count, free = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                                 for p in ("page_size", "page_count", "freelist_count"))
             return int((count - free) * page)
 
         while used() > self._max_db_bytes:

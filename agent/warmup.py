@@ -5,7 +5,8 @@ rows into a fixed buffer (``push`` is on the hot path: one row copy, nothing all
 and once ``warmup_s`` of frame time has passed (or the buffer is full) builds a reference
 from them. A warm-up that cannot build one (too few frames for the drift window) fails
 visibly: :attr:`Warmup.status` says ``failed`` with the reason, and the monitor reports an
-event; ``restart`` begins a new one.
+event; ``restart`` begins a new one. The same buffer collects the calibration period of a
+training reference (``begin(target_s=drift.calibration_s)``, then :meth:`Warmup.take`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Warmup:
         self._buf: Optional[npt.NDArray[np.float32]] = None  # allocated while collecting
         self._n = 0
         self._start: Optional[float] = None
+        self._target = drift.warmup_s
         self._failure = ""
 
     @property
@@ -67,16 +69,22 @@ class Warmup:
     def status(self) -> ReferenceStatus:
         """``warming_up`` or ``failed`` (the monitor reports ``ready``/``disabled`` itself)."""
         if self._failure and self._buf is None:
-            return ReferenceStatus("failed", frames=self._n, target_s=self._cfg.warmup_s,
+            return ReferenceStatus("failed", frames=self._n, target_s=self._target,
                                    message=self._failure)
-        return ReferenceStatus("warming_up", frames=self._n, target_s=self._cfg.warmup_s)
+        return ReferenceStatus("warming_up", frames=self._n, target_s=self._target)
 
-    def begin(self, start: Optional[float] = None) -> None:
-        """Start collecting; the warm-up's clock starts at ``start`` or the next frame."""
+    @property
+    def target_s(self) -> float:
+        """How long the current collection lasts (frame time)."""
+        return self._target
+
+    def begin(self, start: Optional[float] = None, target_s: Optional[float] = None) -> None:
+        """Start collecting for ``target_s`` (the warm-up's by default) from ``start``/next frame."""
         if self._buf is None:
             self._buf = np.empty((self._max, len(self._names)), np.float32)
         self._n = 0
         self._start = start
+        self._target = self._cfg.warmup_s if target_s is None else float(target_s)
         self._failure = ""
 
     def stop(self) -> None:
@@ -98,35 +106,43 @@ class Warmup:
         """True when the warm-up is over: ``warmup_s`` of frame time, or the buffer full."""
         if self._buf is None or self._start is None:
             return False
-        return now - self._start >= self._cfg.warmup_s or self._n >= self._max
+        return now - self._start >= self._target or self._n >= self._max
 
-    def finish(self, now: float) -> Reference:
+    def take(self, now: float) -> tuple[npt.NDArray[np.float32], float, float]:
+        """The collected rows, their frame rate and span in seconds; frees the buffer."""
+        buf, start, n = self._buf, self._start, self._n
+        self.stop()
+        if buf is None or start is None:
+            raise WarmupFailed("no warm-up in progress")
+        return buf[:n], (n - 1) / max(now - start, 1e-9), now - start
+
+    def fail(self, message: str) -> WarmupFailed:
+        """Record why the collection could not be used; the error to raise."""
+        self._failure = message
+        return WarmupFailed(message)
+
+    def finish(self, now: float, view: Optional[Mapping[str, Any]] = None) -> Reference:
         """The reference learned from the collected frames; frees the buffer.
 
         Raises :class:`WarmupFailed` (and keeps the reason in :attr:`status`) when the
         frames cannot make one.
         """
-        buf, start, n = self._buf, self._start, self._n
-        self.stop()
-        if buf is None or start is None:
-            raise WarmupFailed("no warm-up in progress")
+        rows, fps, span = self.take(now)
+        n = rows.shape[0]
         cfg = self._cfg
         need = 2 * cfg.window_frames
         if n < need:
-            self._failure = (f"warm-up collected only {n} frames in {now - start:.0f} s; need "
-                             f"{need} (2 x drift.window_frames): raise drift.warmup_s or lower "
-                             "drift.window_frames")
-            raise WarmupFailed(self._failure)
-        fps = (n - 1) / max(now - start, 1e-9)
+            raise self.fail(f"warm-up collected only {n} frames in {span:.0f} s; need {need} "
+                            "(2 x drift.window_frames): raise [drift] warmup_s or lower "
+                            "[drift] window_frames")
         try:
             return build_reference(
-                buf[:n], self._names, window_frames=cfg.window_frames,
+                rows, self._names, window_frames=cfg.window_frames,
                 eval_stride_frames=max(1, int(round(cfg.eval_interval_s * fps))),
                 fps=fps, model_sha256=str(self._model.get("sha256") or ""),
                 model_path=str(self._model.get("path") or ""), origin="warmup",
                 source=f"warm-up of {n} frames", created=now,
                 target_false_alarms_per_week=cfg.false_alarms_per_week,
-                persistence_s=cfg.for_s)
+                persistence_s=cfg.for_s, view=view)
         except (BaselineError, ValueError) as exc:
-            self._failure = f"warm-up of {n} frames could not build a reference: {exc}"
-            raise WarmupFailed(self._failure) from exc
+            raise self.fail(f"warm-up of {n} frames could not build a reference: {exc}") from exc

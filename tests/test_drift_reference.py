@@ -140,3 +140,32 @@ def test_load_wrong_version(ref, tmp_path, monkeypatch):
     ref.save(path)  # version field is the instance's (1); the reader now expects 99
     with pytest.raises(BaselineError, match="baseline format version 1 is not supported"):
         Reference.load(path)
+
+
+def test_build_logs_one_summary_line_and_no_warning(caplog):
+    """Bug 6: a build at the defaults printed a WARNING per highly autocorrelated feature."""
+    data = ar1(4, 4000, 4, rho=0.999)
+    data[:, 3] = np.nan
+    with caplog.at_level("DEBUG", logger="agent.drift.reference"):
+        built = make(data, window_frames=300, eval_stride_frames=30)
+    assert np.nanmax(built.threshold) > 0.8  # some features see only large shifts
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert len(info) == 1
+    assert "calibrated for 3 features" in info[0] and "see only large shifts" in info[0]
+    assert "no data for f3" in info[0]
+
+
+def test_views_round_trip_and_training_reference(tmp_path):
+    frame = make(ar1(5, 3000, 2), view={"kind": "frame", "size": None}, kind="training")
+    inp = make(ar1(6, 3000, 2), view={"kind": "input", "size": [128, 128]}, kind="training")
+    both = Reference.from_bytes(
+        Reference(**{**{k: getattr(frame, k) for k in frame.__dataclass_fields__
+                        if frame.__dataclass_fields__[k].init}, "alt": inp}).to_bytes())
+    assert both.view_kind == "frame" and both.for_view("input") is not None
+    assert both.for_view("input").view["size"] == [128, 128]
+    assert both.identity()["kind"] == "training"
+    images = make(ar1(7, 300, 2), independent=True)
+    assert not images.calibrated and np.isnan(images.threshold).all()
+    with pytest.raises(BaselineError, match="needs at least 100"):
+        make(ar1(7, 50, 2), independent=True)

@@ -337,7 +337,7 @@ def test_the_heartbeat_is_a_typed_record_with_the_json_keys_it_always_had(
             "camera", "stats", "confidence", "drift", "reference", "warmup", "alerts_open",
             "host", "agent", "queues", "outbox", "mqtt"}
     payload = beat.to_dict()
-    assert set(payload) == keys | {"threads", "errors"}
+    assert set(payload) == keys | {"threads", "errors", "monitoring"}
     assert {"edgewatch-heartbeat", "edgewatch-store", "edgewatch-control"} <= set(payload["threads"])
     assert payload["errors"] == {"bad_frames": 0, "hook_errors": 0, "last_hook_error": None}
     assert json.loads(json.dumps(payload)) == payload

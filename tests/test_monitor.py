@@ -43,6 +43,9 @@ class Sink:
     def reference_learned(self, reference: Reference) -> None:
         self.references.append(reference)
 
+    def calibration_started(self, key: str, ts: float) -> None:
+        self.events.append(("calibration_started", key, {"ts": ts}))
+
     def kinds(self) -> List[str]:
         return [kind for kind, _, _ in self.events]
 
@@ -114,7 +117,7 @@ def test_warmup_failure_is_an_event_and_a_state() -> None:
     feed_frames(mon, EmulatedFeed("stationary", seed=4, size=(160, 120)), 0, 30 * 12, 1_000.0)
     assert mon.reference is None
     assert sink.kinds() == ["warmup_failed"]
-    assert "need 1800" in sink.events[0][1] and "drift.warmup_s" in sink.events[0][1]
+    assert "need 1800" in sink.events[0][1] and "[drift] warmup_s" in sink.events[0][1]
     warmup = mon.snapshot()["warmup"]
     assert warmup["state"] == "failed" and "need 1800" in warmup["message"]
     assert mon.reference_status.state == "failed"

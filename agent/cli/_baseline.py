@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import require
@@ -12,7 +14,7 @@ from ..drift.reference import build_reference
 from ..errors import BaselineError, UsageError
 from ..inference import Model
 from ..loop import collect_rows
-from ..monitor import FEATURES
+from ..monitor import FEATURES, FEATURES_VERSION
 from ._format import Progress, duration
 from ._run import add_common, config_from_args, number_type
 
@@ -35,26 +37,39 @@ def _baseline(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     progress = Progress("baseline", args.max_frames * len(args.sources) if args.max_frames else None)
     try:
-        values = collect_rows(cfg, model, args.sources, args.fps, args.max_frames,
-                              on_frame=progress.update)
+        rows = collect_rows(cfg, model, args.sources, args.fps, args.max_frames,
+                            on_frame=progress.update)
     finally:
         progress.close()
-    window = cfg.drift.window_frames
-    if values.shape[0] < 2 * window:
-        raise BaselineError(f"only {values.shape[0]} frames; a baseline needs at least "
-                            f"{2 * window} (2 x drift.window_frames)")
-    ref = build_reference(
-        values, FEATURES, window_frames=window,
-        eval_stride_frames=max(1, int(round(cfg.drift.eval_interval_s * args.fps))),
-        fps=args.fps, model_sha256=model.sha256, model_path=str(model.path), origin="baseline",
-        source=" ".join(args.sources), created=time.time(),
-        target_false_alarms_per_week=cfg.drift.false_alarms_per_week,
-        persistence_s=cfg.drift.for_s)
-    ref.save(args.out)
-    print(f"baseline: {values.shape[0]} frames from {len(args.sources)} source(s) in "
-          f"{duration(time.perf_counter() - t0)} -> {args.out} (model sha256 {model.sha256[:12]})")
-    print(f"drift thresholds calibrated for {len(ref.names)} features, windows of {window} "
-          f"frames; set [drift] reference = \"{args.out}\"")
+    # A folder of images (training data) has no time order: its distribution is the
+    # reference, and the thresholds are calibrated on the device's own frames.
+    independent = any(Path(uri).is_dir() for uri in args.sources)
+    common = dict(window_frames=cfg.drift.window_frames,
+                  eval_stride_frames=max(1, int(round(cfg.drift.eval_interval_s * args.fps))),
+                  fps=args.fps, model_sha256=model.sha256, model_path=str(model.path),
+                  origin="baseline", source=" ".join(args.sources), created=time.time(),
+                  target_false_alarms_per_week=cfg.drift.false_alarms_per_week,
+                  persistence_s=cfg.drift.for_s, kind="training", independent=independent)
+    sample = [cfg.stats.sample_width, cfg.stats.sample_height]
+    views = {"sample": sample, "features_version": FEATURES_VERSION}
+    frame = build_reference(rows.frame, FEATURES, view={"kind": "frame", "size": None, **views},
+                            **common)
+    model_input = build_reference(rows.input, FEATURES, view={
+        "kind": "input", "size": list(rows.input_size), **views}, **common)
+    dataclasses.replace(frame, alt=model_input).save(args.out)
+    n = rows.frame.shape[0]
+    print(f"baseline: {n} {'images' if independent else 'frames'} from {len(args.sources)} "
+          f"source(s) in {duration(time.perf_counter() - t0)} -> {args.out} (model sha256 "
+          f"{model.sha256[:12]})")
+    print(f"measured in both views: full frames (run, observe(frame)) and the model's "
+          f"{rows.input_size[0]}x{rows.input_size[1]} input (wrap)")
+    if independent:
+        print(f"training images: thresholds are calibrated on the camera's own frames during "
+              f"the first {cfg.drift.calibration_s:g} s ([drift] calibration_s)")
+    else:
+        print(f"drift thresholds calibrated for {len(frame.names)} features, windows of "
+              f"{cfg.drift.window_frames} frames")
+    print(f"set [drift] reference = \"{args.out}\"")
     return 0
 
 

@@ -38,7 +38,8 @@ def device_status(db_path: str, now: float) -> Dict[str, Any]:
         "last_heartbeat_ts": None if hb is None else hb["ts"],
         "last_heartbeat_age_s": None if age is None else round(age, 1),
         "model": payload.get("model"), "camera": payload.get("camera"),
-        "reference": payload.get("reference"), "host": payload.get("host"),
+        "reference": payload.get("reference"), "monitoring": payload.get("monitoring"),
+        "host": payload.get("host"),
         "agent": payload.get("agent"), "outbox": payload.get("outbox"),
         "queues": payload.get("queues"), "threads": payload.get("threads"),
         "alerts_open": [{k: a[k] for k in ("id", "kind", "severity", "feature", "message",
@@ -83,7 +84,7 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
         f"{_num(host.get('memory_percent'), '%')}, disk free {_num(host.get('disk_free_mb'), ' MB')}"
         f", temperature {_num(host.get('max_temp_c'), ' C')}, throttled "
         f"{_num(host.get('throttled'))}",
-        f"reference: {safe_text(ref.get('origin', 'none (warming up)'))}",
+        _drift_line(st.get("monitoring"), ref),
         f"outbox:    {_num(outbox.get('depth'))} waiting, oldest "
         f"{duration(outbox.get('oldest_age_s'))}, dropped {_num(outbox.get('dropped'))}",
         f"database:  {safe_text(st['db'])}, {st['db_bytes'] / 1e6:.1f} MB (max "
@@ -91,6 +92,22 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
         f"{st['retention_days']:g} days",
         f"alerts:    {len(st['alerts_open'])} firing",
     ]
+
+
+def _drift_line(mon: Optional[Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
+    """Whether drift detection runs, against which reference, and if not why and since when."""
+    if not isinstance(mon, Mapping):  # a heartbeat from an agent before issue 9
+        return f"reference: {safe_text(ref.get('origin', 'none (warming up)'))}"
+    against = mon.get("reference") or {}
+    line = f"drift:     {safe_text(mon.get('state'))}"
+    if against:
+        line += (f", against the {safe_text(against.get('kind'))} reference "
+                 f"({safe_text(against.get('origin'))}, {safe_text(against.get('view'))} view)")
+    if mon.get("state") != "active":
+        since = mon.get("since")
+        line += f": {safe_text(mon.get('reason'))}"
+        line += f" (since {local_time(since)})" if since is not None else ""
+    return line
 
 
 def _threads_table(threads: Optional[Mapping[str, Any]]) -> Optional[str]:

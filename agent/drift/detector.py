@@ -197,29 +197,12 @@ def _sorted_rows(win: Array, selected: Array | None) -> Array:
     return cur
 
 
-def evaluate(
-    reference: Reference,
-    window: Array,
-    *,
-    features: Sequence[str] | None = None,
-    thresholds_override: Mapping[str, float] | None = None,
-) -> DriftReport:
-    """Compare a window (frames x features, the reference's column order) to the reference."""
-    win = np.asarray(window)
-    if win.dtype != np.float32 and win.dtype != np.float64:
-        win = win.astype(np.float64)
-    n_features = len(reference.names)
-    if win.ndim != 2 or win.shape[1] != n_features:
-        raise ValueError(f"evaluate: window shape {win.shape} does not match the reference's "
-                         f"{n_features} features (expected (frames, {n_features}))")
-    overrides = dict(thresholds_override or {})
-    for name in overrides:
-        reference.index(name)
-    selected = np.array([reference.index(name) for name in features] if features is not None
-                        else range(n_features), dtype=np.int64)
+def _window_measures(reference: Reference, win: Array, selected: Array, all_features: bool
+                     ) -> tuple[Array, Array, Array, Array, Array, list[dict[str, float]]]:
+    """KS, PSI, normalised Wasserstein, valid counts, has-reference and summaries per feature."""
     n = win.shape[0]
     # Sort in the input dtype, then compare in float64 (exact for float32 values).
-    cur = _sorted_rows(win, None if features is None else selected).astype(np.float64, copy=False)
+    cur = _sorted_rows(win, None if all_features else selected).astype(np.float64, copy=False)
     has_ref = ~np.isnan(reference.sketch[selected, 0])
     valid = np.full(selected.shape[0], n, dtype=np.int64)
     if n:
@@ -242,8 +225,42 @@ def evaluate(
         part = cur[i:i + 1, :valid[i]]
         ks[i], psi[i], wass[i] = (a[0] for a in _measures(reference, selected[i:i + 1], part))
         current[i] = _summaries(part)[0]
-    wass = wass / reference.scale[selected]
+    return ks, psi, wass / reference.scale[selected], valid, has_ref, current
 
+
+def evaluate(
+    reference: Reference,
+    window: Array,
+    *,
+    features: Sequence[str] | None = None,
+    thresholds_override: Mapping[str, float] | None = None,
+) -> DriftReport:
+    """Compare a window (frames x features, the reference's column order) to the reference."""
+    win = np.asarray(window)
+    if win.dtype != np.float32 and win.dtype != np.float64:
+        win = win.astype(np.float64)
+    n_features = len(reference.names)
+    if win.ndim != 2 or win.shape[1] != n_features:
+        raise ValueError(f"evaluate: window shape {win.shape} does not match the reference's "
+                         f"{n_features} features (expected (frames, {n_features}))")
+    overrides = dict(thresholds_override or {})
+    for name in overrides:
+        reference.index(name)
+    selected = np.array([reference.index(name) for name in features] if features is not None
+                        else range(n_features), dtype=np.int64)
+    ks, psi, wass, valid, has_ref, current = _window_measures(reference, win, selected,
+                                                              features is None)
+    results = _feature_results(reference, selected, overrides, ks, psi, wass, valid, has_ref,
+                               current)
+    score = max((fd.ratio for fd in results), default=0.0)
+    return DriftReport(tuple(results), win.shape[0],
+                       tuple(fd.feature for fd in results if fd.drifted), float(score))
+
+
+def _feature_results(reference: Reference, selected: Array, overrides: Mapping[str, float],
+                     ks: Array, psi: Array, wass: Array, valid: Array, has_ref: Array,
+                     current: list[dict[str, float]]) -> list[FeatureDrift]:
+    """One FeatureDrift per selected feature: thresholds, persistence inputs, p-values."""
     results = []
     names = reference.names
     # Python lists: indexing them is much cheaper than indexing numpy arrays element-wise.
@@ -276,6 +293,4 @@ def evaluate(
         results.append(FeatureDrift(name, True, d, psi_l[i], w, thr, clear, drifted,
                                     d >= clear, m, pvalue, dict(reference._summaries[f]),
                                     current[i]))
-    score = max((fd.ratio for fd in results), default=0.0)
-    return DriftReport(tuple(results), n, tuple(fd.feature for fd in results if fd.drifted),
-                       float(score))
+    return results

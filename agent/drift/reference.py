@@ -54,7 +54,7 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -65,13 +65,17 @@ from agent.errors import BaselineError
 
 Array = npt.NDArray[Any]
 
-__all__ = ["CLEAR_RATIO", "FORMAT_VERSION", "KS_GRID", "ORIGINS", "THRESHOLD_CAP", "Reference",
-           "build_reference", "sketch"]
+__all__ = ["CLEAR_RATIO", "FORMAT_VERSION", "KINDS", "KS_GRID", "MIN_INDEPENDENT", "ORIGINS",
+           "THRESHOLD_CAP", "Reference", "build_reference", "calibrate_feature", "error_budget",
+           "log_calibration", "sketch"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ORIGINS = ("baseline", "warmup", "history")
+KINDS = ("training", "device")
+#: The fewest training images a baseline of independent images may have.
+MIN_INDEPENDENT = 100
 SECONDS_PER_WEEK = 604800.0
 _KOLMOGOROV_MEAN = 0.8687311606361592  # sqrt(pi/2) * ln 2
 _KOLMOGOROV_STD = 0.2603169550201340
@@ -136,6 +140,12 @@ class Reference:
     min_wasserstein: float
     class_hist: Array | None = None
     version: int = FORMAT_VERSION
+    #: What the statistics were measured on: {"kind": "frame"|"input", "size": [w, h] or None,
+    #: "sample": [w, h], "features_version": n}; {} for a reference from before views.
+    view: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "device"  # "training" (a baseline file) or "device" (warm-up, history)
+    calibrated: bool = True  # False: training images, thresholds come from device frames
+    alt: Reference | None = None  # the same data measured in the other view (baseline files)
     # Derived on construction (not stored): the KS grid of sketch points with the sketch ECDF
     # at and just below each point, shape (F, G).
     _grid: Array = field(init=False, repr=False)
@@ -148,6 +158,8 @@ class Reference:
     def __post_init__(self) -> None:
         if self.origin not in ORIGINS:
             raise ValueError(f"Reference: origin must be one of {ORIGINS}, got {self.origin!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"Reference: kind must be one of {KINDS}, got {self.kind!r}")
         n_features = len(self.names)
         if self.sketch.ndim != 2 or self.sketch.shape[0] != n_features:
             raise ValueError(
@@ -180,16 +192,37 @@ class Reference:
         """Reference mean, std, p05, p50, p95 of one feature (for alert messages)."""
         return dict(self._summaries[self.index(feature)])
 
+    @property
+    def view_kind(self) -> str:
+        """``frame`` or ``input``; ``unknown`` for a reference that did not record its view."""
+        return str(self.view.get("kind", "unknown"))
+
+    def for_view(self, kind: str) -> Reference | None:
+        """This reference, or the one it carries, measured in view ``kind``; None if neither."""
+        for ref in (self, self.alt):
+            if ref is not None and ref.view_kind == kind:
+                return ref
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What an alert, status or heartbeat says about the reference it is against."""
+        return {"kind": self.kind, "origin": self.origin, "source": self.source,
+                "view": self.view_kind, "frames": self.frames}
+
     def to_bytes(self) -> bytes:
         """Serialise to a compressed .npz blob (arrays plus a JSON metadata entry)."""
         meta = {k: getattr(self, k) for k in (
             "names", "model_sha256", "model_path", "created", "origin", "source", "frames", "fps",
             "window_frames", "eval_stride_frames", "persistence_evals",
-            "target_false_alarms_per_week", "alpha", "min_ks", "min_wasserstein", "version")}
+            "target_false_alarms_per_week", "alpha", "min_ks", "min_wasserstein", "version",
+            "kind", "calibrated")}
         meta["names"] = list(self.names)
+        meta["view"] = dict(self.view)
         arrays: dict[str, Any] = {k: getattr(self, k) for k in _ARRAYS}
         if self.class_hist is not None:
             arrays["class_hist"] = self.class_hist
+        if self.alt is not None:
+            arrays["alt"] = np.frombuffer(self.alt.to_bytes(), dtype=np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
         return buf.getvalue()
@@ -203,6 +236,7 @@ class Reference:
                 meta = json.loads(str(npz["meta"][()]))
                 arrays: dict[str, Any] = {k: np.array(npz[k]) for k in _ARRAYS}
                 class_hist = np.array(npz["class_hist"]) if "class_hist" in npz.files else None
+                alt_blob = bytes(np.array(npz["alt"])) if "alt" in npz.files else None
         except _DAMAGED as exc:
             raise BaselineError(
                 f"baseline is corrupt: {where} ({type(exc).__name__}: {exc}; rebuild it with "
@@ -221,8 +255,9 @@ class Reference:
                 f"{expected_sha256[:12]}…: {where} (rebuild it with edgewatch baseline)"
             )
         meta["names"] = tuple(meta["names"])
+        alt = None if alt_blob is None else cls.from_bytes(alt_blob, expected_sha256, where)
         try:
-            return cls(**meta, **arrays, class_hist=class_hist)
+            return cls(**meta, **arrays, class_hist=class_hist, alt=alt)
         except (TypeError, ValueError) as exc:
             raise BaselineError(
                 f"baseline is corrupt: {where} ({exc}; rebuild it with edgewatch baseline)"
@@ -287,6 +322,120 @@ def _threshold(null: Array, rho: float, window: int, n: int, c_alpha: float,
     return min(thr, THRESHOLD_CAP), n_eff_w
 
 
+def _check_build_args(data: Array, names: Sequence[str], origin: str,
+                      **positive: float) -> None:
+    if data.ndim != 2 or data.shape[1] != len(names):
+        raise ValueError(f"build_reference: values shape {data.shape} does not match "
+                         f"{len(names)} feature names (expected (frames, {len(names)}))")
+    if origin not in ORIGINS:
+        raise ValueError(f"build_reference: origin must be one of {ORIGINS}, got {origin!r}")
+    for label, val in positive.items():
+        if not val > 0:
+            raise ValueError(f"build_reference: {label} must be > 0, got {val}")
+
+
+def _check_length(n_frames: int, window_frames: int, independent: bool) -> None:
+    need = MIN_INDEPENDENT if independent else 2 * window_frames
+    if n_frames >= need:
+        return
+    if independent:
+        raise BaselineError(f"baseline too short: {n_frames} images (a training-image baseline "
+                            f"needs at least {need})")
+    raise BaselineError(f"baseline too short: {n_frames} frames for a {window_frames}-frame "
+                        f"window (record at least {need} frames, ideally 20 windows, or "
+                        "shorten window_frames)")
+
+
+def error_budget(fps: float, eval_stride_frames: int, persistence_s: float, features: int,
+                 target_false_alarms_per_week: float) -> tuple[int, float, float]:
+    """Persistence in evaluations, per-evaluation alpha and its Kolmogorov quantile (step 1)."""
+    persistence_evals = max(1, math.ceil(persistence_s * fps / eval_stride_frames))
+    evals_per_week = SECONDS_PER_WEEK * fps / eval_stride_frames
+    alpha = min(0.5, target_false_alarms_per_week * persistence_evals
+                / (max(features, 1) * evals_per_week))
+    return persistence_evals, alpha, math.sqrt(math.log(2.0 / alpha) / 2.0)
+
+
+_STAT_NAMES = ("mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "threshold", "rho1",
+               "n_eff", "null_mean", "null_max")
+
+
+def _summarise_feature(xs: Array, f: int, out: dict[str, Any], edges: Array,
+                       fractions: Array, psi_bins: int) -> None:
+    """Summary statistics and PSI bins of one feature's sorted values, written into ``out``."""
+    q05, q25, q50, q75, q95 = np.quantile(xs, [0.05, 0.25, 0.5, 0.75, 0.95])
+    out["mean"][f], out["std"][f] = xs.mean(), xs.std()
+    out["median"][f], out["p05"][f], out["p95"][f], out["iqr"][f] = q50, q05, q95, q75 - q25
+    out["mad"][f] = float(np.median(np.abs(xs - q50)))
+    scale = (q75 - q25) / 1.349
+    scale = scale if scale > 0 else out["std"][f]
+    out["scale"][f] = scale if scale > 0 else 1.0
+    edges[f] = np.quantile(xs, np.arange(1, psi_bins) / psi_bins)
+    below = np.searchsorted(xs, edges[f], side="left")
+    counts = np.diff(np.concatenate(([0], below, [xs.shape[0]])))
+    fractions[f] = np.maximum(counts / xs.shape[0], PSI_FLOOR)
+
+
+def calibrate_feature(x: Array, ref_sketch: Array, window_frames: int, null_stride: int,
+                      c_alpha: float, min_ks: float, extra_n: float = 0.0
+                      ) -> tuple[float, float, float, float, float]:
+    """Threshold, rho1, n_eff, null mean and null max of one feature's time series ``x``.
+
+    ``extra_n`` > 0 is the size of an independent reference sample (training images) the
+    window will be compared with instead of ``x`` itself: its own sampling noise is added.
+    """
+    window = min(window_frames, x.shape[0] // 2)
+    null = _null_distances(x, ref_sketch, window, null_stride)
+    rho = _lag1(x)
+    thr, n_eff = _threshold(null, rho, window, x.shape[0], c_alpha, min_ks)
+    if extra_n > 0:
+        thr = min(THRESHOLD_CAP, math.hypot(thr, c_alpha * math.sqrt(1.0 / extra_n)))
+    return thr, rho, n_eff, float(null.mean()), float(null.max())
+
+
+def log_calibration(names: Sequence[str], threshold: Array, rho1: Array, n_eff: Array,
+                    what: str) -> None:
+    """One INFO line: features calibrated, those that can only see large shifts and why."""
+    coarse = [f"{n} ({t:.2f}: lag-1 autocorrelation {r:.3f}, ~{e:.0f} independent values per "
+              f"window)" for n, t, r, e in zip(names, threshold.tolist(), rho1.tolist(),
+                                                n_eff.tolist()) if t > 0.8]
+    off = [n for n, t in zip(names, threshold.tolist()) if not t == t]
+    calibrated = len(names) - len(off)
+    line = f"{what}: drift thresholds calibrated for {calibrated} features"
+    if coarse:
+        line += (f"; {len(coarse)} see only large shifts (threshold > 0.8; lengthen "
+                 f"[drift] window_frames to see smaller ones): "
+                 + ", ".join(c.split(" (")[0] for c in coarse))
+    if off:
+        line += f"; no data for {', '.join(off)} (not checked)"
+    log.info("%s", line)
+    for c in coarse:
+        log.debug("%s: high threshold %s", what, c)
+
+
+def _per_feature(data: Array, k: int, psi_bins: int,
+                 calibrate: Callable[[Array, Array], tuple[float, ...]] | None
+                 ) -> tuple[dict[str, Any], Array, Array, Array]:
+    """Statistics, sketches, PSI edges and fractions (and thresholds) of every feature."""
+    n_features = data.shape[1]
+    out: dict[str, Any] = {name: np.full(n_features, np.nan) for name in _STAT_NAMES}
+    sketches = np.full((n_features, k), np.nan)
+    edges = np.full((n_features, psi_bins - 1), np.nan)
+    fractions = np.full((n_features, psi_bins), np.nan)
+    for f in range(n_features):
+        col = data[:, f]
+        x = col[~np.isnan(col)]
+        if x.shape[0] == 0:
+            continue  # not checked; the summary line names it
+        xs = np.sort(x)
+        sketches[f] = sketch(xs, k)
+        _summarise_feature(xs, f, out, edges, fractions, psi_bins)
+        if calibrate is not None:
+            (out["threshold"][f], out["rho1"][f], out["n_eff"][f], out["null_mean"][f],
+             out["null_max"][f]) = calibrate(x, sketches[f])
+    return out, sketches, edges, fractions
+
+
 def build_reference(
     values: Array,
     names: Sequence[str],
@@ -306,70 +455,32 @@ def build_reference(
     min_wasserstein: float = 0.25,
     sketch_size: int = 2048,
     psi_bins: int = 10,
+    view: Mapping[str, Any] | None = None,
+    kind: str = "device",
+    independent: bool = False,
 ) -> Reference:
-    """Summarise ``values`` (frames x features, time order) and calibrate drift thresholds."""
-    data = np.asarray(values, dtype=np.float64)
-    if data.ndim != 2 or data.shape[1] != len(names):
-        raise ValueError(f"build_reference: values shape {data.shape} does not match "
-                         f"{len(names)} feature names (expected (frames, {len(names)}))")
-    if origin not in ORIGINS:
-        raise ValueError(f"build_reference: origin must be one of {ORIGINS}, got {origin!r}")
-    for label, val in (("window_frames", window_frames), ("eval_stride_frames", eval_stride_frames),
-                       ("fps", fps), ("target_false_alarms_per_week", target_false_alarms_per_week),
-                       ("sketch_size", sketch_size)):
-        if not val > 0:
-            raise ValueError(f"build_reference: {label} must be > 0, got {val}")
-    n_frames, n_features = data.shape
-    if n_frames < 2 * window_frames:
-        raise BaselineError(
-            f"baseline too short: {n_frames} frames for a {window_frames}-frame window (record "
-            f"at least {2 * window_frames} frames, ideally 20 windows, or shorten window_frames)"
-        )
-    persistence_evals = max(1, math.ceil(persistence_s * fps / eval_stride_frames))
-    evals_per_week = SECONDS_PER_WEEK * fps / eval_stride_frames
-    valid_features = int((~np.isnan(data).all(axis=0)).sum())
-    alpha = min(0.5, target_false_alarms_per_week * persistence_evals
-                / (max(valid_features, 1) * evals_per_week))
-    c_alpha = math.sqrt(math.log(2.0 / alpha) / 2.0)
-    null_stride = max(1, min(eval_stride_frames, window_frames // 4))
+    """Summarise ``values`` (frames x features, time order) and calibrate drift thresholds.
 
-    k = min(sketch_size, n_frames)
-    out: dict[str, Any] = {name: np.full(n_features, np.nan) for name in (
-        "mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "threshold", "rho1",
-        "n_eff", "null_mean", "null_max")}
-    sketches = np.full((n_features, k), np.nan)
-    edges = np.full((n_features, psi_bins - 1), np.nan)
-    fractions = np.full((n_features, psi_bins), np.nan)
-    for f in range(n_features):
-        col = data[:, f]
-        x = col[~np.isnan(col)]
-        if x.shape[0] == 0:
-            log.warning("feature %s has no values in the baseline; it will not be checked",
-                        names[f])
-            continue
-        xs = np.sort(x)
-        sketches[f] = sketch(xs, k)
-        q05, q25, q50, q75, q95 = np.quantile(xs, [0.05, 0.25, 0.5, 0.75, 0.95])
-        out["mean"][f], out["std"][f] = xs.mean(), xs.std()
-        out["median"][f], out["p05"][f], out["p95"][f], out["iqr"][f] = q50, q05, q95, q75 - q25
-        out["mad"][f] = float(np.median(np.abs(xs - q50)))
-        scale = (q75 - q25) / 1.349
-        scale = scale if scale > 0 else out["std"][f]
-        out["scale"][f] = scale if scale > 0 else 1.0
-        edges[f] = np.quantile(xs, np.arange(1, psi_bins) / psi_bins)
-        below = np.searchsorted(xs, edges[f], side="left")
-        counts = np.diff(np.concatenate(([0], below, [xs.shape[0]])))
-        fractions[f] = np.maximum(counts / xs.shape[0], PSI_FLOOR)
-        window = min(window_frames, x.shape[0] // 2)
-        null = _null_distances(x, sketches[f], window, null_stride)
-        rho = _lag1(x)
-        thr, n_eff = _threshold(null, rho, window, x.shape[0], c_alpha, min_ks)
-        out["threshold"][f], out["rho1"][f], out["n_eff"][f] = thr, rho, n_eff
-        out["null_mean"][f], out["null_max"][f] = float(null.mean()), float(null.max())
-        if thr > 0.8:
-            log.warning("feature %s: drift threshold %.2f is high (lag-1 autocorrelation %.3f "
-                        "leaves ~%.0f independent values per window); lengthen window_frames "
-                        "to detect smaller shifts", names[f], thr, rho, n_eff)
+    ``independent`` values (training images, no time order): thresholds are left to
+    :func:`agent.drift.calibrate.calibrate` on the device's frames (``calibrated`` False).
+    """
+    data = np.asarray(values, dtype=np.float64)
+    _check_build_args(data, names, origin, window_frames=window_frames,
+                      eval_stride_frames=eval_stride_frames, fps=fps,
+                      target_false_alarms_per_week=target_false_alarms_per_week,
+                      sketch_size=sketch_size)
+    n_frames = data.shape[0]
+    _check_length(n_frames, window_frames, independent)
+    persistence_evals, alpha, c_alpha = error_budget(
+        fps, eval_stride_frames, persistence_s, int((~np.isnan(data).all(axis=0)).sum()),
+        target_false_alarms_per_week)
+    null_stride = max(1, min(eval_stride_frames, window_frames // 4))  # then the features:
+    out, sketches, edges, fractions = _per_feature(
+        data, min(sketch_size, n_frames), psi_bins, None if independent else
+        lambda x, sk: calibrate_feature(x, sk, window_frames, null_stride, c_alpha, min_ks))
+    if not independent:
+        log_calibration(names, out["threshold"], out["rho1"], out["n_eff"],
+                        f"reference from {source}")
     return Reference(
         names=tuple(names), sketch=sketches, psi_edges=edges, psi_ref=fractions,
         clear_threshold=CLEAR_RATIO * out["threshold"], **out,
@@ -379,4 +490,5 @@ def build_reference(
         target_false_alarms_per_week=float(target_false_alarms_per_week), alpha=alpha,
         min_ks=float(min_ks), min_wasserstein=float(min_wasserstein),
         class_hist=None if class_hist is None else np.asarray(class_hist, dtype=np.float64),
+        view=dict(view or {}), kind=kind, calibrated=not independent,
     )
