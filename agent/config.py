@@ -529,21 +529,25 @@ def load_config(source: Union[str, os.PathLike[str], Mapping[str, Any], None] = 
     if isinstance(source, Mapping):
         return from_dict(source, "<dict>")
     path = Path(source)
+    data = read_toml(path, "pass --config FILE; see configs/default.toml")
+    return from_dict(_resolve_paths(data, path.parent), str(path))
+
+
+def read_toml(path: Path, missing: str) -> dict[str, Any]:
+    """The parsed TOML file, or a one-line ConfigError (``missing``: how to fix a wrong path)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"config not found: {path} (pass --config FILE; see configs/default.toml)") from None
+        raise ConfigError(f"config not found: {path} ({missing})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config: {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
                           f"offset {exc.start}; save the file as UTF-8)") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(_resolve_paths(data, path.parent), str(path))
 
 
 def default_config_path() -> Optional[Path]:

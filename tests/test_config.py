@@ -274,3 +274,12 @@ def test_an_emulated_size_too_large_is_refused_by_replay(tmp_path: Path, model_p
     err = capsys.readouterr().err.strip()
     assert code == 4 and "\n" not in err
     assert "bad emulated frame size: 100000x100000 (use 32x32 to 7680x7680)" in err
+
+
+def test_a_central_config_that_is_not_utf8_is_one_line_too(tmp_path: Path) -> None:
+    from agent.central.config import load_central_config
+
+    path = tmp_path / "central.toml"
+    path.write_bytes("[central]\ndb = 'c\xe9ntral.db'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"central.toml: not UTF-8 text \(byte 0xe9"):
+        load_central_config(str(path))
