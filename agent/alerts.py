@@ -7,6 +7,13 @@ fingerprint per kind, camera and feature, repeat notifications, inhibition of dr
 camera fault is firing, and the operator's controls: acknowledge, snooze, disable/enable,
 thresholds.
 
+An alert has one id (a uuid4 hex); every view shows its first 12 characters
+(:data:`SHORT_ID`), and every control takes the id, that prefix or the fingerprint. A
+control records who asked (``by``) and, when it changes a firing alert (ack, snooze, a new
+threshold), hands the alert's new record to ``update`` so the service republishes its
+retained state: the device, the broker and the central then show the same thing.
+Acknowledging or snoozing twice is the same as once.
+
 Every transition becomes one :class:`~agent.records.AlertTransition` passed to ``emit``; the
 service stores ``to_dict()`` of it in SQLite and sends it over MQTT. The manager does no I/O
 and reads no clock: ``now`` is passed in, so replays with synthetic time behave exactly as live.
@@ -15,8 +22,10 @@ and reads no clock: ``now`` is passed in, so replays with synthetic time behave 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,8 +34,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from .errors import CommandError
 from .records import KINDS, SCHEMA, SEVERITIES, AlertTransition, Observation
 
-__all__ = ["INHIBITED_BY_CAMERA_FAULT", "KINDS", "SCHEMA", "SEVERITIES", "AlertManager",
-           "AlertTransition", "Observation", "fingerprint"]
+__all__ = ["INHIBITED_BY_CAMERA_FAULT", "KINDS", "SCHEMA", "SEVERITIES", "SHORT_ID",
+           "AlertManager", "AlertTransition", "Observation", "fingerprint", "short_id"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,14 @@ INHIBITED_BY_CAMERA_FAULT = ("data_drift", "prediction_drift", "anomaly")
 
 PersistControl = Callable[[str, str, Optional[float], Optional[float]], None]
 _Key = Tuple[str, str]  # (kind, feature): one tracked condition per manager (one camera)
+SHORT_ID = 12  # characters of an alert id shown by every view and accepted by every control
+_MIN_PREFIX = 6
+_ID_LIKE = re.compile(r"^[0-9a-f]{6,40}$")
+
+
+def short_id(alert_id: str) -> str:
+    """The id as every view shows it (its first :data:`SHORT_ID` characters)."""
+    return alert_id[:SHORT_ID]
 
 
 def fingerprint(kind: str, camera: str, feature: str) -> str:
@@ -76,6 +93,7 @@ class AlertManager:
         emit: Callable[[AlertTransition], None],
         repeat_interval_s: float = 3600.0,
         persist_control: Optional[PersistControl] = None,
+        update: Optional[Callable[[AlertTransition], None]] = None,
     ) -> None:
         self.device = device
         self.camera = camera
@@ -83,10 +101,12 @@ class AlertManager:
         self._emit = emit
         self.repeat_interval_s = repeat_interval_s
         self._persist: PersistControl = persist_control or _no_persist
+        self._update = update
         self._pending: Dict[_Key, float] = {}  # condition -> breaching since
         self._firing: Dict[_Key, _Firing] = {}
         self._seq = 0
         self._snoozed: Dict[str, float] = {}
+        self._snoozed_by: Dict[str, Optional[str]] = {}
         self._acked: set[str] = set()
         self._disabled: set[str] = set()
         self._thresholds: Dict[str, float] = {}
@@ -110,6 +130,8 @@ class AlertManager:
             rec = AlertTransition.from_dict(data)
             self._firing[(rec.kind, rec.feature)] = _Firing(
                 record=rec, last_notified=rec.ts, notified_firing=True)
+            if rec.snoozed_by is not None:
+                self._snoozed_by[rec.fingerprint] = rec.snoozed_by
         for row in controls:
             kind, target = row["kind"], row["target"]
             if kind == "snooze":
@@ -205,18 +227,20 @@ class AlertManager:
             self._emit(rec)
         return out
 
-    def _snoozed_until(self, rec: AlertTransition, now: float) -> Optional[float]:
+    def _snoozed_until(self, rec: AlertTransition,
+                       now: float) -> Tuple[Optional[float], Optional[str]]:
         for key in (rec.fingerprint, rec.id, rec.kind, rec.feature):
             until = self._snoozed.get(key)
             if until is not None and until > now:
-                return until
-        return None
+                return until, self._snoozed_by.get(key)
+        return None, None
 
     def _maybe_notify(self, firing: _Firing, now: float) -> List[AlertTransition]:
         rec = firing.record
-        until = self._snoozed_until(rec, now)
+        until, by = self._snoozed_until(rec, now)
         if until != rec.snoozed_until:
-            firing.record = rec = dataclasses.replace(rec, snoozed_until=until)
+            firing.record = rec = dataclasses.replace(rec, snoozed_until=until,
+                                                      snoozed_by=by if until else None)
         if until is not None:
             return []
         if not firing.notified_firing:
@@ -271,69 +295,118 @@ class AlertManager:
 
     # ---- operator controls (the API behind the CLI and MQTT commands) -----------------
     def _find(self, alert: str) -> Tuple[_Key, _Firing]:
+        found = self._match(alert)
+        if found is None:
+            raise CommandError(f"no firing alert with id or fingerprint {alert!r} on "
+                               f"{self.device} (see edgewatch alerts list, or edgewatch fleet "
+                               "alerts for which device has it)")
+        return found
+
+    def _match(self, alert: str) -> Optional[Tuple[_Key, _Firing]]:
+        """The firing alert with this id, fingerprint or unique id prefix (>= 6 chars)."""
         for key, firing in self._firing.items():
             if alert in (firing.record.fingerprint, firing.record.id):
                 return key, firing
-        raise CommandError(f"no firing alert with id or fingerprint {alert!r} "
-                           "(see edgewatch alerts list)")
+        hits = [(k, f) for k, f in self._firing.items()
+                if len(alert) >= _MIN_PREFIX and f.record.id.startswith(alert)]
+        if len(hits) > 1:
+            raise CommandError(f"alert id prefix {alert!r} matches {len(hits)} alerts "
+                               "(give more characters)")
+        return hits[0] if hits else None
 
-    def ack(self, alert: str) -> Dict[str, Any]:
-        """Acknowledge a firing alert: no repeats until it resolves."""
+    def _changed(self, firing: _Firing) -> None:
+        """Hand a firing alert's new record to ``update`` (its retained state), if notified."""
+        if self._update is not None and firing.notified_firing:
+            self._update(firing.record)
+
+    def ack(self, alert: str, by: Optional[str] = None,
+            now: Optional[float] = None) -> Dict[str, Any]:
+        """Acknowledge a firing alert: no repeats until it resolves (again: no change)."""
         _, firing = self._find(alert)
-        fp = firing.record.fingerprint
-        self._acked.add(fp)
-        firing.record = dataclasses.replace(firing.record, acknowledged=True)
-        self._persist("ack", fp, None, 1.0)
-        return {"acknowledged": firing.record.id, "fingerprint": fp}
+        rec = firing.record
+        if not rec.acknowledged:
+            self._acked.add(rec.fingerprint)
+            firing.record = rec = dataclasses.replace(
+                rec, acknowledged=True, acknowledged_by=by,
+                acknowledged_at=time.time() if now is None else now)
+            self._persist("ack", rec.fingerprint, None, 1.0)
+            self._changed(firing)
+        return {"acknowledged": short_id(rec.id), "fingerprint": rec.fingerprint,
+                "by": rec.acknowledged_by, "at": rec.acknowledged_at}
 
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
+    def snooze(self, target: str, until: float, by: Optional[str] = None,
+               now: Optional[float] = None) -> Dict[str, Any]:
         """Silence notifications for an alert, kind or feature until a time."""
         target = self._control_target(target)
         self._snoozed[target] = float(until)
+        self._snoozed_by[target] = by
         self._persist("snooze", target, float(until), None)
-        return {"snoozed": target, "until": float(until)}
+        stamp = time.time() if now is None else now
+        for firing in self._firing.values():
+            rec = firing.record
+            if target in (rec.fingerprint, rec.kind, rec.feature):
+                firing.record = dataclasses.replace(rec, snoozed_until=float(until),
+                                                    snoozed_by=by)
+                if until > stamp:
+                    self._changed(firing)
+        return {"snoozed": target, "until": float(until), "by": by}
 
-    def disable(self, target: str, now: float) -> Dict[str, Any]:
+    def disable(self, target: str, now: float, by: Optional[str] = None) -> Dict[str, Any]:
         """Disable a kind or a feature: alerts firing for it resolve, pending ones are dropped."""
         self._check_kind_or_feature(target)
         self._disabled.add(target)
         self._persist("disable", target, None, 1.0)
         resolved = []
         for key in [k for k in self._firing if target in k]:
-            rec = self._resolve(key, now, "disabled by operator")
+            rec = self._resolve(key, now, f"disabled by {by or 'operator'}")
             self._emit(rec)
-            resolved.append(rec.id)
+            resolved.append(short_id(rec.id))
         for key in [k for k in self._pending if target in k]:
             del self._pending[key]
-        return {"disabled": target, "resolved": resolved}
+        return {"disabled": target, "resolved": resolved, "by": by}
 
-    def enable(self, target: str) -> Dict[str, Any]:
+    def enable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Enable a kind or a feature again (a condition waits its full ``for`` again)."""
         if target not in self._disabled:
-            raise CommandError(f"{target!r} is not disabled (disabled: {sorted(self._disabled)})")
+            raise CommandError(f"{target!r} is not disabled (disabled: "
+                               f"{', '.join(sorted(self._disabled)) or 'none'})")
         self._disabled.discard(target)
         self._persist("disable", target, None, None)
-        return {"enabled": target}
+        return {"enabled": target, "by": by}
 
-    def set_threshold(self, feature: str, value: float, metric: str = "") -> Dict[str, Any]:
-        """Override a feature's threshold at run time (persisted)."""
+    def set_threshold(self, feature: str, value: float, metric: str = "",
+                      by: Optional[str] = None) -> Dict[str, Any]:
+        """Override a feature's threshold at run time (persisted; firing alerts show it)."""
         if not value > 0:
             raise CommandError(f"threshold must be positive, got {value!r}")
         self._check_kind_or_feature(feature)
         key = f"{feature}:{metric}" if metric else feature
         self._thresholds[key] = float(value)
         self._persist("threshold", key, None, float(value))
-        return {"feature": feature, "metric": metric or None, "threshold": float(value)}
+        for firing in self._firing.values():
+            rec = firing.record
+            if rec.feature == feature and (not metric or rec.metric == metric):
+                firing.record = dataclasses.replace(rec, threshold=float(value))
+                self._changed(firing)
+        return {"feature": feature, "metric": metric or None, "threshold": float(value),
+                "by": by}
 
     def _check_kind_or_feature(self, target: str) -> None:
         if target in KINDS or not self._known or target in self._known:
             return
-        raise CommandError(f"unknown kind or feature {target!r} (kinds: {', '.join(KINDS)}; "
-                           f"features: {', '.join(sorted(self._known))})")
+        close = difflib.get_close_matches(target, sorted(self._known) + list(KINDS), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CommandError(f"unknown kind or feature {target!r} ({hint}kinds: "
+                           f"{', '.join(KINDS)}; features: see edgewatch alerts list)")
 
     def _control_target(self, target: str) -> str:
-        for firing in self._firing.values():
-            if target in (firing.record.id, firing.record.fingerprint):
-                return firing.record.fingerprint
+        found = self._match(target)
+        if found is not None:
+            return found[1].record.fingerprint
+        if target in KINDS or target in self._known:
+            return target
+        if _ID_LIKE.match(target):
+            raise CommandError(f"no firing alert with id {target!r} on {self.device} (is it "
+                               "another device's? see edgewatch fleet alerts)")
         self._check_kind_or_feature(target)
         return target

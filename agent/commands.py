@@ -2,17 +2,19 @@
 
 A command is a JSON object with a request ``id`` and the verb's fields::
 
-    ack            {"id", "alert"}
-    snooze         {"id", "alert" | "target", "until" (unix) | "duration" ("30m" or seconds)}
-    disable        {"id", "target"}           a kind (e.g. "data_drift") or a feature name
-    enable         {"id", "target"}
-    set_threshold  {"id", "feature", "value", "metric"?}
+    ack            {"id", "alert", "by"?}
+    snooze         {"id", "alert" | "target", "until" (unix) | "duration" ("30m" or seconds), "by"?}
+    disable        {"id", "target", "by"?}    a kind (e.g. "data_drift") or a feature name
+    enable         {"id", "target", "by"?}
+    set_threshold  {"id", "feature", "value", "metric"?, "by"?}
     rebaseline     {"id"}
     ping           {"id"}
     status         {"id"}
 
 Every answer is ``{"id", "verb", "ok", "result" | "error", "ts"}``; a malformed command gets
-an error naming the problem and never reaches the :class:`ControlAPI`.
+an error naming the problem and never reaches the :class:`ControlAPI`. ``by`` names who asked
+(``user@host``; the CLIs default to the OS user and host); it is kept with the alert and shown
+by every view.
 """
 
 from __future__ import annotations
@@ -38,20 +40,20 @@ MAX_SNOOZE_S = 30 * 86400.0
 class ControlAPI(Protocol):
     """What commands act on (the alert manager implements it); raises CommandError."""
 
-    def ack(self, alert: str) -> Dict[str, Any]:
+    def ack(self, alert: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Acknowledge an open alert by id."""
 
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
+    def snooze(self, target: str, until: float, by: Optional[str] = None) -> Dict[str, Any]:
         """Silence an alert id, kind or feature until the unix time ``until``."""
 
-    def disable(self, target: str) -> Dict[str, Any]:
+    def disable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Stop alerting on a kind or feature."""
 
-    def enable(self, target: str) -> Dict[str, Any]:
+    def enable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Undo :meth:`disable`."""
 
-    def set_threshold(self, feature: str, value: float,
-                      metric: Optional[str] = None) -> Dict[str, Any]:
+    def set_threshold(self, feature: str, value: float, metric: Optional[str] = None,
+                      by: Optional[str] = None) -> Dict[str, Any]:
         """Override the drift threshold of a feature (optionally for one metric)."""
 
     def rebaseline(self) -> Dict[str, Any]:
@@ -79,11 +81,11 @@ def parse_duration(value: Any) -> float:
 
 # verb -> (required fields, optional fields)
 _FIELDS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
-    "ack": (("alert",), ()),
-    "snooze": ((), ("alert", "target", "until", "duration")),
-    "disable": (("target",), ()),
-    "enable": (("target",), ()),
-    "set_threshold": (("feature", "value"), ("metric",)),
+    "ack": (("alert",), ("by",)),
+    "snooze": ((), ("alert", "target", "until", "duration", "by")),
+    "disable": (("target",), ("by",)),
+    "enable": (("target",), ("by",)),
+    "set_threshold": (("feature", "value"), ("metric", "by")),
     "rebaseline": ((), ()),
     "ping": ((), ()),
     "status": ((), ()),
@@ -115,8 +117,9 @@ def _dispatch(verb: str, request: Mapping[str, Any], api: ControlAPI,
     missing = [k for k in required if k not in request]
     if missing:
         raise CommandError(f"{verb} needs '{missing[0]}'")
+    by = _text(request, "by") if "by" in request else None
     if verb == "ack":
-        return api.ack(_text(request, "alert"))
+        return api.ack(_text(request, "alert"), by=by)
     if verb == "snooze":
         targets = [k for k in ("alert", "target") if k in request]
         whens = [k for k in ("until", "duration") if k in request]
@@ -132,17 +135,17 @@ def _dispatch(verb: str, request: Mapping[str, Any], api: ControlAPI,
                 raise CommandError("'until' is more than 30 days ahead")
         else:
             until = now + parse_duration(request["duration"])
-        return api.snooze(_text(request, targets[0]), until)
+        return api.snooze(_text(request, targets[0]), until, by=by)
     if verb == "disable":
-        return api.disable(_text(request, "target"))
+        return api.disable(_text(request, "target"), by=by)
     if verb == "enable":
-        return api.enable(_text(request, "target"))
+        return api.enable(_text(request, "target"), by=by)
     if verb == "set_threshold":
         metric = _text(request, "metric") if "metric" in request else None
         value = _number(request, "value")
         if value <= 0:
             raise CommandError(f"'value' must be > 0, got {value}")
-        return api.set_threshold(_text(request, "feature"), value, metric)
+        return api.set_threshold(_text(request, "feature"), value, metric, by=by)
     if verb == "rebaseline":
         return api.rebaseline()
     if verb == "ping":
@@ -156,7 +159,7 @@ def handle_command(verb: str, payload: bytes, api: ControlAPI, *, max_bytes: int
     now = clock()
     answer: Dict[str, Any] = {"id": None, "verb": verb, "ok": False}
     try:
-        if len(payload) > max_bytes:
+        if len(payload) > max_bytes:  # before any decoding
             raise CommandError(f"payload too large: {len(payload)} bytes (max {max_bytes})")
         try:
             request = json.loads(payload.decode("utf-8")) if payload else None

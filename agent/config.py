@@ -283,7 +283,7 @@ class MqttConfig:
     host: str = "localhost"
     port: int = 1883
     device_id: str = field(default_factory=_default_device_id)
-    protocol: str = "3.1.1"
+    protocol: str = "5"
     keepalive: int = 30
     username: Optional[str] = None
     password: Optional[str] = None

@@ -39,6 +39,8 @@ DRIFT_FEATURES: tuple[str, ...] = ("image", "predictions", CLASS_MIX_FEATURE)
 # class is categorical, and timing belongs to the performance checks.
 NOT_DRIFT_TESTED: tuple[str, ...] = ("diff", "pred_class") + PERF_FEATURES
 _SHOWN = 6  # drifted features named in an alert
+# The rules that compare with the reference (the others need none).
+_RULES_ON_REFERENCE = frozenset(("blur", "latency_ms", "outlier_frames"))
 
 Events = Callable[[str, str, Dict[str, Any]], None]
 
@@ -109,13 +111,13 @@ class Evaluator:
         self.life.tick(now)
         observations: List[Observation] = []
         rules = self.config.rules
+        ref = self.life.reference
         if rules.enabled:
             ts, values = self.ring.since(now - rules.window_s)
-            observations += check_frames(FEATURES, ts, values, rules,
-                                         reference=self._ref_summary,
-                                         expected_fps=self.expected_fps)
+            found = check_frames(FEATURES, ts, values, rules, reference=self._ref_summary,
+                                 expected_fps=self.expected_fps)
+            observations += found if ref is None else _against(ref, found, _RULES_ON_REFERENCE)
         ran = False
-        ref = self.life.reference
         if now >= self._next_drift and ref is not None:
             self._next_drift = now + self.config.drift.eval_interval_s
             drift = self._drift_observations(ref)
@@ -161,9 +163,7 @@ class Evaluator:
         mix = self._class_mix_observation(values, ref, window)
         if mix is not None:
             out.append(mix)
-        against = {"kind": ref.kind, "origin": ref.origin, "view": ref.view_kind}
-        return [dataclasses.replace(obs, reference=against, summary=(
-            f"{obs.summary} [against the {ref.kind} reference: {ref.source}]")) for obs in out]
+        return _against(ref, out)
 
     def _group_observation(self, kind: str, group: str, members: Sequence[FeatureDrift],
                            window: Window) -> Observation:
@@ -213,6 +213,15 @@ class Evaluator:
             expected=_fractions(ref_frac, max_js=limit),
             observed=_fractions(cur_frac, js=js),
             window=window)
+
+
+def _against(ref: Reference, observations: Sequence[Observation],
+             only: Optional[frozenset[str]] = None) -> List[Observation]:
+    """Observations made against ``ref`` carry it (``only`` these features, when given)."""
+    against = {"kind": ref.kind, "origin": ref.origin, "view": ref.view_kind}
+    return [dataclasses.replace(obs, reference=against, summary=(
+        f"{obs.summary} [against the {ref.kind} reference: {ref.source}]"))
+        if only is None or obs.feature in only else obs for obs in observations]
 
 
 def _fractions(frac: npt.NDArray[np.float64], **extra: float) -> Mapping[str, Any]:

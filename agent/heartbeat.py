@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Heartbeat", "HealthWatch", "Heartbeats", "heartbeat_interval"]
 
-SCHEMA = 1
+SCHEMA = 2  # 2: mqtt.refused and mqtt.last_refusal (the central accepts 1 and 2)
 _HOST_KEYS = ("cpu_percent", "load", "max_temp_c", "temperatures", "throttled", "gpu_percent")
 
 
@@ -136,9 +136,13 @@ class Heartbeats:
         now_m = time.monotonic()
         if self._live and self._monitor.started is not None:
             self._monitor.check_stall(self._clock())
-        if self._config.health.enabled and now_m >= self._next_health:
+        if now_m >= self._next_health:
             self._next_health = now_m + self._config.health.interval_s
-            self.check_health()
+            if self._config.health.enabled:
+                self.check_health()
+            if self._mqtt is not None:  # refused publishes: an alert even without health checks
+                now = self._clock()
+                self._monitor.update_alerts([self._mqtt.refusal_observation(now)], now)
         if now_m >= self._next_beat:
             self._next_beat = now_m + self.interval_s
             self.beat()

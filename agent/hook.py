@@ -57,30 +57,31 @@ class TensorImage:
         self._dtype = np.dtype(dtype)
         mul, add = input_transform(self._dtype, quantization, input_range)
         self._identity = self._dtype == np.uint8 and mul == 1.0 and add == 0.0
-        self._mul, self._add = mul, add
+        # pixel = (value - add) / mul, plus 0.5 so that the cast to uint8 rounds.
+        self._scale, self._offset = 1.0 / mul, 0.5 - add / mul
         self._work = np.empty((h, w, c), np.float32)
-        self._out = np.empty((h, w, 3), np.uint8)
-        self._order = slice(None, None, -1) if color == "rgb" else slice(None)
+        self._pixels = np.empty((h, w, c), np.uint8)
+        self._grey = np.empty((h, w, 3), np.uint8) if c == 1 else None
+        self._rgb = color == "rgb"
 
     def __call__(self, tensor: npt.NDArray[Any]) -> Optional[npt.NDArray[np.uint8]]:
-        """BGR pixels of one input tensor; None when it holds NaN or inf (no image to measure)."""
+        """BGR pixels of one input tensor (a view into a buffer reused by the next call);
+        None when it holds NaN or inf (there is no image to measure)."""
         img = tensor[0] if tensor.ndim == 4 else tensor
-        if self._identity:
-            src: npt.NDArray[Any] = img
-        else:
+        pixels: npt.NDArray[np.uint8] = img
+        if not self._identity:
             work = self._work
-            np.subtract(img, self._add, out=work, casting="unsafe")
-            work *= 1.0 / self._mul
-            lo, hi = float(work.min()), float(work.max())  # NaN or inf here when any value is
-            if not (np.isfinite(lo) and np.isfinite(hi)):
+            np.multiply(img, self._scale, out=work, casting="unsafe")
+            work += self._offset
+            if not np.isfinite(float(np.add.reduce(work, axis=None))):  # NaN or inf anywhere
                 return None
-            np.clip(np.rint(work, out=work), 0.0, 255.0, out=work)
-            src = work
-        if src.shape[-1] == 1:
-            np.copyto(self._out, src, casting="unsafe")  # grey: broadcast to three channels
-        else:
-            np.copyto(self._out, src[..., self._order], casting="unsafe")
-        return self._out
+            np.clip(work, 0.0, 255.0, out=work)
+            np.copyto(self._pixels, work, casting="unsafe")
+            pixels = self._pixels
+        if self._grey is not None:
+            np.copyto(self._grey, pixels)  # grey: broadcast to three channels
+            return self._grey
+        return pixels[..., ::-1] if self._rgb else pixels
 
 
 def tensor_to_bgr(tensor: npt.NDArray[Any], *, input_range: Tuple[float, float] = (-1.0, 1.0),

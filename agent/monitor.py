@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Every feature an alert control may name: the row's columns and each detector's features.
 KNOWN_FEATURES: frozenset[str] = frozenset(
-    FEATURES + RULE_FEATURES + DRIFT_FEATURES + HEALTH_FEATURES)
+    FEATURES + RULE_FEATURES + DRIFT_FEATURES + HEALTH_FEATURES + ("mqtt_refused",))
 _QUANTILES = (5, 50, 95)
 _LATENCY_FRAMES = 300  # frames behind the snapshot's latency quantiles
 _ERROR_LOG_INTERVAL_S = 60.0

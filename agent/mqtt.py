@@ -15,6 +15,19 @@ of :class:`MqttLink` publishes the rows in id order and deletes each one when th
 it. Rows survive a broker outage and an agent crash; QoS 1 means a row may arrive twice, so
 receivers deduplicate by ``(id, seq)``. Nothing here blocks the caller.
 
+A PUBACK with a failure reason code (MQTT 5: e.g. 135 Not authorized, when the broker's ACL
+does not let this username write the device's topics) is a refusal, not a delivery: the row
+stays in the outbox and is offered again after :data:`REFUSED_RETRY_S`, the first refusal
+is logged with the reason and the likely fix, and ``status()`` counts them (``refused``,
+``last_refusal``) for the heartbeat, which raises a ``device_health`` alert (feature
+``mqtt_refused``) while refusals persist. MQTT 3.1.1 has no reason code in a PUBACK: a
+3.1.1 broker that refuses a publish acknowledges it anyway, which is why MQTT 5 is the
+default.
+
+Under MQTT 5 the CONNECT announces a Maximum Packet Size (``[mqtt] max_payload_kb`` plus
+room for the topic), so the broker drops a larger command instead of sending it: a hostile
+payload never reaches the agent's memory.
+
 The outbox pump, the command worker and a watch on paho's own network thread are workers of
 an :class:`agent.supervise.Supervisor` (the agent's): a failure is counted and reported in the
 heartbeat's ``threads``, and a network thread that died is started again.
@@ -34,6 +47,7 @@ import paho.mqtt.client as mqtt
 
 from .config import MqttConfig
 from .mqttclient import ClientSettings, Will, build_client, stop_client
+from .records import Observation, Window
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -45,6 +59,9 @@ OFFLINE = "offline"
 _POLL_S = 1.0  # outbox poll when no commit listener fires (fallback)
 _COMMAND_QUEUE = 16
 _NETWORK_CHECK_S = 5.0  # how often paho's network thread is checked
+REFUSED_RETRY_S = 30.0  # a refused row is offered again after this long
+REFUSED_ALERT_S = 60.0  # refusals pending this long raise device_health/mqtt_refused
+PACKET_OVERHEAD = 4096  # room for the topic and properties beside the largest payload
 
 
 @dataclass(frozen=True)
@@ -80,8 +97,12 @@ def topics(prefix: str, device_id: str) -> Topics:
     )
 
 
-def alert_outbox_messages(t: Topics, record: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def alert_outbox_messages(t: Topics, record: Mapping[str, Any], *,
+                          state_only: bool = False) -> List[Dict[str, Any]]:
     """The outbox rows for one alert transition: the event, then the retained state.
+
+    ``state_only``: just the retained state, for a change that is not a transition (an
+    operator acknowledged or snoozed the alert: same ``seq``, new ``acknowledged_by``, ...).
 
     The record goes to ``alerts`` (QoS 1, not retained) for every transition. The retained
     ``alerts/state/<fingerprint>`` holds the record while the alert fires and is *cleared*
@@ -92,8 +113,8 @@ def alert_outbox_messages(t: Topics, record: Mapping[str, Any]) -> List[Dict[str
     severity = str(record.get("severity", ""))
     state_topic = t.alert_state(str(record["fingerprint"]))
     resolved = record.get("state") == "resolved"
-    return [
-        {"topic": t.alerts, "payload": payload, "qos": 1, "retain": 0, "severity": severity},
+    event = {"topic": t.alerts, "payload": payload, "qos": 1, "retain": 0, "severity": severity}
+    return ([] if state_only else [event]) + [
         {"topic": state_topic, "payload": "" if resolved else payload, "qos": 1, "retain": 1,
          "severity": severity},
     ]
@@ -128,7 +149,11 @@ class MqttLink:
         self._logged: Optional[str] = None
         self._counts = dict(connects=0, disconnects=0, published=0, heartbeats_sent=0,
                             heartbeats_dropped=0, commands=0, commands_dropped=0,
-                            outbox_undeliverable=0)
+                            outbox_undeliverable=0, refused=0)
+        self._last_refusal: Optional[Dict[str, Any]] = None
+        self._refused_mids: Dict[int, Any] = {}  # mid -> failure reason code, from on_publish
+        self._refused_rows: Dict[int, float] = {}  # outbox row id -> when it was refused
+        self._refusals_logged: set[int] = set()  # reason codes already logged
         # (outbox row id, paho MQTTMessageInfo) handed to paho and not yet acked; paho keeps
         # QoS 1 messages across reconnects and resends them (dup flag) until the PUBACK.
         self._inflight: List[Tuple[int, mqtt.MQTTMessageInfo]] = []
@@ -166,7 +191,7 @@ class MqttLink:
         if add_listener is not None and not self._listening:
             add_listener(self._wake.set)
             self._listening = True
-        client.connect_async(**settings.connect_kwargs())
+        client.connect_async(**self._connect_kwargs(settings))
         client.loop_start()
         self._own_supervisor = supervisor is None
         sup = self._supervisor = supervisor if supervisor is not None else Supervisor()
@@ -184,6 +209,18 @@ class MqttLink:
             tls_insecure=cfg.tls_insecure, will=Will(self.topics.status, OFFLINE),
             reconnect_min_s=cfg.reconnect_min_s, reconnect_max_s=cfg.reconnect_max_s,
             max_inflight=cfg.max_inflight)
+
+    def _connect_kwargs(self, settings: ClientSettings) -> Dict[str, Any]:
+        """``connect_async`` arguments; under MQTT 5 with our Maximum Packet Size."""
+        kwargs = settings.connect_kwargs()
+        if settings.v5:
+            kwargs["properties"].MaximumPacketSize = self.max_packet_bytes
+        return kwargs
+
+    @property
+    def max_packet_bytes(self) -> int:
+        """The largest packet this device accepts (announced to MQTT 5 brokers)."""
+        return self._config.max_payload_kb * 1024 + PACKET_OVERHEAD
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish retained ``offline`` (waiting at most ``timeout``) and disconnect.
@@ -257,7 +294,8 @@ class MqttLink:
             out: Dict[str, Any] = dict(
                 connected=self._connected, state=self._state, last_error=self._last_error,
                 broker=f"{self._config.host}:{self._config.port}",
-                inflight=len(self._inflight), **self._counts,
+                inflight=len(self._inflight), last_refusal=self._last_refusal,
+                refused_pending=len(self._refused_rows), **self._counts,
             )
         stats: Mapping[str, Any] = {}
         try:
@@ -323,8 +361,33 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any = None,
                     properties: Any = None) -> None:
-        # Called with paho's message lock held: only wake the pump, which checks its infos.
+        # Called with paho's message lock held, before paho marks the message published: note
+        # a refusal and wake the pump, which checks its infos.
+        if reason is not None and getattr(reason, "is_failure", False):
+            with self._lock:
+                self._refused_mids[mid] = reason
         self._wake.set()
+
+    def refusal_observation(self, now: float) -> Observation:
+        """``device_health``/``mqtt_refused``: breach while refused rows wait over a minute."""
+        pending = self.refusal_pending_s(now)
+        with self._lock:
+            last = self._last_refusal or {}
+            rows = len(self._refused_rows)
+        summary = (f"broker refuses this device's messages ({rows} kept in the outbox, PUBACK "
+                   f"{last.get('code')} {last.get('reason')}; check the broker ACL and that "
+                   f"the MQTT username is the device id {self._config.device_id!r})"
+                   if rows else "broker accepts this device's messages")
+        return Observation(kind="device_health", feature="mqtt_refused", metric="refused_for_s",
+                           value=pending, threshold=REFUSED_ALERT_S,
+                           breach=pending >= REFUSED_ALERT_S, clear=rows == 0, summary=summary,
+                           window=Window(now, now, 0))
+
+    def refusal_pending_s(self, now: float) -> float:
+        """How long the oldest refused row still in the outbox has waited (0 when none)."""
+        with self._lock:
+            oldest = min(self._refused_rows.values(), default=None)
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         verb = msg.topic.rsplit("/", 1)[-1]
@@ -393,12 +456,63 @@ class MqttLink:
         client.publish(self.topics.cmd_result, data, qos=1)
 
     def _collect_acks(self) -> None:
+        refused: List[Tuple[int, Any]] = []
         with self._lock:
-            done = [row for row, info in self._inflight if info.is_published()]
-            if done:
-                self._inflight = [(r, i) for r, i in self._inflight if not i.is_published()]
-                self._acked.extend(done)
-                self._counts["published"] += len(done)
+            done = [(row, info) for row, info in self._inflight if info.is_published()]
+            if self._refused_mids:  # forget refusals of messages not ours (status, results)
+                mine = {info.mid for _, info in self._inflight}
+                self._refused_mids = {m: r for m, r in self._refused_mids.items() if m in mine}
+            if not done:
+                return
+            self._inflight = [(r, i) for r, i in self._inflight if not i.is_published()]
+            now = self._clock()
+            for row, info in done:
+                reason = self._refused_mids.pop(info.mid, None)
+                if reason is None:
+                    self._acked.append(row)
+                    self._refused_rows.pop(row, None)
+                    self._counts["published"] += 1
+                    continue
+                self._counts["refused"] += 1
+                self._refused_rows.setdefault(row, now)
+                self._last_refusal = {"code": int(reason.value), "reason": str(reason),
+                                      "ts": now}
+                refused.append((row, reason))
+        for row, reason in refused:
+            self._log_refusal(row, reason)
+
+    def _log_refusal(self, row: int, reason: Any) -> None:
+        """One line per reason code (not per row): the reason and the likely fix."""
+        code = int(reason.value)
+        if code in self._refusals_logged:
+            return
+        self._refusals_logged.add(code)
+        cfg = self._config
+        log.error("mqtt %s:%d refused outbox row %d: PUBACK %d %s; the row is kept and "
+                  "retried every %.0f s (check the broker's ACL lets user %r write %s/#: with "
+                  "the example ACL the username must equal the device id %r)", cfg.host,
+                  cfg.port, row, code, reason, REFUSED_RETRY_S,
+                  cfg.username, self.topics.base, cfg.device_id)
+
+    def _retry_refused(self) -> None:
+        """Offer refused rows again once they have waited :data:`REFUSED_RETRY_S`."""
+        client = self._client
+        now = self._clock()
+        with self._lock:
+            due = sorted(r for r, t in self._refused_rows.items() if now - t >= REFUSED_RETRY_S)
+        for row_id in due:
+            if client is None or not self._connected:
+                return
+            rows = self._store.outbox_after(row_id - 1, 1)
+            with self._lock:
+                self._refused_rows.pop(row_id, None)
+            if not rows or rows[0].id != row_id:
+                continue  # dropped by the outbox bounds meanwhile
+            row = rows[0]
+            info = client.publish(row.topic, row.payload if row.payload is not None else "",
+                                  qos=row.qos, retain=row.retain)
+            with self._lock:
+                self._inflight.append((row.id, info))
 
     def _flush_acks(self) -> None:
         self._collect_acks()
@@ -418,6 +532,7 @@ class MqttLink:
         if self._stop.is_set():
             return
         self._flush_acks()
+        self._retry_refused()
         self._publish_rows()  # a failure is counted by the supervisor; the rows stay in SQLite
 
     def _publish_rows(self) -> None:

@@ -3,7 +3,8 @@
 A :class:`ClientSettings` says everything about a connection: where (host, port, keepalive),
 who (client id, credentials, client certificate), how (MQTT 5 or 3.1.1, a clean or a
 persistent session, TLS), what happens when it drops (last will, reconnect delays) and how
-much may be in flight. :func:`build_client` turns it into a paho 2.x client and
+much may be in flight, and whether the caller acknowledges received messages itself
+(``manual_ack``). :func:`build_client` turns it into a paho 2.x client and
 :meth:`ClientSettings.connect_kwargs` gives what ``connect``/``connect_async`` need, so that
 session semantics are spelled once:
 
@@ -79,6 +80,7 @@ class ClientSettings:
     reconnect_max_s: int = 60
     max_inflight: int = 20
     max_queued: int = 0  # messages paho queues while offline; 0 = unlimited
+    manual_ack: bool = False  # the caller PUBACKs each message itself (client.ack(mid, qos))
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -146,6 +148,9 @@ def build_client(s: ClientSettings) -> mqtt.Client:
     client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
     client.max_inflight_messages_set(s.max_inflight)
     client.max_queued_messages_set(s.max_queued)
+    # Acknowledge only once the message is safe (the central: committed); with a persistent
+    # session, one not acknowledged before a crash is delivered again.
+    client.manual_ack_set(s.manual_ack)
     return client
 
 

@@ -130,6 +130,8 @@ class AlertTransition:
     """One alert transition (firing, repeat, resolved): the README's alert JSON record.
 
     ``notify`` is False for a transition stored but not notified (a snoozed alert firing).
+    ``acknowledged_by``/``acknowledged_at`` and ``snoozed_by`` say who acted and when (the
+    ``--by`` of the command; None when not given); ``snoozed_until`` says until when.
     """
 
     id: str
@@ -157,6 +159,9 @@ class AlertTransition:
     snoozed_until: Optional[float]
     notify: bool = True
     schema: int = SCHEMA
+    acknowledged_by: Optional[str] = None
+    acknowledged_at: Optional[float] = None
+    snoozed_by: Optional[str] = None
     #: The reference the alert is against: {"kind": "training"|"device", "origin", "view"}.
     reference: Optional[Mapping[str, Any]] = None
 
@@ -172,7 +177,8 @@ class AlertTransition:
             "expected": dict(self.expected), "observed": dict(self.observed),
             "window": self.window.to_dict(), "model": dict(self.model),
             "message": self.message, "acknowledged": self.acknowledged,
-            "snoozed_until": self.snoozed_until,
+            "snoozed_until": self.snoozed_until, "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": self.acknowledged_at, "snoozed_by": self.snoozed_by,
             "reference": None if self.reference is None else dict(self.reference),
         }
 
@@ -198,8 +204,19 @@ class AlertTransition:
             acknowledged=bool(data.get("acknowledged", False)),
             snoozed_until=None if snoozed is None else float(snoozed),
             schema=int(data.get("schema", SCHEMA)),
+            acknowledged_by=_optional_text(data.get("acknowledged_by")),
+            acknowledged_at=_optional_float(data.get("acknowledged_at")),
+            snoozed_by=_optional_text(data.get("snoozed_by")),
             reference=dict(data["reference"]) if data.get("reference") else None,
         )
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _optional_float(value: Any) -> Optional[float]:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

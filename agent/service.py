@@ -101,6 +101,14 @@ class _AlertOutput:
             messages = alert_outbox_messages(self._topics, record)
         self._store.put_alert(record, messages)
 
+    def update(self, transition: AlertTransition) -> None:
+        """A firing alert changed by an operator: store it and republish its retained state."""
+        record = transition.to_dict()
+        messages: List[Dict[str, Any]] = []
+        if self._topics is not None:
+            messages = alert_outbox_messages(self._topics, record, state_only=True)
+        self._store.put_alert(record, messages)
+
     def persist_control(self, kind: str, target: str, until: Optional[float],
                         value: Optional[float]) -> None:
         """Keep an operator control (snooze, ack, disable, threshold) across restarts."""
@@ -116,28 +124,30 @@ class Controls:
         self._status = status
         self._clock = clock
 
-    def ack(self, alert: str) -> Dict[str, Any]:
+    def ack(self, alert: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Acknowledge a firing alert."""
-        return self._monitor.control(lambda a: a.ack(alert))
+        now = self._clock()
+        return self._monitor.control(lambda a: a.ack(alert, by, now))
 
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
+    def snooze(self, target: str, until: float, by: Optional[str] = None) -> Dict[str, Any]:
         """Snooze an alert, kind or feature until a unix time."""
-        return self._monitor.control(lambda a: a.snooze(target, until))
+        now = self._clock()
+        return self._monitor.control(lambda a: a.snooze(target, until, by, now))
 
-    def disable(self, target: str) -> Dict[str, Any]:
+    def disable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Disable alerts of a kind or feature."""
         now = self._clock()
-        return self._monitor.control(lambda a: a.disable(target, now))
+        return self._monitor.control(lambda a: a.disable(target, now, by))
 
-    def enable(self, target: str) -> Dict[str, Any]:
+    def enable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Enable alerts of a kind or feature again."""
-        return self._monitor.control(lambda a: a.enable(target))
+        return self._monitor.control(lambda a: a.enable(target, by))
 
-    def set_threshold(self, feature: str, value: float,
-                      metric: Optional[str] = None) -> Dict[str, Any]:
+    def set_threshold(self, feature: str, value: float, metric: Optional[str] = None,
+                      by: Optional[str] = None) -> Dict[str, Any]:
         """Override a feature's threshold."""
         return self._monitor.control(
-            lambda a: a.set_threshold(feature, value, metric or ""))
+            lambda a: a.set_threshold(feature, value, metric or "", by))
 
     def rebaseline(self) -> Dict[str, Any]:
         """Forget the reference and learn a new one from the next warm-up period."""
@@ -326,6 +336,6 @@ def _build_alerts(config: Config, store: Store, model_info: Dict[str, Any],
     output = _AlertOutput(config, store)
     alerts = AlertManager(device=config.device.id, camera=config.device.camera, model=model_info,
                           emit=output.emit, repeat_interval_s=config.alerts.repeat_interval_s,
-                          persist_control=output.persist_control)
+                          persist_control=output.persist_control, update=output.update)
     restore_alerts(store, alerts, clock())
     return alerts

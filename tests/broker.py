@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, Union
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -72,6 +72,7 @@ class BrokerOptions:
     acl_file: Optional[Path] = None
     persistence: bool = True
     max_packet_size: Optional[int] = None
+    extra: Tuple[str, ...] = ()  # more mosquitto.conf lines (max_queued_messages 0, ...)
 
 
 class Broker:
@@ -127,6 +128,7 @@ class Broker:
                 lines.append(f"cafile {opts.cafile}")
         if opts.max_packet_size:
             lines.append(f"max_packet_size {opts.max_packet_size}")
+        lines += opts.extra
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:

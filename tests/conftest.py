@@ -20,11 +20,13 @@ import pytest
 
 # Importing the broker fixtures registers them with pytest for every test module.
 from broker import broker, broker_factory, broker_session, listeners  # noqa: F401
+from pg import pg_url, postgres  # noqa: F401
 
 from agent.samples import blazeface_model_path, photo_path
 
 # Fixtures that start Mosquitto: a test using any of them is an integration test.
-PROCESS_FIXTURES = {"broker", "broker_factory", "broker_session", "listeners"}
+PROCESS_FIXTURES = {"broker", "broker_factory", "broker_session", "listeners", "postgres",
+                    "pg_url", "central_db"}
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:

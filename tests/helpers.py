@@ -169,30 +169,30 @@ class DictControl:
             raise CommandError(f"unknown target: {target} (a kind, a feature or an alert id)")
         return target
 
-    def ack(self, alert: str) -> Dict[str, Any]:
+    def ack(self, alert: str, by: Optional[str] = None) -> Dict[str, Any]:
         self.calls.append("ack")
         if alert not in self.alerts:
             raise CommandError(f"unknown alert: {alert}")
         self.alerts[alert]["acknowledged"] = True
         return {"alert": alert, "acknowledged": True}
 
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
+    def snooze(self, target: str, until: float, by: Optional[str] = None) -> Dict[str, Any]:
         self.calls.append("snooze")
         self.snoozed[self._target(target)] = until
         return {"target": target, "until": until}
 
-    def disable(self, target: str) -> Dict[str, Any]:
+    def disable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         self.calls.append("disable")
         self.disabled.add(self._target(target))
         return {"target": target, "enabled": False}
 
-    def enable(self, target: str) -> Dict[str, Any]:
+    def enable(self, target: str, by: Optional[str] = None) -> Dict[str, Any]:
         self.calls.append("enable")
         self.disabled.discard(self._target(target))
         return {"target": target, "enabled": True}
 
-    def set_threshold(self, feature: str, value: float,
-                      metric: Optional[str] = None) -> Dict[str, Any]:
+    def set_threshold(self, feature: str, value: float, metric: Optional[str] = None,
+                      by: Optional[str] = None) -> Dict[str, Any]:
         self.calls.append("set_threshold")
         if feature not in _FEATURES:
             raise CommandError(f"unknown feature: {feature}")

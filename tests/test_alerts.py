@@ -189,6 +189,44 @@ def test_transition_record_is_the_readme_json() -> None:
         "schema", "id", "fingerprint", "seq", "transition", "state", "ts", "starts_at",
         "ends_at", "device", "camera", "kind", "severity", "feature", "metric", "value",
         "threshold", "expected", "observed", "window", "model", "message", "acknowledged",
-        "snoozed_until"]
+        "snoozed_until", "acknowledged_by", "acknowledged_at", "snoozed_by", "reference"]
     assert record["window"] == {"start": 0.0, "end": 30.0, "frames": 900}
     assert AlertTransition.from_dict(record).to_dict() == record
+
+
+def test_controls_republish_the_alert_state_with_who_and_when() -> None:
+    rec = Recorder()
+    updates: List[Dict[str, Any]] = []
+    m = AlertManager(device="cam-a", camera="cam0", model={}, emit=rec.emit,
+                     persist_control=rec.persist, update=lambda r: updates.append(r.to_dict()))
+    m.declare_features(["brightness", "contrast"])
+    m.update([obs(0.5, for_s=0)], now=0)
+    alert = rec.records[-1]
+    short = alert["id"][:12]  # the id every view shows is what every control takes
+    assert m.ack(short, by="ops@desk", now=5.0) == {
+        "acknowledged": short, "fingerprint": alert["fingerprint"], "by": "ops@desk", "at": 5.0}
+    assert [(u["seq"], u["acknowledged"], u["acknowledged_by"], u["acknowledged_at"])
+            for u in updates] == [(alert["seq"], True, "ops@desk", 5.0)]
+    # Idempotent: a second ack changes nothing and says who acknowledged first.
+    assert m.ack(alert["id"], by="someone@else", now=9.0)["by"] == "ops@desk"
+    assert len(updates) == 1
+    m.snooze(short, until=3600.0, by="night@shift", now=10.0)
+    assert (updates[-1]["snoozed_until"], updates[-1]["snoozed_by"]) == (3600.0, "night@shift")
+    assert updates[-1]["acknowledged_by"] == "ops@desk"  # one record carries all of it
+    m.set_threshold("brightness", 0.4, by="ops@desk")
+    assert updates[-1]["threshold"] == 0.4
+    assert all(u["seq"] == alert["seq"] for u in updates)  # state changes, not transitions
+    assert transitions(rec) == ["firing"]
+
+
+def test_an_id_from_another_device_gets_a_clear_error_not_a_list_of_features() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    m.declare_features([f"feature_{i}" for i in range(40)])
+    with pytest.raises(CommandError) as err:
+        m.snooze("0123456789ab", until=100.0)
+    text = str(err.value)
+    assert "no firing alert with id '0123456789ab' on dev1" in text
+    assert "another device" in text and "feature_1" not in text
+    with pytest.raises(CommandError, match="did you mean feature_1"):
+        m.disable("feture_1", now=0.0)

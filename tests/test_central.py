@@ -150,7 +150,11 @@ def test_webhook_receives_alert_after_a_retry(broker, tmp_path, central_factory,
 
 def test_shared_subscription_mqtt5(broker, tmp_path, central_factory, listeners) -> None:
     central = central_factory(broker, share="ops")
-    assert all(s.startswith("$share/ops/edgewatch/v1/+/") for s in central.subscriptions())
+    shared = [s for s in central.subscriptions() if s.startswith("$share/ops/edgewatch/v1/+/")]
+    # Retained topics stay plain: brokers do not deliver retained messages through $share.
+    assert sorted(set(central.subscriptions()) - set(shared)) == [
+        "edgewatch/v1/+/alerts/state/#", "edgewatch/v1/+/status"]
+    assert len(shared) == 3
     pub = listeners(broker, [])
     pub.wait_connected()
     pub.publish("edgewatch/v1/dev1/alerts", json.dumps(make_alert(1)))
@@ -175,7 +179,14 @@ def test_fleet_ack_and_snooze_round_trip(broker, tmp_path, capsys) -> None:
         assert answer["ok"] and answer["result"]["until"] == pytest.approx(
             time.time() + 1800, abs=10)
         assert main(["fleet", "snooze", "dev1", "a1", "--duration", "1h", *common]) == 0
-        assert capsys.readouterr().out.startswith("dev1: snooze a1: ok until ")
+        assert capsys.readouterr().out.startswith("dev1: ok: target a1; until ")
+        assert main(["fleet", "rebaseline", "dev1", *common]) == 0
+        assert api.rebaselines == 1 and "rebaseline started" in capsys.readouterr().out
+        assert main(["fleet", "set", "dev1", "brightness", "0.4", "--by", "ops", *common]) == 0
+        assert main(["fleet", "disable", "dev1", "blur", *common]) == 0
+        assert main(["fleet", "enable", "dev1", "blur", *common]) == 0
+        capsys.readouterr()
+        assert api.thresholds == {("brightness", None): 0.4} and not api.disabled
         assert main(["fleet", "ack", "dev1", "nope", *common]) == 7
         assert capsys.readouterr().err.strip() == (
             "edgewatch: error: dev1 refused ack: unknown alert: nope")
@@ -210,3 +221,18 @@ def test_ack_and_snooze_in_the_retained_state_show_in_fleet_alerts(
     assert main(["fleet", "alerts", "--db", str(db)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert " yes " in line and time.strftime("%Y-%m-%d", time.localtime(until)) in line
+    # Who did it travels in the retained state and shows in fleet alerts.
+    pub.publish(topic, json.dumps({**firing, "acknowledged": True, "snoozed_until": until,
+                                   "acknowledged_by": "ops@desk", "acknowledged_at": until - 60,
+                                   "snoozed_by": "night@shift"}), retain=True)
+    wait(lambda: "ops@desk" in query(db, "SELECT payload FROM alerts")[0][0],
+         what="who acknowledged recorded")
+    assert main(["fleet", "alerts", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "ops@desk" in out and "by night@shift" in out and firing["id"][:12] in out
+    assert main(["fleet", "alerts", "--db", str(db), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["acknowledged_by"], row["snoozed_by"]) == ("ops@desk", "night@shift")
+    # A device-supplied name is bounded like every field the central keeps.
+    pub.publish(topic, json.dumps({**firing, "acknowledged_by": "x" * 5000}), retain=True)
+    wait(lambda: central.status()["bad"].get("bad_field", 0) >= 1, what="long name refused")

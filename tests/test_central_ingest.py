@@ -142,3 +142,30 @@ def test_a_device_cannot_rewrite_another_devices_alert(broker, tmp_path, central
     texts = [b["text"] for b in webhook.wait_for(2)]
     assert not any(t.startswith("[WARNING] cam-c") and "resolved" in t for t in texts)
     assert texts[1].startswith("[WARNING] evil/cam0 resolved")
+
+
+@pytest.mark.parametrize("schema", [None, 1, 2])
+def test_heartbeats_of_schema_1_and_2_are_read_while_devices_upgrade(schema: Any) -> None:
+    hb = heartbeat("cam-a", 3)
+    if schema is None:
+        hb.pop("schema", None)
+    else:
+        hb["schema"] = schema
+    if schema == 2:
+        hb["mqtt"] = {"connected": True, "refused": 4,
+                      "last_refusal": {"code": 135, "reason": "Not authorized", "ts": 1.0}}
+    record = parse(P, f"{P}/cam-a/heartbeat", json.dumps(hb).encode())
+    assert isinstance(record, Heartbeat) and record.seq == 3
+
+
+@pytest.mark.parametrize("topic,payload", [
+    ("heartbeat", {"schema": 3, "seq": 1}),
+    ("alerts", {**make_alert(1, device="cam-a"), "schema": 2}),
+    ("heartbeat", {"schema": "2", "seq": 1}),
+])
+def test_a_schema_this_central_does_not_read_is_refused_with_the_upgrade_order(
+        topic: str, payload: dict) -> None:
+    with pytest.raises(BadMessage) as err:
+        parse(P, f"{P}/cam-a/{topic}", json.dumps(payload).encode())
+    assert err.value.reason == "bad_schema"
+    assert "upgrade the central first, then the devices" in str(err.value)

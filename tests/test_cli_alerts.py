@@ -68,11 +68,19 @@ def test_alerts_cli_talks_to_the_running_agent(tmp_path: Path, write_config: Any
         assert main(["alerts", "list", "--db", str(db)]) == 0
         out = capsys.readouterr().out
         assert out.splitlines()[0].split() == ["ID", "STATE", "SEVERITY", "KIND", "FEATURE",
-                                               "SINCE", "FOR", "MESSAGE"]
+                                               "SINCE", "FOR", "ACK", "SNOOZED", "MESSAGE"]
         assert alert_id[:12] in out
-        assert main(["alerts", "ack", alert_id[:12], "--db", str(db)]) == 0
+        assert main(["alerts", "ack", alert_id[:12], "--by", "ops@desk", "--db", str(db)]) == 0
         out = capsys.readouterr().out
-        assert out.startswith("ok: acknowledged " + alert_id) and "not running" not in out
+        assert out.startswith("ok: acknowledged " + alert_id[:12]) and "not running" not in out
+        assert "by ops@desk" in out
+        assert main(["alerts", "ack", alert_id[:12], "--by", "someone@else", "--db", str(db)]) == 0
+        assert "by ops@desk" in capsys.readouterr().out  # idempotent: the first ack stands
+
+        def listed_acked() -> bool:
+            main(["alerts", "list", "--db", str(db)])
+            return "ops@desk" in capsys.readouterr().out
+        wait(listed_acked, what="alerts list shows who acknowledged")
         assert main(["alerts", "ack", "nope", "--db", str(db)]) == 7
         assert "no firing alert" in capsys.readouterr().err
         assert main(["alerts", "disable", "brightness", "--db", str(db)]) == 0
@@ -94,9 +102,9 @@ def test_alerts_cli_talks_to_the_running_agent(tmp_path: Path, write_config: Any
         conn = sqlite3.connect(db)
         verbs = wait(lambda: [r[0] for r in conn.execute(
             "SELECT verb FROM commands ORDER BY id")] if conn.execute(
-            "SELECT count(*) FROM commands").fetchone()[0] >= 6 else None, 10)
+            "SELECT count(*) FROM commands").fetchone()[0] >= 7 else None, 10)
         conn.close()
-        assert verbs == ["ack", "ack", "disable", "set_threshold", "snooze", "snooze"]
+        assert verbs == ["ack", "ack", "ack", "disable", "set_threshold", "snooze", "snooze"]
     finally:
         _WATCH["on"] = False
         proc.terminate()
@@ -120,7 +128,7 @@ def test_alerts_cli_without_an_agent_applies_controls_like_the_agent(tmp_path: P
     assert main(["alerts", "snooze", "data_drift", "--for", "1h", "--db", str(db)]) == 0
     assert "agent not running: saved in" in capsys.readouterr().out
     assert main(["alerts", "disable", "brightness", "--db", str(db)]) == 0
-    assert "resolved a1b2c3d4e5f6a7b8" in capsys.readouterr().out
+    assert "resolved a1b2c3d4e5f6" in capsys.readouterr().out
     assert main(["alerts", "enable", "contrast", "--db", str(db)]) == 7  # as the agent says
     assert "'contrast' is not disabled" in capsys.readouterr().err
     assert main(["alerts", "disable", "brightnes", "--db", str(db)]) == 7  # a typo: refused

@@ -182,8 +182,8 @@ def test_fleet_ack_from_the_cli_shows_in_fleet_commands(broker, tmp_path, centra
         wait(lambda: link.connected, what="device connected")
         broker.wait_suback("dev1")  # the link's cmd/+ subscription
         common = ["--broker", broker.host, "--port", str(broker.port), "--timeout", "5"]
-        assert main(["fleet", "ack", "dev1", "a1", *common]) == 0
-        assert capsys.readouterr().out.strip() == "dev1: ack a1: ok"
+        assert main(["fleet", "ack", "dev1", "a1", "--by", "ops@desk", *common]) == 0
+        assert capsys.readouterr().out.strip() == "dev1: ok: alert a1; acknowledged True"
         wait(
             lambda: central_helpers.query(db, "SELECT r.ok FROM commands c JOIN "
                                           "command_results r USING (device, id)") == [(1,)],
@@ -192,6 +192,9 @@ def test_fleet_ack_from_the_cli_shows_in_fleet_commands(broker, tmp_path, centra
         [row] = json.loads(capsys.readouterr().out)
         assert (row["device"], row["verb"], row["alert"], row["ok"]) == ("dev1", "ack", "a1",
                                                                          True)
+        assert row["requested_by"] == "ops@desk"
+        assert main(["fleet", "commands", "--db", str(db)]) == 0
+        assert "ops@desk" in capsys.readouterr().out
     finally:
         link.close()
         store.close()

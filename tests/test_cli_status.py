@@ -84,7 +84,7 @@ def test_alerts_list_is_a_table_and_json_has_unix_seconds(tmp_path: Path, capsys
     assert main(["alerts", "list", "--db", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["ID", "STATE", "SEVERITY", "KIND", "FEATURE", "SINCE", "FOR",
-                                "MESSAGE"]
+                                "ACK", "SNOOZED", "MESSAGE"]
     assert local_time(now - 90) in lines[1] and re.search(" 1m 3[0-2]s ", lines[1])
     assert main(["alerts", "list", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["alerts"][0]["starts_at"] == now - 90

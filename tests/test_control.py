@@ -25,20 +25,21 @@ class Api:
     def __init__(self) -> None:
         self.alerts = AlertManager(device="d", camera="c", model={}, emit=lambda r: None)
 
-    def ack(self, alert: str) -> Dict[str, Any]:
-        return self.alerts.ack(alert)
+    def ack(self, alert: str, by: Any = None) -> Dict[str, Any]:
+        return self.alerts.ack(alert, by)
 
-    def snooze(self, target: str, until: float) -> Dict[str, Any]:
-        return self.alerts.snooze(target, until)
+    def snooze(self, target: str, until: float, by: Any = None) -> Dict[str, Any]:
+        return self.alerts.snooze(target, until, by)
 
-    def disable(self, target: str) -> Dict[str, Any]:
-        return self.alerts.disable(target, 0.0)
+    def disable(self, target: str, by: Any = None) -> Dict[str, Any]:
+        return self.alerts.disable(target, 0.0, by)
 
-    def enable(self, target: str) -> Dict[str, Any]:
-        return self.alerts.enable(target)
+    def enable(self, target: str, by: Any = None) -> Dict[str, Any]:
+        return self.alerts.enable(target, by)
 
-    def set_threshold(self, feature: str, value: float, metric: Any = None) -> Dict[str, Any]:
-        return self.alerts.set_threshold(feature, value, metric or "")
+    def set_threshold(self, feature: str, value: float, metric: Any = None,
+                      by: Any = None) -> Dict[str, Any]:
+        return self.alerts.set_threshold(feature, value, metric or "", by)
 
     def rebaseline(self) -> Dict[str, Any]:
         return {"rebaseline": "warm-up started"}
@@ -58,7 +59,7 @@ def test_server_answers_one_json_line_per_request(sock_path: str) -> None:
     try:
         assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o660  # the operators' group
         assert control_request(sock_path, "disable", {"target": "anomaly"}) == {
-            "ok": True, "result": {"disabled": "anomaly", "resolved": []}}
+            "ok": True, "result": {"disabled": "anomaly", "resolved": [], "by": None}}
         answer = control_request(sock_path, "enable", {"target": "blur"})
         assert answer["ok"] is False and "'blur' is not disabled" in answer["error"]
         answer = control_request(sock_path, "snooze", {"target": "anomaly", "duration": "x"})

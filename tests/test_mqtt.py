@@ -89,7 +89,7 @@ def test_config_rejects_bad_values(bad: Dict[str, Any], key: str) -> None:
 def test_config_defaults() -> None:
     cfg = MqttConfig(device_id="dev1")
     assert (cfg.enabled, cfg.port, cfg.protocol, cfg.topic_prefix) == (
-        False, 1883, "3.1.1", "edgewatch/v1")
+        False, 1883, "5", "edgewatch/v1")
     assert MqttConfig().device_id  # the hostname
 
 

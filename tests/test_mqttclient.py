@@ -77,6 +77,29 @@ def test_persistent_session_keeps_qos1_messages_while_away(broker, listeners,
         again.stop()
 
 
+def test_with_manual_ack_an_unacknowledged_message_comes_again(broker, listeners) -> None:
+    settings = ClientSettings(host=broker.host, port=broker.port, client_id="manual",
+                              persistent=True, manual_ack=True)
+    probe = Probe(settings, "t/ack").start()
+    mids: List[int] = []
+    record = probe.client.on_message
+    probe.client.on_message = lambda c, u, m: (mids.append(m.mid), record(c, u, m))
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("t/ack", b"committed", qos=1)
+    pub.publish("t/ack", b"lost in a crash", qos=1)
+    probe.wait_messages(2)
+    probe.client.ack(mids[0], 1)  # only the first was made safe
+    broker.wait_log(r"Received PUBACK from manual")
+    probe.stop()
+    again = Probe(settings, "t/ack").start()
+    try:
+        assert again.wait_messages(1) == [("t/ack", b"lost in a crash")]
+    finally:
+        again.stop()
+    assert all(payload != b"committed" for _, payload in again.messages)
+
+
 def test_clean_session_forgets(broker, listeners) -> None:
     settings = ClientSettings(host=broker.host, port=broker.port, client_id="clean")
     Probe(settings, "t/clean").start().stop()

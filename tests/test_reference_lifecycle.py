@@ -67,13 +67,16 @@ def test_drift_alerts_say_which_reference() -> None:
     records: List[Dict[str, Any]] = []
     mon = monitor(records, warmup_s=20, window_frames=150)
     feed(mon, 30, 30)
-    dark = (EmulatedFeed("stationary", seed=4, size=(160, 120)).frame_at(0) // 10).astype(np.uint8)
-    for i in range(30 * 30):
-        mon.observe(dark, None, 0.001, ts=1030 + i / 30)
+    night = EmulatedFeed("night", seed=4, size=(160, 120), onset=0)
+    for i in range(30 * 45):  # anomalies must hold [rules] outlier_for_s = 30 s
+        mon.observe(night.frame_at(i % 50), None, 0.001, ts=1030 + i / 30)
     drift = [r for r in records if r["kind"] == "data_drift"]
     assert drift and drift[0]["reference"] == {"kind": "device", "origin": "warmup",
                                                "view": "frame"}
     assert "against the device reference" in drift[0]["message"]
+    outliers = [r for r in records if r["kind"] == "anomaly"]  # robust z against the reference
+    assert outliers and outliers[0]["reference"]["origin"] == "warmup"
+    assert not [r for r in records if r["kind"] == "camera_fault" and r["reference"]]
 
 
 def agent_config(tmp_path: Path, **drift: Any) -> Config:

@@ -291,7 +291,9 @@ def test_bad_baseline_file_is_one_clear_line(tmp_path: Path, model_path: Path, c
     assert err.startswith("edgewatch: error:") and needle in err.lower() and "\n" not in err
 
 
-def test_baseline_for_another_model_is_refused(tmp_path: Path, model_path: Path, capsys: Any) -> None:
+def test_baseline_for_another_model_keeps_image_drift_running(
+        tmp_path: Path, model_path: Path, capsys: Any) -> None:
+    """Issue 9: a retrained model is not a blind spot (it used to refuse the baseline)."""
     other = tmp_path / "other.tflite"
     other.write_bytes(model_path.read_bytes() + b"\0")  # same model, different file hash
     ref = tmp_path / "ref.npz"
@@ -302,11 +304,13 @@ def test_baseline_for_another_model_is_refused(tmp_path: Path, model_path: Path,
     (tmp_path / "m.toml").write_text(f'[model]\npath = "{model_path}"\n[drift]\nwindow_frames = 300\n'
                                      f'reference = "{ref}"\n[health]\nenabled = false\n')
     capsys.readouterr()
-    code = main(["replay", "emulated:stationary?seed=1&size=320x240&duration=2", "--config",
-                 str(tmp_path / "m.toml"), "--db", str(tmp_path / "m.db")])
-    err = capsys.readouterr().err.strip()
-    assert code == 6, err
-    assert "sha256" in err and "edgewatch baseline" in err and "\n" not in err
+    code = main(["replay", "emulated:stationary?seed=1&size=320x240&duration=15", "--config",
+                 str(tmp_path / "m.toml"), "--db", str(tmp_path / "m.db"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and "drift" not in result["unchecked"]
+    assert result["monitoring"]["state"] == "degraded"
+    assert "the model changed" in result["monitoring"]["reason"]
+    assert "top_score" not in result["monitoring"]["features_off"]  # relearned, not missing
 
 
 # ---- bugs of issue 8 -------------------------------------------------------------------

@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 from ..config import build_section, from_dict, load_config, read_toml
 from ..errors import ConfigError
-from .notify import check_url
+from .notify import DEFAULT_GROUP_BY, check_group_by, check_url
 
 __all__ = ["CentralSection", "CentralConfig", "load_central_config",
            "central_config_from_dict"]
@@ -32,10 +32,12 @@ __all__ = ["CentralSection", "CentralConfig", "load_central_config",
 class CentralSection:
     """The ``[central]`` section."""
 
-    db: str = "edgewatch-central.db"  # the central's SQLite file
+    db: str = "edgewatch-central.db"  # a SQLite file or a postgresql:// URL
     webhook: Optional[str] = None  # http(s) URL for alert and device notifications
     webhook_expire_s: float = 86400.0  # give up on a notification undelivered this long
     group_wait_s: float = 5.0  # hold notifications so a storm leaves as one call per group
+    group_interval_s: float = 30.0  # after a group went out, hold its next ones this long
+    group_by: Tuple[str, ...] = DEFAULT_GROUP_BY  # alert labels a group shares
     keep_history_days: float = 30.0  # heartbeats, commands and results older are dropped
     offline_after_s: Optional[float] = None  # default: 3 x the device's heartbeat interval
     share: Optional[str] = None  # MQTT 5 shared-subscription group
@@ -50,8 +52,13 @@ class CentralSection:
             except ConfigError as exc:
                 raise ConfigError(f"central.webhook: {str(exc).replace('--webhook ', '')}"
                                   ) from None
-        if self.group_wait_s < 0:
-            raise ConfigError(f"central.group_wait_s: must be >= 0, got {self.group_wait_s}")
+        for key in ("group_wait_s", "group_interval_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"central.{key}: must be >= 0, got {getattr(self, key)}")
+        try:
+            object.__setattr__(self, "group_by", check_group_by(list(self.group_by)))
+        except ConfigError as exc:
+            raise ConfigError(f"central.{exc}") from None
         for key in ("webhook_expire_s", "keep_history_days", "offline_after_s"):
             value = getattr(self, key)
             if value is not None and not value > 0:

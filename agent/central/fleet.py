@@ -21,7 +21,11 @@ from ..mqtt import topics
 from ..mqttclient import ClientSettings, build_client, stop_client
 from .store import CentralReader
 
-__all__ = ["fleet_rows", "open_alerts", "recent_commands", "send_command"]
+__all__ = ["fleet_rows", "open_alerts", "recent_commands", "send_command", "FLEET_VERBS"]
+
+#: ``edgewatch fleet VERB``: the device command each sends.
+FLEET_VERBS = {"ack": "ack", "snooze": "snooze", "disable": "disable", "enable": "enable",
+               "set": "set_threshold", "rebaseline": "rebaseline"}
 
 
 def fleet_rows(reader: CentralReader, now: float) -> List[Dict[str, Any]]:
@@ -42,11 +46,24 @@ def fleet_rows(reader: CentralReader, now: float) -> List[Dict[str, Any]]:
     return out
 
 
+_WHO = ("acknowledged_by", "acknowledged_at", "snoozed_by")
+
+
 def open_alerts(reader: CentralReader) -> List[Dict[str, Any]]:
-    """Firing alerts across devices, oldest first, with their ack and snooze state."""
+    """Firing alerts across devices, oldest first, with their ack and snooze state and who.
+
+    ``id`` is the alert's full id; every view prints its first 12 characters, which
+    ``fleet ack`` and the device's ``alerts ack`` both take.
+    """
     rows = reader.open_alerts()
     for row in rows:
         row["acknowledged"] = bool(row["acknowledged"])
+        try:
+            record = json.loads(row.pop("payload", None) or "{}")
+        except ValueError:
+            record = {}
+        for key in _WHO:  # checked by agent.central.records when it was received
+            row[key] = record.get(key) if isinstance(record, dict) else None
     return rows
 
 

@@ -6,16 +6,17 @@ skipped), applies it through :class:`~agent.central.store.CentralStore` in one t
 and in the same transaction queues the webhook notifications it causes: a new alert
 transition (not a QoS 1 duplicate), a device going offline (last will or overdue heartbeat)
 or coming back online. Each notification has a group (``device/offline``,
-``alert/firing/data_drift``, ...) and waits ``group_wait_s`` before it is due, so that a
-storm (300 cameras going dark at dusk) leaves as one webhook call per group.
+``alert/firing/data_drift``, ...: ``group_by`` labels) and waits ``group_wait_s`` before it is
+due, and ``group_interval_s`` after its group last went out, so that a storm (300 cameras
+going dark at dusk) leaves as one webhook call per group and window.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
-from .notify import alert_body, device_body
+from .notify import DEFAULT_GROUP_BY, alert_body, alert_group, device_body
 from .records import (
     DEFAULT_LIMITS,
     REASONS,
@@ -45,10 +46,13 @@ class Ingest:
 
     def __init__(self, store: CentralStore, prefix: str, *, notify: bool,
                  offline_after: Optional[float] = None, limits: Limits = DEFAULT_LIMITS,
-                 group_wait_s: float = 0.0, clock: Callable[[], float]) -> None:
+                 group_wait_s: float = 0.0, group_interval_s: float = 0.0,
+                 group_by: Sequence[str] = DEFAULT_GROUP_BY,
+                 clock: Callable[[], float]) -> None:
         self.store, self.prefix, self.notify = store, prefix, notify
         self.offline_after, self.limits, self._clock = offline_after, limits, clock
-        self.group_wait_s = group_wait_s
+        self.group_wait_s, self.group_interval_s = group_wait_s, group_interval_s
+        self.group_by = tuple(group_by)
         self.counts: Dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self.bad: Dict[str, int] = {}
         self._bad_logged: set[str] = set()
@@ -93,9 +97,9 @@ class Ingest:
             if self.store.put_alert(record, now):
                 self.counts["alerts"] += 1
                 if self.notify:
-                    group = f"alert/{record.transition}/{record.kind or '-'}"
-                    self.store.enqueue("alert", group, record.device, alert_body(record), now,
-                                       self.group_wait_s)
+                    self.store.enqueue("alert", alert_group(record, self.group_by),
+                                       record.device, alert_body(record), now,
+                                       self.group_wait_s, self.group_interval_s)
                     queued += 1
             else:
                 self.counts["alert_duplicates"] += 1
@@ -117,7 +121,7 @@ class Ingest:
             if self.notify:
                 group = f"device/{'online' if change.online else 'offline'}"
                 self.store.enqueue("device", group, change.device, device_body(change), now,
-                                   self.group_wait_s)
+                                   self.group_wait_s, self.group_interval_s)
         return len(changes)
 
     def check_overdue(self) -> int:

@@ -9,9 +9,12 @@ goes through or is older than ``expire_s``, and never dropped after a fixed numb
 Notifications of one group (``device/offline``, ``alert/firing/data_drift``, ...) that are
 due together leave as one call (:func:`group_body`: a summary line listing the devices, then
 each notification's text, and every body under ``notifications``), in the manner of
-Alertmanager's ``group_by``; the ingest side delays each by ``group_wait_s`` so that a storm
-is grouped. A delivered notification is deleted. Failures are logged once per change of state (failing,
-delivering again), with the URL redacted: a webhook URL often is a secret token.
+Alertmanager's ``group_by`` (:func:`alert_group`); the ingest side delays each by
+``group_wait_s``, and by ``group_interval_s`` after its group last went out, so that a storm
+is grouped. Several workers on one database each post only the notifications they claimed
+(:meth:`~agent.central.store.CentralStore.claim`). A delivered notification is deleted.
+Failures are logged once per change of state (failing, delivering again), with the URL
+redacted: a webhook URL often is a secret token.
 
 The body is JSON with a Slack-compatible ``text``:
 
@@ -31,7 +34,7 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from .records import AlertTransition
@@ -39,8 +42,12 @@ from .store import CentralReader, CentralStore, DeviceChange, Notification
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_url", "redact", "webhook_body", "alert_body", "device_body", "group_body",
-           "WebhookSender"]
+__all__ = ["GROUP_LABELS", "check_url", "redact", "webhook_body", "alert_body", "device_body",
+           "alert_group", "check_group_by", "group_body", "WebhookSender"]
+
+# What alert notifications can be grouped by (Alertmanager's group_by).
+GROUP_LABELS = ("transition", "kind", "severity", "feature", "camera", "device")
+DEFAULT_GROUP_BY = ("transition", "kind")
 
 StoreOp = Callable[[CentralStore], Any]
 RunInWriter = Callable[[StoreOp], Any]
@@ -93,6 +100,21 @@ def device_body(change: DeviceChange) -> Dict[str, Any]:
                        "ts": change.ts}}
 
 
+def check_group_by(labels: Sequence[str]) -> Tuple[str, ...]:
+    """``labels`` as a tuple; a :class:`ConfigError` naming the valid ones if one is not."""
+    bad = [label for label in labels if label not in GROUP_LABELS]
+    if bad or not labels:
+        raise ConfigError(f"group_by: {bad[0] if bad else 'empty'!r} is not a label to group "
+                          f"by (valid: {', '.join(GROUP_LABELS)})")
+    return tuple(labels)
+
+
+def alert_group(rec: AlertTransition, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> str:
+    """The group of an alert notification: ``alert/`` and its ``group_by`` labels' values
+    (``alert/firing/data_drift`` by default)."""
+    return "alert/" + "/".join(str(getattr(rec, label) or "-") for label in group_by)
+
+
 def group_body(group: str, items: List[Tuple[str, Dict[str, Any]]], *,
                listed: int = 20) -> Dict[str, Any]:
     """One body for several notifications of one group: a summary, then each one's text.
@@ -111,7 +133,8 @@ def group_body(group: str, items: List[Tuple[str, Dict[str, Any]]], *,
     parts = group.split("/")
     what = parts[1].upper() if len(parts) > 1 else group.upper()
     if parts[0] == "alert" and len(parts) > 2:
-        head = f"[{what}] {parts[2]}: {len(items)} alerts on {len(devices)} devices: {named}"
+        head = (f"[{what}] {'/'.join(parts[2:])}: {len(items)} alerts on {len(devices)} "
+                f"devices: {named}")
     else:
         head = f"[{what}] {len(devices)} devices: {named}"
     texts = [str(body.get("text", "")) for _, body in items[:listed]]
@@ -177,9 +200,14 @@ class WebhookSender:
         self._wake.clear()
 
     def _deliver(self, notes: List[Notification]) -> None:
-        ids = [n.id for n in notes]
+        # Several workers may see the same due notifications: each posts only what it claimed.
+        hold = self._clock() + max(30.0, 3 * self.timeout_s)
+        notes = list(self._run(lambda s: s.claim(notes, hold)))
+        if not notes:
+            return
+        ids, group = [n.id for n in notes], notes[0].group
         body = notes[0].body if len(notes) == 1 else json.dumps(
-            group_body(notes[0].group, [(n.device, json.loads(n.body)) for n in notes]))
+            group_body(group, [(n.device, json.loads(n.body)) for n in notes]))
         try:
             self._post(body.encode())
         except (OSError, ValueError, http.client.HTTPException, _HttpStatus) as exc:
@@ -193,7 +221,8 @@ class WebhookSender:
                 log.warning("webhook %s failing: %s (notifications are kept and retried)",
                             redact(self.url), error)
             return
-        self._run(lambda s: s.delivered(ids))
+        sent_at = self._clock()
+        self._run(lambda s: s.delivered(ids, group, sent_at))
         self.counts["sent"] += 1
         self.counts["notifications_sent"] += len(notes)
         if self._failing:

@@ -32,7 +32,11 @@ __all__ = ["BadMessage", "REASONS", "Limits", "DEFAULT_LIMITS", "Status", "Heart
            "AlertTransition", "ClearedState", "CommandResult", "CommandSent", "Record", "parse", "load_json"]
 
 REASONS = ("bad_topic", "too_large", "too_deep", "not_json", "not_object", "bad_field",
-           "device_mismatch", "bad_status")
+           "device_mismatch", "bad_status", "bad_schema")
+#: Payload schema versions this central reads. Heartbeat 2 added mqtt.refused and
+#: mqtt.last_refusal; the central keeps reading 1 while devices upgrade (central first).
+HEARTBEAT_SCHEMAS = (1, 2)
+ALERT_SCHEMAS = (1,)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _VERB_RE = re.compile(r"^[a-z_]{1,32}$")
 _STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
@@ -193,15 +197,26 @@ def parse(prefix: str, topic: str, payload: bytes, limits: Limits = DEFAULT_LIMI
         raise BadMessage("device_mismatch",
                          f"payload claims device {str(claimed)[:130]!r} on {device}'s topic")
     if kind == "heartbeat":
+        _schema(obj, "heartbeat", HEARTBEAT_SCHEMAS)
         return _heartbeat(device, obj)
     if kind == "cmd/result":
         return _result(device, obj, limits)
     if verb is not None:
         return _command(device, verb, obj)
+    _schema(obj, "alert", ALERT_SCHEMAS)
     record = _alert(device, obj, limits)
     if state_fp is not None and state_fp != record.fingerprint:
         raise BadMessage("bad_field", "retained state's topic and fingerprint differ")
     return record
+
+
+def _schema(obj: Mapping[str, Any], what: str, known: tuple[int, ...]) -> None:
+    """A payload's ``schema`` (1 when absent: the first devices sent none) must be known."""
+    value = obj.get("schema", 1)
+    if value not in known or isinstance(value, bool):
+        raise BadMessage("bad_schema", f"{what} schema {str(value)[:20]} is not one this "
+                         f"central reads ({', '.join(map(str, known))}): upgrade the central "
+                         "first, then the devices")
 
 
 def _heartbeat(device: str, hb: Mapping[str, Any]) -> Heartbeat:
@@ -231,7 +246,15 @@ def _alert(device: str, rec: Mapping[str, Any], limits: Limits) -> AlertTransiti
         message=_text(rec, "message", n), ts=_time(rec, "ts"),
         starts_at=_time(rec, "starts_at"), ends_at=_time(rec, "ends_at"),
         acknowledged=_bool(rec, "acknowledged"), snoozed_until=_time(rec, "snoozed_until"),
-        payload=_dump(rec))
+        payload=_dump(_who_checked(rec)))
+
+
+def _who_checked(rec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record, once who acknowledged or snoozed it (shown by ``fleet alerts``) is bounded."""
+    _text(rec, "acknowledged_by", 128)
+    _text(rec, "snoozed_by", 128)
+    _time(rec, "acknowledged_at")
+    return rec
 
 
 def _request_id(value: Any) -> str:

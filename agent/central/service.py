@@ -3,7 +3,10 @@
 Threads, each supervised (:mod:`agent.supervise`: failures counted, logged once per interval,
 reported in :meth:`Central.status` and ``edgewatch fleet``):
 
-- paho's network loop only queues messages (a bounded queue; overflow counted);
+- paho's network loop only queues messages (a bounded queue; overflow counted); a message is
+  acknowledged to the broker (manual PUBACK) only once the writer has committed it, so with a
+  persistent session (``client_id``) a worker killed mid-message loses nothing: the broker
+  delivers it again and the database's keys make the second delivery a no-op;
 - ``edgewatch-central-db`` (critical) is the one writer: it applies each message through
   :class:`~agent.central.ingest.Ingest` and runs the other threads' store operations;
   after ``max_consecutive`` failures in a row the central gives up (``on_fatal``) and
@@ -19,8 +22,8 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import paho.mqtt.client as mqtt
 
@@ -28,7 +31,7 @@ from ..errors import CommandError
 from ..mqttclient import ClientSettings, build_client, stop_client
 from ..supervise import Supervisor
 from .ingest import Ingest
-from .notify import WebhookSender, check_url
+from .notify import DEFAULT_GROUP_BY, WebhookSender, check_group_by, check_url
 from .store import CentralStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ class _Op:
 class _Message:
     topic: str
     payload: bytes
+    mid: int = 0
+    qos: int = 0
+    generation: int = 0  # the connection it came on: a packet id means nothing on another
 
 
 class Central:
@@ -71,7 +77,8 @@ class Central:
                  client_id: Optional[str] = None, keepalive: int = 30,
                  notify_expire_s: float = 86400.0, webhook_backoff_s: float = 1.0,
                  keep_history_s: float = 30 * 86400.0, group_wait_s: float = 5.0,
-                 max_consecutive: int = 10,
+                 group_interval_s: float = 30.0,
+                 group_by: Sequence[str] = DEFAULT_GROUP_BY, max_consecutive: int = 10,
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -86,23 +93,21 @@ class Central:
         if keep_history_s <= 0:
             raise CommandError(f"history retention must be > 0 seconds, got {keep_history_s}")
         self.keep_history_s = keep_history_s
-        if group_wait_s < 0:
-            raise CommandError(f"group wait must be >= 0 seconds, got {group_wait_s}")
-        self.group_wait_s = group_wait_s
+        if min(group_wait_s, group_interval_s) < 0:
+            raise CommandError("group wait and interval must be >= 0 seconds, got "
+                               f"{group_wait_s} and {group_interval_s}")
+        self.group_wait_s, self.group_interval_s = group_wait_s, group_interval_s
+        self.group_by = check_group_by(group_by)
         # A given client id means a persistent session: the broker queues QoS 1 alerts while
         # the central is down. Without one, a random id and a clean session.
-        self.settings = settings or ClientSettings(
+        self.settings = replace(settings or ClientSettings(
             host=host, port=port, keepalive=keepalive, protocol=protocol,
             client_id=client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
             persistent=client_id is not None, username=username, password=password,
             tls=bool(tls_ca or cert_file), ca_file=tls_ca, cert_file=cert_file,
-            key_file=key_file, reconnect_max_s=30)
-        self._client = build_client(self.settings)
-        self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
+            key_file=key_file, reconnect_max_s=30), manual_ack=True)
+        self._client = self._build_client()
+        self._generation = 0
         self._queue: queue.Queue[Union[_Message, _Op]] = queue.Queue(_QUEUE)
         self._pending: Optional[_Message] = None
         self._supervisor = Supervisor(max_consecutive=max_consecutive, on_fatal=on_fatal)
@@ -116,14 +121,31 @@ class Central:
         self._next_status = 0.0
         self._saved_connected = False
 
+    def _build_client(self) -> mqtt.Client:
+        if self.share and not self.settings.persistent:
+            log.warning("central: --share without --client-id: a clean session, so messages "
+                        "in flight when this worker dies are lost (give each worker a fixed "
+                        "--client-id)")
+        client = build_client(self.settings)  # manual_ack: PUBACK once committed (_ack)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
     def subscriptions(self) -> List[str]:
-        """The topic filters the central subscribes to (shared when ``share`` is set)."""
+        """The topic filters the central subscribes to.
+
+        With ``share``, the streams (heartbeats, transitions, commands) are shared: each
+        message goes to one worker of the group. The retained topics (device status, current
+        alert state) stay plain: a broker does not deliver retained messages through a shared
+        subscription, and every worker must converge on them after a restart.
+        """
         p = self.prefix
-        filters = [f"{p}/+/status", f"{p}/+/heartbeat", f"{p}/+/alerts",
-                   f"{p}/+/alerts/state/#", f"{p}/+/cmd/+"]
-        if self.share:
-            filters = [f"$share/{self.share}/{f}" for f in filters]
-        return filters
+        shared = f"$share/{self.share}/" if self.share else ""
+        return [f"{p}/+/status", f"{shared}{p}/+/heartbeat", f"{shared}{p}/+/alerts",
+                f"{p}/+/alerts/state/#", f"{shared}{p}/+/cmd/+"]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -132,7 +154,9 @@ class Central:
         self._store = CentralStore(self.db_path)
         self._ingest = Ingest(self._store, self.prefix, notify=self._webhook_url is not None,
                               offline_after=self.offline_after,
-                              group_wait_s=self.group_wait_s, clock=self._clock)
+                              group_wait_s=self.group_wait_s,
+                              group_interval_s=self.group_interval_s, group_by=self.group_by,
+                              clock=self._clock)
         sup = self._supervisor
         sup.spawn("edgewatch-central-db", self._write_step, critical=True, backoff_s=0.5)
         sup.spawn("edgewatch-central-overdue", self._periodic, interval_s=_CHECK_S)
@@ -210,6 +234,7 @@ class Central:
             self._broker_down(f"the broker refused the connection: {reason} (check the "
                               "username, password and client certificate)")
             return
+        self._generation += 1
         client.subscribe([(f, 1) for f in self.subscriptions()])
         log.info("central: connected to %s", self.settings.describe())
         self.broker_error = None
@@ -233,9 +258,13 @@ class Central:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             # Back-pressure on the broker for a while before dropping.
-            self._queue.put(_Message(msg.topic, bytes(msg.payload)), timeout=5.0)
+            self._queue.put(_Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
+                                     self._generation), timeout=5.0)
         except queue.Full:
+            # Counted and acknowledged: an unacknowledged message would hold one of the
+            # broker's in-flight slots for the rest of the connection.
             self.dropped += 1
+            client.ack(msg.mid, msg.qos)
 
     # -- the writer and the periodic check ---------------------------------------------------
 
@@ -270,9 +299,15 @@ class Central:
                 if self._ingest.handle(item.topic, item.payload) and self._sender is not None:
                     self._sender.wake()
                 self._pending = None
+                self._ack(item)
         finally:
             if self._pending is None:
                 self._queue.task_done()
+
+    def _ack(self, msg: _Message) -> None:
+        """PUBACK a committed message, on the connection it came on (else it comes again)."""
+        if msg.qos and msg.generation == self._generation:
+            self._client.ack(msg.mid, msg.qos)
 
     def _run_op(self, op: _Op) -> None:
         assert self._store is not None

@@ -1,20 +1,27 @@
-"""The central's SQLite database: every table, every statement, numbered migrations.
+"""The central's database (SQLite or PostgreSQL): every table, every statement, migrations.
 
-Only this module holds SQL for the central. :class:`CentralStore` is the one writer (the
-central's ``edgewatch-central-db`` thread calls it, one transaction per message);
-:class:`CentralReader` opens the same file read-only for ``edgewatch fleet`` and for the
-webhook sender's look-ups.
+Only this module holds SQL for the central. :class:`CentralStore` is the one writer of a
+central worker (its ``edgewatch-central-db`` thread calls it, one transaction per message);
+:class:`CentralReader` opens the same database read-only for ``edgewatch fleet`` and for the
+webhook sender's look-ups. The database is a SQLite file (the embedded default) or a
+``postgresql://`` URL (several workers on one database); statements are written once, in
+SQLite's dialect, and :mod:`agent.central._postgres` translates them.
 
 Everything a device sends is keyed by ``(device, id)``: the device is the topic's (see
 :mod:`agent.central.records`), so one device cannot touch another's rows.
 
-Migrations are numbered and tracked by ``PRAGMA user_version``, each applied in its own
-transaction and re-checked under ``BEGIN IMMEDIATE`` (two centrals starting together migrate
-once):
+Migrations are one numbered list for both databases, tracked by ``PRAGMA user_version``
+(SQLite) or a ``schema_version`` table (PostgreSQL), each applied in its own transaction and
+re-checked under the database's lock (``BEGIN IMMEDIATE``; an advisory lock), so that two
+workers starting together migrate once:
 
 1. the first schema (devices, alerts keyed by id, alert events, heartbeats, command results);
 2. alerts, alert events and command results keyed by device; snooze state; commands sent;
-   the durable notification queue; the central's status row.
+   the durable notification queue; the central's status row;
+3. when each notification group last went out (``group_interval``).
+
+Between workers on one PostgreSQL, primary keys and conditional updates are the gates: an
+alert transition's ``(device, id, seq)``, a device's online flag, a notification's claim.
 
 History (heartbeats, commands, results) is pruned by age (``edgewatch central
 --keep-history``); alerts and their events are kept.
@@ -27,9 +34,10 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..errors import StoreError
+from ._postgres import PgConnection, is_url, redact_url
 from .records import AlertTransition, CommandResult, CommandSent, Heartbeat
 
 __all__ = ["SCHEMA_VERSION", "CentralStore", "CentralReader", "DeviceChange", "Notification"]
@@ -85,9 +93,16 @@ CREATE INDEX idx_notifications_due ON notifications (next_at);
 CREATE INDEX idx_notifications_grp ON notifications (grp);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
 """
-MIGRATIONS: Tuple[str, ...] = (_V1, _V2)
+_V3 = """
+CREATE TABLE notify_groups (grp TEXT PRIMARY KEY, last_sent REAL NOT NULL)
+"""
+MIGRATIONS: Tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
+_ALERT_COLUMNS = ("device", "id", "fingerprint", "seq", "state", "transition", "kind",
+                  "severity", "feature", "camera", "message", "ts", "starts_at", "ends_at",
+                  "acknowledged", "snoozed_until", "payload", "received")
 BUSY_TIMEOUT_S = 10.0
+_MIGRATION_LOCK = 0x65647765  # PostgreSQL advisory lock key: one migrator at a time
 
 
 @dataclass(frozen=True)
@@ -111,60 +126,142 @@ class Notification:
     body: str
     created: float
     attempts: int
+    next_at: float = 0.0  # when it is due; a worker claims it by moving this on
 
 
-def _connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
-    if read_only:
-        if not os.path.isfile(path):
-            raise StoreError(f"central database not found: {path} (run 'edgewatch central' "
-                             "or pass --db)")
-        uri = f"file:{os.path.abspath(path)}?mode=ro"
-        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise StoreError(f"cannot open central database: {path} (create {directory} or "
-                         "pass --db)")
-    return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
-                           isolation_level=None)
+class _SqliteConnection:
+    """The SQLite file behind the same small interface as :class:`~._postgres.PgConnection`."""
+
+    dialect = "sqlite"
+    errors: Tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        if read_only:
+            if not os.path.isfile(path):
+                raise StoreError(f"central database not found: {path} (run 'edgewatch "
+                                 "central' or pass --db)")
+            uri = f"file:{os.path.abspath(path)}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
+                                         check_same_thread=False)
+            return
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"cannot open central database: {path} (create {directory} or "
+                             "pass --db)")
+        self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                                     isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement."""
+        return self._conn.execute(sql, tuple(args))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per row of arguments."""
+        self._conn.executemany(sql, rows)
+
+    def begin(self) -> None:
+        """Start a write transaction, taking the write lock now (no upgrade deadlock)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
 
 
-def migrate(conn: sqlite3.Connection, path: str = "") -> int:
+Db = Union[_SqliteConnection, "PgConnection"]
+
+
+def _open(target: str, *, read_only: bool = False) -> Db:
+    """``target`` is a SQLite file or a ``postgresql://`` URL."""
+    if is_url(target):
+        return PgConnection(target, read_only=read_only, timeout_s=BUSY_TIMEOUT_S)
+    try:
+        return _SqliteConnection(target, read_only=read_only)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open central database: {target}: {exc} (check --db)"
+                         ) from exc
+
+
+def _shown(target: str) -> str:
+    return redact_url(target) if is_url(target) else target
+
+
+def schema_version(db: Db) -> int:
+    """The number of migrations applied (SQLite: ``user_version``; PostgreSQL: a table)."""
+    if db.dialect == "sqlite":
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    if db.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        return 0
+    row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def _lock_schema(db: Db) -> None:
+    """Inside the migration's transaction: one migrator at a time (SQLite: BEGIN IMMEDIATE)."""
+    if db.dialect == "postgresql":
+        db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INT NOT NULL)")
+
+
+def _set_version(db: Db, number: int) -> None:
+    if db.dialect == "sqlite":
+        db.execute(f"PRAGMA user_version={int(number)}")
+    else:
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+
+def migrate(db: Db, target: str = "") -> int:
     """Apply pending migrations, each in its own transaction; return the schema version."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    version = schema_version(db)
     if version > SCHEMA_VERSION:
         raise StoreError(f"central database schema {version} is newer than this edgewatch "
-                         f"({SCHEMA_VERSION}): {path} (upgrade edgewatch)")
+                         f"({SCHEMA_VERSION}): {_shown(target)} (upgrade edgewatch)")
     for number, sql in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
-        conn.execute("BEGIN IMMEDIATE")
+        db.begin()
         try:
+            _lock_schema(db)
             # Another central may have migrated while we waited for the lock.
-            if conn.execute("PRAGMA user_version").fetchone()[0] < number:
+            if schema_version(db) < number:
                 for statement in sql.split(";"):
                     if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
+                        db.execute(statement)
+                _set_version(db, number)
+            db.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    return schema_version(db)
 
 
 class CentralStore:
-    """The writer: one connection, one transaction per message, named methods only."""
+    """The writer: one connection, one transaction per message, named methods only.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    ``target`` is a SQLite file or a ``postgresql://`` URL: the same statements, the same
+    migrations (dialect differences: :mod:`agent.central._postgres`).
+    """
+
+    def __init__(self, target: str) -> None:
+        self.path = target
+        self.conn = _open(target)
         try:
-            self.conn = _connect(path)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.version = migrate(self.conn, path)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open central database: {path}: {exc} (check --db)"
-                             ) from exc
+            self.version = migrate(self.conn, target)
+        except self.conn.errors as exc:
+            self.conn.close()
+            raise StoreError(f"cannot open central database: {_shown(target)}: {exc} "
+                             "(check --db)") from exc
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @property
+    def errors(self) -> Tuple[type[BaseException], ...]:
+        """The database driver's exception classes."""
+        return self.conn.errors
 
     def close(self) -> None:
         """Close the connection."""
@@ -173,7 +270,7 @@ class CentralStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction: committed on success, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.begin()
         try:
             yield
         except BaseException:
@@ -185,22 +282,25 @@ class CentralStore:
 
     def set_online(self, device: str, online: bool, reason: str,
                    now: float) -> Optional[DeviceChange]:
-        """Record a device's state; the change when it went offline or came back."""
-        row = self.conn.execute("SELECT online FROM devices WHERE device_id=?",
-                                (device,)).fetchone()
-        if row is None:
-            self.conn.execute("INSERT INTO devices (device_id, online, since, reason) "
-                              "VALUES (?,?,?,?)", (device, int(online), now, reason))
-            return None
-        if bool(row[0]) == online:
-            return None
-        self.conn.execute("UPDATE devices SET online=?, since=?, reason=? WHERE device_id=?",
-                          (int(online), now, reason, device))
-        return DeviceChange(device, online, reason, now)
+        """Record a device's state; the change when it went offline or came back.
+
+        The conditional update is the gate between workers: of two that see the same last
+        will, one changes the row and reports the change, the other finds nothing to change.
+        """
+        if self.conn.execute("INSERT INTO devices (device_id, online, since, reason) "
+                             "VALUES (?,?,?,?) ON CONFLICT (device_id) DO NOTHING",
+                             (device, int(online), now, reason)).rowcount:
+            return None  # a first sighting is not a change
+        cur = self.conn.execute("UPDATE devices SET online=?, since=?, reason=? "
+                                "WHERE device_id=? AND online!=?",
+                                (int(online), now, reason, device, int(online)))
+        return DeviceChange(device, online, reason, now) if cur.rowcount else None
 
     def put_heartbeat(self, hb: Heartbeat, now: float) -> Optional[DeviceChange]:
         """Store a heartbeat (once per ``(device, seq)``) and mark its device online."""
-        self.conn.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?,?,?)",
+        self.conn.execute("INSERT INTO heartbeats (device, seq, ts, received, payload) "
+                          "VALUES (?,?,?,?,?) ON CONFLICT (device, seq) DO UPDATE SET "
+                          "ts=excluded.ts, received=excluded.received, payload=excluded.payload",
                           (hb.device, hb.seq, hb.ts if hb.ts is not None else now, now,
                            hb.payload))
         change = self.set_online(hb.device, True, "heartbeat", now)
@@ -217,8 +317,15 @@ class CentralStore:
     # -- alerts ------------------------------------------------------------------------------
 
     def put_alert(self, rec: AlertTransition, now: float) -> bool:
-        """Record a transition; False when ``(device, id, seq)`` was already seen (QoS 1)."""
-        cur = self.conn.execute("INSERT OR IGNORE INTO alert_events VALUES (?,?,?,?,?,?)",
+        """Record a transition; False when ``(device, id, seq)`` was already seen.
+
+        The event's primary key is the gate: a QoS 1 redelivery, the retained copy of the
+        same transition, or another worker holding the same message finds the row there
+        (PostgreSQL makes the second inserter wait for the first to commit), so a transition
+        is recorded, and notified, exactly once.
+        """
+        cur = self.conn.execute("INSERT INTO alert_events (device, id, seq, transition, ts, "
+                                "payload) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                                 (rec.device, rec.id, rec.seq, rec.transition, rec.ts,
                                  rec.payload))
         if cur.rowcount == 0:
@@ -229,15 +336,15 @@ class CentralStore:
                               (int(rec.acknowledged), rec.snoozed_until, rec.payload, now,
                                rec.device, rec.id, rec.seq, rec.payload))
             return False
-        old = self.conn.execute("SELECT seq FROM alerts WHERE device=? AND id=?",
-                                (rec.device, rec.id)).fetchone()
-        if old is None or rec.seq >= old[0]:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.device, rec.id, rec.fingerprint, rec.seq, rec.state, rec.transition,
-                 rec.kind, rec.severity, rec.feature, rec.camera, rec.message, rec.ts,
-                 rec.starts_at, rec.ends_at, int(rec.acknowledged), rec.snoozed_until,
-                 rec.payload, now))
+        columns = ", ".join(_ALERT_COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _ALERT_COLUMNS[2:])
+        self.conn.execute(
+            f"INSERT INTO alerts ({columns}) VALUES ({', '.join('?' * len(_ALERT_COLUMNS))}) "
+            f"ON CONFLICT (device, id) DO UPDATE SET {updates} WHERE alerts.seq <= excluded.seq",
+            (rec.device, rec.id, rec.fingerprint, rec.seq, rec.state, rec.transition,
+             rec.kind, rec.severity, rec.feature, rec.camera, rec.message, rec.ts,
+             rec.starts_at, rec.ends_at, int(rec.acknowledged), rec.snoozed_until,
+             rec.payload, now))
         return True
 
     def resolve_cleared(self, device: str, fingerprint: str, now: float) -> None:
@@ -250,28 +357,61 @@ class CentralStore:
 
     def put_command(self, cmd: CommandSent, now: float) -> None:
         """A command seen on a device's command topic (from any operator)."""
-        self.conn.execute("INSERT OR IGNORE INTO commands VALUES (?,?,?,?,?,?,?)",
+        self.conn.execute("INSERT INTO commands (device, id, verb, alert, requested_by, "
+                          "payload, received) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                           (cmd.device, cmd.id, cmd.verb, cmd.alert, cmd.requested_by,
                            cmd.payload, now))
 
     def put_result(self, res: CommandResult, now: float) -> None:
-        """A device's answer to a command."""
-        self.conn.execute("INSERT INTO command_results VALUES (?,?,?,?,?,?,?,?)",
+        """A device's answer to a command (once: a redelivered answer is not a second one)."""
+        if self.conn.execute("SELECT 1 FROM command_results WHERE device=? AND id=? AND "
+                             "verb=? AND payload=?",
+                             (res.device, res.id, res.verb, res.payload)).fetchone():
+            return
+        self.conn.execute("INSERT INTO command_results (device, id, verb, ok, error, ts, "
+                          "received, payload) VALUES (?,?,?,?,?,?,?,?)",
                           (res.device, res.id, res.verb, int(res.ok), res.error, res.ts, now,
                            res.payload))
 
     # -- notifications -----------------------------------------------------------------------
 
     def enqueue(self, kind: str, group: str, device: str, body: Dict[str, Any], now: float,
-                wait_s: float = 0.0) -> None:
-        """Keep a webhook body until it is delivered or expires; due after ``wait_s``."""
+                wait_s: float = 0.0, interval_s: float = 0.0) -> None:
+        """Keep a webhook body until it is delivered or expires.
+
+        Due after ``wait_s`` (Alertmanager's group_wait), and not before ``interval_s`` after
+        its group last went out (group_interval): a storm that lasts longer than the wait
+        still leaves as one call per group and interval.
+        """
+        due = now + wait_s
+        if interval_s > 0:
+            row = self.conn.execute("SELECT last_sent FROM notify_groups WHERE grp=?",
+                                    (group,)).fetchone()
+            if row is not None and row[0] + interval_s > now:
+                due = max(due, float(row[0]) + interval_s)
         self.conn.execute("INSERT INTO notifications (kind, grp, device, body, created, next_at)"
                           " VALUES (?,?,?,?,?,?)",
-                          (kind, group, device, json.dumps(body), now, now + wait_s))
+                          (kind, group, device, json.dumps(body), now, due))
 
-    def delivered(self, ids: Sequence[int]) -> None:
-        """The webhook took them: forget them."""
+    def claim(self, notes: Sequence[Notification], until: float) -> List[Notification]:
+        """The notifications this worker may post: those no other worker claimed meanwhile.
+
+        Each is held until ``until`` (a worker that dies mid-post leaves it to be retried).
+        """
+        claimed = []
+        for note in notes:
+            if self.conn.execute("UPDATE notifications SET next_at=? WHERE id=? AND next_at=?",
+                                 (until, note.id, note.next_at)).rowcount:
+                claimed.append(note)
+        return claimed
+
+    def delivered(self, ids: Sequence[int], group: str = "", now: float = 0.0) -> None:
+        """The webhook took them: forget them, and remember when their group went out."""
         self.conn.executemany("DELETE FROM notifications WHERE id=?", [(i,) for i in ids])
+        if group:
+            self.conn.execute("INSERT INTO notify_groups (grp, last_sent) VALUES (?,?) "
+                              "ON CONFLICT (grp) DO UPDATE SET last_sent=excluded.last_sent",
+                              (group, now))
 
     def retry_later(self, ids: Sequence[int], next_at: float, error: str) -> None:
         """Delivery failed: try again at ``next_at``."""
@@ -294,10 +434,11 @@ class CentralStore:
 
     # -- the central's own status -------------------------------------------------------------
 
-    def put_status(self, status: Dict[str, Any]) -> None:
-        """The central's counters, for ``edgewatch fleet`` (which reads the file)."""
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('status', ?)",
-                          (json.dumps(status, default=str),))
+    def put_status(self, status: Dict[str, Any], key: str = "status") -> None:
+        """The central's counters, for ``edgewatch fleet`` (which reads the database)."""
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                          "DO UPDATE SET value=excluded.value",
+                          (key, json.dumps(status, default=str)))
 
 
 class CentralReader:
@@ -305,15 +446,17 @@ class CentralReader:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.conn = _open(path, read_only=True)
         try:
-            self.conn = _connect(path, read_only=True)
-            version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read central database: {path}: {exc} (check --db)"
-                             ) from exc
+            version = schema_version(self.conn)
+        except self.conn.errors as exc:
+            self.conn.close()
+            raise StoreError(f"cannot read central database: {_shown(path)}: {exc} "
+                             "(check --db)") from exc
         if version != SCHEMA_VERSION:
-            raise StoreError(f"central database {path} has schema {version}, this edgewatch "
-                             f"reads {SCHEMA_VERSION} (run 'edgewatch central' on it once to "
+            self.conn.close()
+            raise StoreError(f"central database {_shown(path)} has schema {version}, this "
+                             f"edgewatch reads {SCHEMA_VERSION} (run 'edgewatch central' on it once to "
                              "migrate, or upgrade edgewatch)")
 
     def close(self) -> None:
@@ -342,7 +485,7 @@ class CentralReader:
         """Firing alerts across devices, oldest first."""
         return self._dicts(
             "SELECT device, id, kind, severity, feature, camera, starts_at, acknowledged, "
-            "snoozed_until, message FROM alerts WHERE state='firing' "
+            "snoozed_until, message, payload FROM alerts WHERE state='firing' "
             "ORDER BY starts_at, device")
 
     def recent_commands(self, limit: int = 20) -> List[Dict[str, Any]]:
@@ -350,7 +493,7 @@ class CentralReader:
         return self._dicts(
             "SELECT c.received, c.device, c.id, c.verb, c.alert, c.requested_by, r.ok, r.error, "
             "r.received AS answered FROM commands c LEFT JOIN command_results r "
-            "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC, c.rowid DESC LIMIT ?", (limit,))
+            "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC, c.id DESC LIMIT ?", (limit,))
 
     def due_notifications(self, now: float, limit: int = 1000) -> List[Notification]:
         """Notifications due now, oldest first, with the fresh ones of the same groups.
@@ -359,7 +502,7 @@ class CentralReader:
         are still waiting out their group wait (never tried) join it, as in Alertmanager.
         """
         rows = self.conn.execute(
-            "SELECT id, kind, grp, device, body, created, attempts FROM notifications "
+            "SELECT id, kind, grp, device, body, created, attempts, next_at FROM notifications "
             "WHERE grp IN (SELECT grp FROM notifications WHERE next_at <= ?) "
             "AND (next_at <= ? OR attempts = 0) ORDER BY id LIMIT ?",
             (now, now, limit)).fetchall()

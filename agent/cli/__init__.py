@@ -81,11 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``edgewatch`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # also when a host (a test runner) configured logging
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

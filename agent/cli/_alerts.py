@@ -9,7 +9,9 @@ validated and applied to it directly, the same way, and takes effect when the ag
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import time
 from typing import Any, Dict, List
 
@@ -19,24 +21,42 @@ from ..store import Reader
 from ._format import duration, local_time, safe_text, table
 from ._run import config_from_args
 
-_TIME_KEYS = ("until", "ts", "starts_at", "ends_at")
+_TIME_KEYS = ("until", "ts", "starts_at", "ends_at", "at")
+
+
+def default_by() -> str:
+    """Who asked, when ``--by`` is not given: ``$USER@$HOSTNAME``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def who(by: Any, at: Any) -> Any:
+    """``ops@desk 14:02:05`` for the ACK and SNOOZED columns (None when nobody)."""
+    if by is None and at is None:
+        return None
+    return " ".join(p for p in (safe_text(by) if by else None,
+                                local_time(float(at)) if isinstance(at, (int, float)) else None)
+                    if p)
 
 
 def _dispatch(args: argparse.Namespace, verb: str, payload: Dict[str, Any]) -> int:
     cfg = config_from_args(args)
-    answer = send(cfg, verb, payload)
+    answer = send(cfg, verb, {**payload, "by": args.by or default_by()})
     if getattr(args, "json", False):
         print(json.dumps(answer, indent=2, default=str))
         return 0 if answer.get("ok") else CommandError.exit_code
     if not answer.get("ok"):
         raise CommandError(str(answer.get("error") or "command rejected"))
-    print(_describe(answer.get("result") or {}))
+    print(describe_result(answer.get("result") or {}))
     if answer.get("offline"):
         print(f"agent not running: saved in {cfg.store.path}, applied when it starts")
     return 0
 
 
-def _describe(result: Dict[str, Any]) -> str:
+def describe_result(result: Dict[str, Any]) -> str:
     """One line for people from a command's result."""
     parts: List[str] = []
     for key, value in result.items():
@@ -70,7 +90,8 @@ def _list(args: argparse.Namespace) -> int:
         print("no firing alerts" if not args.all else "no alerts")
     else:
         print(table([_alert_row(r, now) for r in rows],
-                    ["id", "state", "severity", "kind", "feature", "since", "for", "message"]))
+                    ["id", "state", "severity", "kind", "feature", "since", "for", "ack",
+                     "snoozed", "message"]))
     if controls:
         print()
         print(table([{"control": c["kind"], "target": c["target"],
@@ -83,10 +104,17 @@ def _list(args: argparse.Namespace) -> int:
 def _alert_row(r: Dict[str, Any], now: float) -> Dict[str, Any]:
     start = r["starts_at"] if r["starts_at"] is not None else r["ts"]
     end = r["ends_at"] if r["ends_at"] is not None else now
+    p = r.get("payload") or {}
+    until = p.get("snoozed_until")
+    snoozed = (f"until {local_time(float(until))}" + (f" by {safe_text(p['snoozed_by'])}"
+               if p.get("snoozed_by") else "")) if isinstance(until, (int, float)) \
+        and until > now and r["state"] == "firing" else None
+    acked = (who(p.get("acknowledged_by"), p.get("acknowledged_at")) or "yes") \
+        if p.get("acknowledged") else None
     return {"id": str(r["id"])[:12], "state": r["state"], "severity": r["severity"],
             "kind": r["kind"], "feature": r["feature"], "since": local_time(start),
             "for": duration(end - start) if start is not None else None,
-            "message": r["message"]}
+            "ack": acked, "snoozed": snoozed, "message": r["message"]}
 
 
 def register(sub: Any) -> None:
@@ -95,13 +123,16 @@ def register(sub: Any) -> None:
     asub = p.add_subparsers(dest="alerts_command", metavar="ACTION")
     asub.required = True
 
-    def common(q: argparse.ArgumentParser) -> None:
+    def common(q: argparse.ArgumentParser, by: bool = True) -> None:
         q.add_argument("--config", help="TOML config file (for [store] path)")
         q.add_argument("--db", help="SQLite history file")
         q.add_argument("--json", action="store_true", help="print JSON")
+        if by:
+            q.add_argument("--by", default=None, help="who asks, kept with the alert and "
+                           "shown by every view (default: $USER@$HOSTNAME)")
 
     q = asub.add_parser("list", help="list firing alerts and controls in force")
-    common(q)
+    common(q, by=False)
     q.add_argument("--all", action="store_true", help="include resolved alerts")
     q.add_argument("--limit", type=int, default=50, help="at most this many alerts")
     q.set_defaults(func=_list)

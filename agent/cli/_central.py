@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from ..commands import parse_duration
 from ..errors import CommandError, StoreError, UsageError
 from ..mqttclient import PROTOCOLS, ClientSettings, read_password
+from ._alerts import default_by, describe_result, who
 from ._format import duration, local_time, safe_text, table
 
 if TYPE_CHECKING:
@@ -86,13 +87,15 @@ def _settings(args: argparse.Namespace, cfg: CentralConfig, client_id: str, *,
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``central`` and ``fleet`` commands."""
-    p = sub.add_parser("central", help="follow every device over MQTT into a SQLite file",
+    p = sub.add_parser("central", help="follow every device over MQTT into SQLite or "
+                       "PostgreSQL",
                        description="Subscribe to the status, heartbeats, alerts and commands of "
                        "every device and keep them in --db; mark devices offline on their last "
                        "will or an overdue heartbeat; send alerts and device offline/online "
                        "changes to --webhook, retrying until delivered.")
     _broker_args(p)
-    p.add_argument("--db", help=f"central database (default: {DEFAULT_DB})")
+    p.add_argument("--db", help=f"central database: a SQLite file or a postgresql:// URL "
+                   f"(default: {DEFAULT_DB})")
     p.add_argument("--webhook", metavar="URL", help="POST each alert transition and device "
                    "offline/online change here as JSON (Slack-compatible 'text' field)")
     p.add_argument("--webhook-expire", metavar="DURATION", help="give up on a notification "
@@ -100,10 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--group-wait", metavar="DURATION", help="hold each notification this long "
                    "so that a storm of one kind leaves as one webhook call listing the devices "
                    "(default: 5s; 0 sends at once)")
+    p.add_argument("--group-interval", metavar="DURATION", help="after a group went out, hold "
+                   "its next notifications this long (default: 30s; 0 for none)")
     p.add_argument("--keep-history", metavar="DURATION", help="drop heartbeats, commands and "
                    "results older than this (default: 30d; alerts are kept)")
     p.add_argument("--share", metavar="GROUP", help="use MQTT 5 shared subscriptions "
-                   "($share/GROUP/...) so several centrals split the load")
+                   "($share/GROUP/...) so several centrals on one PostgreSQL split the load "
+                   "(give each its own --client-id)")
     p.add_argument("--offline-after", type=float, metavar="SECONDS", help="mark a device "
                    "offline after this long without a heartbeat (default: 3 x its interval)")
     p.add_argument("--client-id", help="fixed MQTT client id: a persistent session, so alerts "
@@ -123,16 +129,42 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _view_args(c, sub_command=True)
     c.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
     c.set_defaults(func=run_fleet_commands)
-    for verb, text in (("ack", "acknowledge an alert on a device"),
-                       ("snooze", "snooze an alert on a device")):
+    _command_parsers(fsub)
+
+
+_FLEET_HELP = {
+    "ack": "acknowledge an alert on a device (no repeats until it resolves)",
+    "snooze": "snooze an alert, kind or feature on a device",
+    "disable": "disable alerts of a kind or feature on a device",
+    "enable": "enable a disabled kind or feature on a device again",
+    "set": "set a feature's drift threshold on a device",
+    "rebaseline": "make a device learn a new reference from its coming frames",
+}
+
+
+def _command_parsers(fsub: Any) -> None:
+    """``fleet ack|snooze|disable|enable|set|rebaseline DEVICE ...``: one device command each."""
+    for verb, text in _FLEET_HELP.items():
         cmd = fsub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: "
                               "publish the command and wait for the device's result.")
         cmd.add_argument("device", help="device id")
-        cmd.add_argument("alert", help="alert id (see 'edgewatch fleet alerts')")
+        if verb in ("ack", "snooze"):
+            what = "alert id (as 'edgewatch fleet alerts' or 'edgewatch alerts list' show it)"
+            cmd.add_argument("alert", help=what + (", a kind or a feature"
+                                                   if verb == "snooze" else ""))
+        elif verb in ("disable", "enable"):
+            cmd.add_argument("alert", metavar="target", help="a kind or a feature")
+        elif verb == "set":
+            cmd.add_argument("alert", metavar="feature", help="feature name, e.g. brightness")
+            cmd.add_argument("value", type=float, help="new threshold")
+            cmd.add_argument("--metric", help="metric the threshold applies to")
         if verb == "snooze":
             cmd.add_argument("--for", dest="duration", default="1h",
                              help="how long, e.g. 30m, 2h (default 1h)")
             cmd.add_argument("--duration", dest="duration", help=argparse.SUPPRESS)
+        if verb != "rebaseline":
+            cmd.add_argument("--by", help="who asks, kept with the alert and shown by every "
+                             "view (default: $USER@$HOSTNAME)")
         cmd.add_argument("--timeout", type=float, default=10.0,
                          help="seconds to wait for the result (default: 10)")
         cmd.add_argument("--json", action="store_true", help="print the device's answer as JSON")
@@ -154,9 +186,14 @@ def _view_args(p: argparse.ArgumentParser, sub_command: bool) -> None:
 
 # -- central ------------------------------------------------------------------------------------
 
+def _seconds(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+
+
 def run_central(args: argparse.Namespace) -> int:
     """Handle ``edgewatch central``: run until SIGINT/SIGTERM, or a writer that keeps failing."""
     from ..central import Central
+    from ..central._postgres import redact_url
 
     cfg = _config(args)
     c = cfg.central
@@ -166,18 +203,21 @@ def run_central(args: argparse.Namespace) -> int:
     db = args.db or c.db
     expire = parse_duration(args.webhook_expire) if args.webhook_expire else c.webhook_expire_s
     keep = parse_duration(args.keep_history) if args.keep_history else c.keep_history_days * 86400
-    group_wait = c.group_wait_s if args.group_wait is None else (
-        0.0 if args.group_wait.strip() in ("0", "0s") else parse_duration(args.group_wait))
+    group_wait = c.group_wait_s if args.group_wait is None else _seconds(args.group_wait)
+    group_interval = (c.group_interval_s if args.group_interval is None
+                      else _seconds(args.group_interval))
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
                       webhook=args.webhook or c.webhook, share=args.share or c.share,
                       offline_after=args.offline_after or c.offline_after_s,
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
+                      group_interval_s=group_interval, group_by=c.group_by,
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     central.start()
-    print(f"central: following {prefix}/+ on {settings.describe()} into {db}", flush=True)
+    print(f"central: following {prefix}/+ on {settings.describe()} into {redact_url(db)}",
+          flush=True)
     try:
         stop.wait()
     finally:
@@ -258,12 +298,15 @@ def run_fleet_alerts(args: argparse.Namespace) -> int:
     if args.json:
         _dump(rows)
         return 0
-    shown = [{**r, "since": local_time(r["starts_at"]),
-              "snoozed": local_time(r["snoozed_until"]) if (r["snoozed_until"] or 0) > now
-              else None} for r in rows]
+    shown = [{**r, "id": str(r["id"])[:12], "since": local_time(r["starts_at"]),
+              "acknowledged": (who(r["acknowledged_by"], r["acknowledged_at"]) or "yes")
+              if r["acknowledged"] else "no",
+              "snoozed": f"until {local_time(r['snoozed_until'])}"
+              + (f" by {safe_text(r['snoozed_by'])}" if r["snoozed_by"] else "")
+              if (r["snoozed_until"] or 0) > now else None} for r in rows]
     print(table(shown, ["device", "id", "kind", "severity", "feature", "since", "acknowledged",
                         "snoozed", "message"], {"id": "ALERT", "acknowledged": "ACK",
-                                                "snoozed": "SNOOZED UNTIL"})
+                                                "snoozed": "SNOOZED"})
           if shown else "(no open alerts)")
     return 0
 
@@ -287,17 +330,38 @@ def run_fleet_commands(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fleet_command(args: argparse.Namespace) -> int:
-    """Handle ``edgewatch fleet ack|snooze``: send, wait for the result, print it."""
-    from ..central import send_command
-
-    body: Dict[str, Any] = {"alert": args.alert}
-    if args.verb == "snooze":
+def _command_body(args: argparse.Namespace) -> Dict[str, Any]:
+    """The device command's fields for ``fleet VERB`` (validated here as on the device)."""
+    verb = args.verb
+    body: Dict[str, Any] = {}
+    if verb in ("ack", "snooze"):
+        body["alert"] = args.alert
+    elif verb in ("disable", "enable"):
+        body["target"] = args.alert
+    elif verb == "set":
+        if not args.value > 0:
+            raise UsageError(f"the threshold must be > 0, got {args.value:g}")
+        body.update(feature=args.alert, value=args.value)
+        if args.metric:
+            body["metric"] = args.metric
+    if verb == "snooze":
         body["duration"] = parse_duration(args.duration)
+    if verb != "rebaseline":
+        body["by"] = args.by or default_by()
+    return body
+
+
+def run_fleet_command(args: argparse.Namespace) -> int:
+    """Handle ``edgewatch fleet ack|snooze|disable|enable|set|rebaseline``: send, wait, print."""
+    from ..central import send_command
+    from ..central.fleet import FLEET_VERBS
+
+    body = _command_body(args)
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout}")
     settings, prefix = _settings(args, _config(args), f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
-    result = send_command(settings, args.device, args.verb, body, timeout=args.timeout,
+    verb = FLEET_VERBS[args.verb]
+    result = send_command(settings, args.device, verb, body, timeout=args.timeout,
                           prefix=prefix)
     if args.json:
         print(json.dumps(result, sort_keys=True))
@@ -306,7 +370,5 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.device} refused {args.verb}: "
                            f"{safe_text(result.get('error') or 'no reason given')}")
     answer = result.get("result") or {}
-    until = answer.get("until") if isinstance(answer, dict) else None
-    tail = f" until {local_time(until)}" if isinstance(until, (int, float)) else ""
-    print(f"{safe_text(args.device)}: {args.verb} {safe_text(args.alert)}: ok{tail}")
+    print(f"{safe_text(args.device)}: {describe_result(answer if isinstance(answer, dict) else {})}")
     return 0
