@@ -35,7 +35,9 @@ postgres:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; \
 	fi
 
-run: install
+# configs/emulated.toml names the model install copies to models/ and data/edgewatch.db,
+# relative to its own folder (as every path in a config file is).
+run: install $(MODEL)
 	$(BIN)/edgewatch run --config $(CONFIG)
 
 test: install broker postgres

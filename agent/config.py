@@ -1,13 +1,16 @@
 """Configuration: one TOML file parsed once into frozen dataclasses, validated on load.
 
-Every field has a default, so ``edgewatch run`` works with only a model and a source.
-An unknown key, a wrong type or an impossible value is a one-line :class:`ConfigError`
-naming the file, the key and what is allowed. ``configs/default.toml`` documents every key.
+Every field has a default, and the defaults are what ``configs/default.toml`` says, except
+``[model] path`` and ``[source] uri``: ``run`` needs both set (:func:`require`), so nothing
+runs a model or a camera the user never chose. An unknown key, a wrong type, a number that is
+not finite or out of its range is a one-line :class:`ConfigError` naming the file, the key and
+what is allowed. Relative paths in a config file are relative to that file's folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -15,7 +18,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError
 
@@ -31,6 +34,19 @@ DECODERS = ("auto", "classification", "ssd", "yolo", "anchors", "generic")
 def _check(ok: bool, key: str, allowed: str) -> None:
     if not ok:
         raise ValueError(f"{key}: {allowed}")
+
+
+def _range(obj: Any, key: str, lo: float, hi: float, unit: str = "", *,
+           above: bool = False) -> None:
+    """``obj.key`` is a finite number from ``lo`` (more than ``lo`` when ``above``) to ``hi``."""
+    value = getattr(obj, key)
+    ok = math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi
+    lo_s, hi_s = (str(int(v)) if float(v).is_integer() else f"{v:g}" for v in (lo, hi))
+    span = f"more than {lo_s} and at most {hi_s}" if above else f"{lo_s} to {hi_s}"
+    _check(ok, key, f"{span}{' ' + unit if unit else ''}, got {value!r}")
+
+
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class DeviceConfig:
 class ModelConfig:
     """The TFLite model, its runtime and how frames are fed to it and decoded."""
 
-    path: str = "models/face_detection_short_range.tflite"
+    path: str = ""  # required by run, replay and baseline: see require()
     runtime: str = "auto"
     num_threads: int = 1
     delegate: str = ""
@@ -63,16 +79,19 @@ class ModelConfig:
         _check(self.runtime in RUNTIMES, "runtime", f"one of {', '.join(RUNTIMES)}")
         _check(self.decoder in DECODERS, "decoder", f"one of {', '.join(DECODERS)}")
         _check(self.color in ("rgb", "bgr"), "color", "rgb or bgr")
-        _check(self.num_threads >= 1, "num_threads", "at least 1")
-        _check(0.0 < self.score_threshold < 1.0, "score_threshold", "between 0 and 1")
-        _check(self.input_range[0] < self.input_range[1], "input_range", "[low, high], low < high")
+        _range(self, "num_threads", 1, 64, "threads")
+        _check(0.0 < self.score_threshold < 1.0, "score_threshold",
+               f"between 0 and 1, got {self.score_threshold!r}")
+        low, high = self.input_range
+        _check(all(math.isfinite(v) and abs(v) <= 65535 for v in (low, high)) and low < high,
+               "input_range", f"[low, high], finite, low < high, got {list(self.input_range)}")
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     """Where frames come from: camera, file, stream, image folder or emulated feed."""
 
-    uri: str = "emulated:stationary"
+    uri: str = ""  # required by run: see require()
     loop: bool = False
     fps: float = 0.0
     size: Tuple[int, int] = (0, 0)
@@ -80,11 +99,13 @@ class SourceConfig:
     reconnect_max_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _check(bool(self.uri), "uri", "a camera index, /dev/videoN, file, folder, URL or emulated:NAME")
-        _check(self.fps >= 0, "fps", "0 (source's own rate) or a positive number")
-        _check(all(v >= 0 for v in self.size), "size", "[width, height], 0 keeps the source's")
-        _check(0 < self.reconnect_initial_s <= self.reconnect_max_s, "reconnect_initial_s",
-               "positive and at most reconnect_max_s")
+        _range(self, "fps", 0, 1000, "frames per second (0 = the source's own rate)")
+        _check(self.size == (0, 0) or all(16 <= v <= 16384 for v in self.size), "size",
+               f"[width, height] each 16..16384, or [0, 0] to keep the source's, "
+               f"got {list(self.size)}")
+        _range(self, "reconnect_max_s", 0, DAY, "seconds", above=True)
+        _range(self, "reconnect_initial_s", 0, self.reconnect_max_s,
+               "seconds (at most reconnect_max_s)", above=True)
 
 
 @dataclass(frozen=True)
@@ -105,7 +126,7 @@ class StatsConfig:
 class StoreConfig:
     """SQLite history: path, batching, summary windows and retention."""
 
-    path: str = "edgewatch.db"
+    path: str = "/var/lib/edgewatch/edgewatch.db"
     queue_size: int = 2048
     flush_interval_s: float = 2.0
     window_s: float = 60.0
@@ -116,12 +137,16 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "path", "a file path")
-        _check(self.queue_size >= 16, "queue_size", "at least 16")
-        _check(self.flush_interval_s > 0, "flush_interval_s", "positive seconds")
-        _check(self.window_s >= 1, "window_s", "at least 1 second")
-        _check(self.retention_days > 0, "retention_days", "positive days")
-        _check(self.max_db_mb >= 1, "max_db_mb", "at least 1")
-        _check(self.outbox_max >= 10, "outbox_max", "at least 10")
+        _range(self, "queue_size", 16, 1_000_000, "rows")
+        _range(self, "flush_interval_s", 0, 3600, "seconds", above=True)
+        _range(self, "window_s", 1, DAY, "seconds")
+        _range(self, "retention_days", 0, 36500, "days", above=True)
+        _range(self, "max_db_mb", 1, 10_000_000, "MB")
+        _range(self, "outbox_max", 10, 100_000_000, "messages")
+        # 0 would delete every unsent alert at once: store-and-forward needs hours at least
+        age = self.outbox_max_age_days
+        _check(math.isfinite(age) and 1 / 24 <= age <= 36500, "outbox_max_age_days",
+               f"1/24 (one hour) to 36500 days, got {age!r}")
 
 
 @dataclass(frozen=True)
@@ -141,14 +166,14 @@ class DriftConfig:
     features: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check(self.warmup_s >= 10, "warmup_s", "at least 10 seconds")
-        _check(self.calibration_s >= 10, "calibration_s", "at least 10 seconds")
-        _check(64 <= self.window_frames, "window_frames", "at least 64")
-        _check(self.eval_interval_s > 0, "eval_interval_s", "positive seconds")
-        _check(self.for_s >= 0, "for_s", "0 or more seconds")
-        _check(self.clear_for_s >= 0, "clear_for_s", "0 or more seconds")
-        _check(self.false_alarms_per_week > 0, "false_alarms_per_week", "positive")
-        _check(0 < self.class_mix_js <= 1, "class_mix_js", "0..1 (Jensen-Shannon divergence, base 2)")
+        _range(self, "warmup_s", 10, 7 * DAY, "seconds")
+        _range(self, "calibration_s", 10, 7 * DAY, "seconds")
+        _range(self, "window_frames", 64, 1_000_000, "frames")
+        _range(self, "eval_interval_s", 0, 3600, "seconds", above=True)
+        _range(self, "for_s", 0, DAY, "seconds")
+        _range(self, "clear_for_s", 0, DAY, "seconds")
+        _range(self, "false_alarms_per_week", 0, 10_000, "per week", above=True)
+        _range(self, "class_mix_js", 0, 1, "(Jensen-Shannon divergence, base 2)", above=True)
 
 
 @dataclass(frozen=True)
@@ -176,13 +201,19 @@ class RulesConfig:
     outlier_for_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("black_brightness", "saturated_fraction", "frozen_diff", "blur_ratio",
-                     "stall_s", "min_fps_ratio", "latency_ratio", "outlier_z", "outlier_rate",
-                     "window_s", "eval_interval_s"):
-            _check(getattr(self, name) > 0, name, "positive")
-        _check(self.saturated_fraction <= 1, "saturated_fraction", "0..1")
-        _check(self.blur_ratio < 1, "blur_ratio", "0..1 (sharpness as a fraction of the reference)")
-        _check(self.outlier_rate <= 1, "outlier_rate", "0..1")
+        for name in ("eval_interval_s", "window_s", "stall_s"):
+            _range(self, name, 0, 3600, "seconds", above=True)
+        for name in ("black_for_s", "saturated_for_s", "frozen_for_s", "blur_for_s", "fps_for_s",
+                     "latency_for_s", "outlier_for_s"):
+            _range(self, name, 0, DAY, "seconds")
+        for name in ("black_brightness", "frozen_diff"):
+            _range(self, name, 0, 255, "(luma)", above=True)
+        for name in ("saturated_fraction", "min_fps_ratio", "outlier_rate"):
+            _range(self, name, 0, 1, "(a fraction)", above=True)
+        _range(self, "blur_ratio", 0, 0.99, "(sharpness as a fraction of the reference)",
+               above=True)
+        _range(self, "latency_ratio", 1, 1000, "(times the reference's latency)", above=True)
+        _range(self, "outlier_z", 0, 1000, "(robust z-score)", above=True)
 
 
 @dataclass(frozen=True)
@@ -192,7 +223,7 @@ class AlertsConfig:
     repeat_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        _check(self.repeat_interval_s >= 10, "repeat_interval_s", "at least 10 seconds")
+        _range(self, "repeat_interval_s", 10, 365 * DAY, "seconds")
 
 
 @dataclass(frozen=True)
@@ -209,8 +240,11 @@ class HealthConfig:
     gpu_load_path: str = "/sys/devices/gpu.0/load"
 
     def __post_init__(self) -> None:
-        _check(self.interval_s >= 1, "interval_s", "at least 1 second")
-        _check(0 < self.memory_percent <= 100, "memory_percent", "0..100")
+        _range(self, "interval_s", 1, DAY, "seconds")
+        _range(self, "temp_c", 0, 200, "degrees C", above=True)
+        _range(self, "disk_free_mb", 0, 10_000_000, "MB")
+        _range(self, "memory_percent", 0, 100, "percent", above=True)
+        _range(self, "for_s", 0, DAY, "seconds")
 
 
 @dataclass(frozen=True)
@@ -223,13 +257,17 @@ class ServiceConfig:
     control_socket: str = ""
 
     def __post_init__(self) -> None:
-        _check(self.heartbeat_interval_s >= 1, "heartbeat_interval_s", "at least 1 second")
-        _check(self.status_interval_s >= 0, "status_interval_s", "0 (off) or seconds")
+        _range(self, "heartbeat_interval_s", 1, DAY, "seconds")
+        _range(self, "status_interval_s", 0, DAY, "seconds (0 = off)")
         _check(len(os.fsencode(self.control_socket)) <= 107, "control_socket",
                "a path of at most 107 bytes (a Unix socket's limit)")
 
 
 PROTOCOLS = ("3.1.1", "5")
+# MQTT's keep-alive and Receive Maximum are 16-bit; a broker caps a packet at 256 MB.
+_MQTT_RANGES = (("keepalive", 1, 65535, "seconds"), ("heartbeat_interval_s", 0, DAY, "seconds"),
+                ("reconnect_min_s", 1, 3600, "seconds"), ("reconnect_max_s", 1, 3600, "seconds"),
+                ("max_inflight", 1, 65535, "messages"), ("max_payload_kb", 1, 262144, "KB"))
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -285,16 +323,13 @@ class MqttConfig:
         if not prefix or prefix.startswith("/") or prefix.endswith("/") or set("+#") & set(prefix):
             raise bad("topic_prefix",
                       f"must be a topic without wildcards or edge '/', got {prefix!r}")
-        if self.keepalive < 1:
-            raise bad("keepalive", f"must be at least 1 second, got {self.keepalive}")
-        if not self.heartbeat_interval_s > 0:
-            raise bad("heartbeat_interval_s", f"must be > 0, got {self.heartbeat_interval_s}")
-        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
-            raise bad("reconnect_max_s", "must be >= reconnect_min_s >= 1")
-        if self.max_inflight < 1:
-            raise bad("max_inflight", f"must be at least 1, got {self.max_inflight}")
-        if self.max_payload_kb < 1:
-            raise bad("max_payload_kb", f"must be at least 1, got {self.max_payload_kb}")
+        for key, lo, hi, unit in _MQTT_RANGES:
+            try:
+                _range(self, key, lo, hi, unit, above=key == "heartbeat_interval_s")
+            except ValueError as exc:
+                raise bad(key, "must be " + str(exc).partition(": ")[2]) from None
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise bad("reconnect_max_s", "must be >= reconnect_min_s")
         if self.password is not None and self.username is None:
             raise bad("username", "is required when a password is set")
         if (self.cert_file is None) != (self.key_file is None):
@@ -326,6 +361,13 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     origin: str = "<defaults>"
+
+    def __post_init__(self) -> None:
+        if self.drift.window_frames > self.stats.capacity:
+            raise ConfigError(
+                f"{self.origin}: drift.window_frames ({self.drift.window_frames}) is larger "
+                f"than stats.capacity ({self.stats.capacity}), so drift would never be checked "
+                "(raise [stats] capacity or lower [drift] window_frames)")
 
     def with_values(self, **dotted: Any) -> Config:
         """A copy with ``section__key=value`` overrides applied (e.g. ``store__path='x.db'``)."""
@@ -359,6 +401,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML has nan and inf literals
+                raise ValueError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise ValueError(f"{where}: expected a number, got {value!r}")
     if hint is str:
@@ -421,29 +465,89 @@ def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Config:
     return Config(origin=origin, **sections)
 
 
+# Keys naming files or folders: relative ones in a file are relative to the file's folder.
+_PATH_KEYS = (("model", "path"), ("store", "path"), ("drift", "reference"),
+              ("service", "control_socket"), ("health", "thermal_root"),
+              ("health", "gpu_load_path"), ("mqtt", "ca_file"), ("mqtt", "cert_file"),
+              ("mqtt", "key_file"))
+
+
+def _is_relative_file(value: Any) -> bool:
+    return isinstance(value, str) and value != "" and not os.path.isabs(value) \
+        and not value.startswith("~")
+
+
+def _resolve_paths(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with its relative paths made relative to ``folder`` (the config file's)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for section, key in _PATH_KEYS:
+        table = out.get(section)
+        if isinstance(table, dict) and _is_relative_file(table.get(key)):
+            table[key] = os.path.normpath(folder / table[key])
+    source = out.get("source")
+    if isinstance(source, dict):
+        uri = source.get("uri")
+        # A camera index, /dev/videoN, a URL or emulated:NAME is not a relative file.
+        if isinstance(uri, str) and _is_relative_file(uri) and not uri.isdigit() \
+                and ":" not in uri:
+            source["uri"] = os.path.normpath(folder / uri)
+    return out
+
+
+_FLAGS = {"model.path": "--model", "source.uri": "--source"}
+
+
+def require(config: Config, command: str,
+            keys: Sequence[str] = ("model.path", "source.uri")) -> Config:
+    """``config`` when every one of ``keys`` is set, else a ConfigError naming the unset ones.
+
+    >>> require(load_config({"model": {"path": "m.tflite"}}), "replay", ["model.path"]).origin
+    '<dict>'
+    """
+    unset = [k for k in keys if not getattr(getattr(config, k.split(".")[0]), k.split(".")[1])]
+    if not unset:
+        return config
+    names = " and ".join("[{}] {}".format(*k.split(".")) for k in unset)
+    flags = " and ".join(_FLAGS[k] for k in unset)
+    where = "pass --config FILE, or" if config.origin.startswith("<") else "set it there or pass"
+    if len(unset) > 1:
+        where = where.replace(" it ", " them ")
+    raise ConfigError(f"{config.origin}: {names} must be set for {command} "
+                      f"({where} {flags}; see configs/default.toml)")
+
+
 def load_config(source: Union[str, os.PathLike[str], Mapping[str, Any], None] = None) -> Config:
     """Load a config from a TOML file path, a dict, or defaults when ``None``.
 
-    Relative ``model.path``, ``store.path`` and ``drift.reference`` stay relative to the
-    working directory, like every other command-line tool.
+    Relative paths in a file (``model.path``, ``store.path``, ``drift.reference``, a video or
+    folder ``source.uri``, TLS files...) are relative to the file's folder, like Prometheus's
+    ``rule_files``, so a config works from any working directory; in a dict they stay
+    relative to the working directory.
     """
     if source is None:
         return from_dict({}, "<defaults>")
     if isinstance(source, Mapping):
         return from_dict(source, "<dict>")
     path = Path(source)
+    data = read_toml(path, "pass --config FILE; see configs/default.toml")
+    return from_dict(_resolve_paths(data, path.parent), str(path))
+
+
+def read_toml(path: Path, missing: str) -> dict[str, Any]:
+    """The parsed TOML file, or a one-line ConfigError (``missing``: how to fix a wrong path)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"config not found: {path} (pass --config FILE; see configs/default.toml)") from None
+        raise ConfigError(f"config not found: {path} ({missing})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config: {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start}; save the file as UTF-8)") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(data, str(path))
 
 
 def default_config_path() -> Optional[Path]:

@@ -70,6 +70,8 @@ def _u8(image: MatLike) -> Image:
 _BASE_SIGMA = 2.5
 _DUSK_S = 120.0
 _URI_KEYS = ("seed", "fps", "size", "onset", "duration")
+MAX_SIDE = 7680  # 8K UHD: a frame is allocated at this size, so a typo must not ask for 30 GB
+_MAX_SECONDS = 1e9  # finite: frame indices are seconds x fps
 
 
 def _load_photo(name: str) -> Image:
@@ -141,15 +143,16 @@ class EmulatedFeed:
                 f"unknown emulated scenario: {scenario!r} (use one of {', '.join(SCENARIOS)})"
             )
         width, height = (int(v) for v in size)
-        if width < 32 or height < 32:
-            raise SourceError(f"emulated frame size too small: {width}x{height} (use >= 32x32)")
+        if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE):
+            raise SourceError(f"bad emulated frame size: {width}x{height} "
+                              f"(use 32x32 to {MAX_SIDE}x{MAX_SIDE})")
         if not (isinstance(seed, (int, np.integer)) and seed >= 0):
             raise SourceError(f"bad emulated seed: {seed!r} (use an integer >= 0)")
-        if not fps > 0:
-            raise SourceError(f"bad emulated fps: {fps!r} (use a number > 0)")
-        if not onset >= 0:
+        if not 0 < fps <= 1000:  # NaN and inf fail too
+            raise SourceError(f"bad emulated fps: {fps!r} (use a number > 0, at most 1000)")
+        if not 0 <= onset < _MAX_SECONDS:
             raise SourceError(f"bad emulated onset: {onset!r} (use seconds >= 0)")
-        if duration is not None and not duration > 0:
+        if duration is not None and not 0 < duration < _MAX_SECONDS:
             raise SourceError(f"bad emulated duration: {duration!r} (use seconds > 0)")
         self.scenario = scenario
         self.seed = int(seed)

@@ -10,7 +10,7 @@ whatever happens to the observation, and a failure is counted in ``monitor.error
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -97,11 +97,13 @@ def tensor_to_bgr(tensor: npt.NDArray[Any], *, input_range: Tuple[float, float] 
     return None if out is None else out.copy()
 
 
-def wrap(interpreter: Any, monitor: Observer) -> Any:
+def wrap(interpreter: Any, monitor: Observer, *,
+         clock: Optional[Callable[[], float]] = None) -> Any:
     """Return ``interpreter`` with every ``invoke()`` observed by ``monitor``.
 
     The monitor measures the model's input tensor (the ``input`` view), and compares it with
     a reference measured the same way (``edgewatch baseline`` records both views).
+    ``clock`` gives each frame's time (a recorded clip's own clock); by default, now.
     """
     original = interpreter.invoke
     inp = interpreter.get_input_details()[0]
@@ -118,7 +120,7 @@ def wrap(interpreter: Any, monitor: Observer) -> Any:
         try:
             frame = image(interpreter.get_tensor(inp["index"]))
             outputs = [interpreter.get_tensor(d["index"]) for d in outs]
-            monitor.observe(frame, outputs, latency)
+            monitor.observe(frame, outputs, latency, None if clock is None else clock())
         # The application's boundary: whatever observing does, its invoke() must not fail.
         except Exception as exc:  # noqa: BLE001
             monitor.hook_error(exc)

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .alerts import AlertManager
-from .config import Config, load_config
+from .config import Config, load_config, require
 from .errors import AgentError, BaselineError, SourceError
 from .hook import TensorImage
 from .inference import Model
@@ -421,7 +421,7 @@ def run_forever(config_path: Optional[str], *, config: Optional[Config] = None,
 
 def _load(path: Optional[str], overrides: Mapping[str, Any]) -> Config:
     cfg = load_config(path)
-    return cfg.with_values(**overrides) if overrides else cfg
+    return require(cfg.with_values(**overrides) if overrides else cfg, "run")
 
 
 def _handle_signals(stop: threading.Event, reload: threading.Event,

@@ -247,7 +247,13 @@ def test_parse_uri_sets_every_parameter():
         ("emulated:dusk?seed=-1", ["seed", ">= 0"]),
         ("emulated:dusk?fps=0", ["fps", "> 0"]),
         ("emulated:dusk?duration=0", ["duration"]),
-        ("emulated:dusk?size=8x8", ["too small"]),
+        ("emulated:dusk?size=8x8", ["8x8", "32x32"]),
+        # allocated at once: a typo must be refused, not ask for 30 GB
+        ("emulated:black?size=100000x100000", ["100000x100000", "7680x7680"]),
+        ("emulated:dusk?fps=inf", ["fps", "at most 1000"]),
+        ("emulated:dusk?fps=nan", ["fps", "> 0"]),
+        ("emulated:dusk?onset=inf", ["onset"]),
+        ("emulated:dusk?duration=nan", ["duration"]),
         ("emulated:dusk?seed", ["seed"]),
     ],
 )

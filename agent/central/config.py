@@ -16,22 +16,16 @@ an operator can point ``edgewatch fleet`` at the config of a device on the same 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
-from ..config import build_section, from_dict, load_config
+from ..config import build_section, from_dict, load_config, read_toml
 from ..errors import ConfigError
 from .notify import DEFAULT_GROUP_BY, check_group_by, check_url
 
 __all__ = ["CentralSection", "CentralConfig", "load_central_config",
            "central_config_from_dict"]
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.9/3.10 on older boards
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -97,16 +91,7 @@ def central_config_from_dict(data: Mapping[str, Any], origin: str) -> CentralCon
 
 def load_central_config(path: str) -> CentralConfig:
     """A central config, or a device config's ``[mqtt]`` under default ``[central]`` values."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config not found: {path} (check --config)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(Path(path), "check --config")
     if "central" in data:
         return central_config_from_dict(data, os.fspath(path))
     return CentralConfig(CentralSection(), load_config(path).mqtt, os.fspath(path))

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import require
 from ..drift.reference import build_reference
 from ..errors import BaselineError, UsageError
 from ..inference import Model
 from ..loop import collect_rows
 from ..monitor import FEATURES, FEATURES_VERSION
 from ._format import Progress, duration
-from ._run import add_common, config_from_args
+from ._run import add_common, config_from_args, number_type
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def _baseline(args: argparse.Namespace) -> int:
         return 0 if result.get("ok") else 1
     if not args.sources or not args.out:
         raise UsageError("give SOURCE... and --out FILE (or --rebuild for the running agent)")
-    model = Model.from_config(cfg.model)
+    model = Model.from_config(require(cfg, "baseline", ["model.path"]).model)
     t0 = time.perf_counter()
     progress = Progress("baseline", args.max_frames * len(args.sources) if args.max_frames else None)
     try:
@@ -81,8 +82,10 @@ def register(sub: Any) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="image folder, video or emulated:NAME")
     add_common(p)
     p.add_argument("--out", help="reference file to write (.npz)")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate the frames stand for (default 30)")
-    p.add_argument("--max-frames", type=int, help="at most this many frames per source")
+    p.add_argument("--fps", type=number_type(float, 0, "frames per second, more than 0"),
+                   default=30.0, help="frame rate the frames stand for (default 30)")
+    p.add_argument("--max-frames", type=number_type(int, 0, "a whole number, at least 1"),
+                   help="at most this many frames per source")
     p.add_argument("--rebuild", action="store_true",
                    help="ask the running agent to re-learn its reference (accept the new normal)")
     p.set_defaults(func=_baseline)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from typing import Any, Dict, Optional
 
-from ..config import Config, default_config_path, load_config
+from ..config import Config, default_config_path, load_config, require
 from ..sources import open_source
 from ._format import Progress, duration
 
@@ -44,14 +45,32 @@ def _run(args: argparse.Namespace) -> int:
         overrides["source__uri"] = args.source
     path = _config_path(args)
     cfg = load_config(path)
-    return run_forever(path, config=cfg.with_values(**overrides) if overrides else cfg,
-                       overrides=overrides)
+    cfg = require(cfg.with_values(**overrides) if overrides else cfg, "run")
+    return run_forever(path, config=cfg, overrides=overrides)
+
+
+def model_config_from_args(args: argparse.Namespace, command: str) -> Config:
+    """:func:`config_from_args` for a command that runs the model: [model] path must be set."""
+    return require(config_from_args(args), command, ["model.path"])
+
+
+def number_type(kind: type, low: float, allowed: str) -> Any:
+    """An argparse type: a finite number of ``kind`` above ``low``, else a one-line error."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({allowed})") from None
+        if not (math.isfinite(value) and value > low):
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({allowed})")
+        return value
+    return parse
 
 
 def _replay(args: argparse.Namespace) -> int:
     from ..loop import replay
 
-    cfg = config_from_args(args)
+    cfg = model_config_from_args(args, "replay")
     size = (cfg.source.size[0], cfg.source.size[1]) if all(cfg.source.size) else None
     source = open_source(args.source, loop=False, size=size)
     progress = Progress("replay", args.max_frames)
@@ -96,9 +115,11 @@ def register(sub: Any) -> None:
                        "model and monitor; frame i gets timestamp start + i/fps.")
     p.add_argument("source", metavar="SOURCE", help="video file, image folder or emulated:NAME?...")
     add_common(p)
-    p.add_argument("--fps", type=float, help="frame rate for synthetic timestamps "
-                   "(default: the source's, else 30)")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--start", type=float, help="unix time of frame 0 (default: now)")
+    p.add_argument("--fps", type=number_type(float, 0, "frames per second, more than 0"),
+                   help="frame rate for synthetic timestamps (default: the source's, else 30)")
+    p.add_argument("--max-frames", type=number_type(int, 0, "a whole number of frames, at least 1"),
+                   help="stop after this many frames")
+    p.add_argument("--start", type=number_type(float, -math.inf, "a unix time"),
+                   help="unix time of frame 0 (default: now)")
     p.add_argument("--json", action="store_true", help="print one JSON line with the result")
     p.set_defaults(func=_replay)
