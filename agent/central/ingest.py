@@ -13,8 +13,9 @@ going dark at dusk) leaves as one webhook call per group and window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from .notify import DEFAULT_GROUP_BY, alert_body, alert_group, device_body
 from .records import (
@@ -54,6 +55,7 @@ class Ingest:
         self.group_wait_s, self.group_interval_s = group_wait_s, group_interval_s
         self.group_by = tuple(group_by)
         self.counts: Dict[str, int] = dict.fromkeys(_COUNTS, 0)
+        self._work = self.counts
         self.bad: Dict[str, int] = {}
         self._bad_logged: set[str] = set()
 
@@ -70,8 +72,16 @@ class Ingest:
         except BadMessage as exc:
             self._refused(topic, exc)
             return 0
-        with self.store.transaction():
+        with self._committed():
             return self._apply(record, self._clock())
+
+    @contextlib.contextmanager
+    def _committed(self) -> Iterator[None]:
+        """A transaction whose counters (bumped in ``_work``) show only once it has committed."""
+        self._work = dict(self.counts)
+        with self.store.transaction():
+            yield
+        self.counts = self._work
 
     def _refused(self, topic: str, exc: BadMessage) -> None:
         assert exc.reason in REASONS
@@ -87,35 +97,35 @@ class Ingest:
         changes: List[Optional[DeviceChange]] = []
         queued = 0
         if isinstance(record, Status):
-            self.counts["status"] += 1
+            self._work["status"] += 1
             reason = "online" if record.online else "last will or clean shutdown"
             changes.append(self.store.set_online(record.device, record.online, reason, now))
         elif isinstance(record, Heartbeat):
-            self.counts["heartbeats"] += 1
+            self._work["heartbeats"] += 1
             changes.append(self.store.put_heartbeat(record, now))
         elif isinstance(record, AlertTransition):
             if self.store.put_alert(record, now):
-                self.counts["alerts"] += 1
+                self._work["alerts"] += 1
                 if self.notify:
                     self.store.enqueue("alert", alert_group(record, self.group_by),
                                        record.device, alert_body(record), now,
                                        self.group_wait_s, self.group_interval_s)
                     queued += 1
             else:
-                self.counts["alert_duplicates"] += 1
+                self._work["alert_duplicates"] += 1
         elif isinstance(record, ClearedState):
             self.store.resolve_cleared(record.device, record.fingerprint, now)
         elif isinstance(record, CommandSent):
-            self.counts["commands"] += 1
+            self._work["commands"] += 1
             self.store.put_command(record, now)
         elif isinstance(record, CommandResult):
-            self.counts["results"] += 1
+            self._work["results"] += 1
             self.store.put_result(record, now)
         return queued + self._changed([c for c in changes if c is not None], now)
 
     def _changed(self, changes: List[DeviceChange], now: float) -> int:
         for change in changes:
-            self.counts["came_online" if change.online else "went_offline"] += 1
+            self._work["came_online" if change.online else "went_offline"] += 1
             log.info("central: device %s %s (%s)", change.device,
                      "back online" if change.online else "offline", change.reason)
             if self.notify:
@@ -128,7 +138,7 @@ class Ingest:
         """Mark online devices whose heartbeat is overdue offline; how many changed."""
         now = self._clock()
         changes: List[DeviceChange] = []
-        with self.store.transaction():
+        with self._committed():
             for device, since, last, interval in self.store.online_devices():
                 limit = self.offline_after or (3 * interval if interval else None)
                 if limit is None:
