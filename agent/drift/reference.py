@@ -349,7 +349,9 @@ def _check_length(n_frames: int, window_frames: int, independent: bool) -> None:
 def error_budget(fps: float, eval_stride_frames: int, persistence_s: float, features: int,
                  target_false_alarms_per_week: float) -> tuple[int, float, float]:
     """Persistence in evaluations, per-evaluation alpha and its Kolmogorov quantile (step 1)."""
-    persistence_evals = max(1, math.ceil(persistence_s * fps / eval_stride_frames))
+    # The alert manager fires once a breach has lasted persistence_s: at the evaluations
+    # 0, 1, ..., floor(persistence_s / stride) after the first one, all over threshold.
+    persistence_evals = 1 + math.floor(persistence_s * fps / eval_stride_frames + 1e-9)
     evals_per_week = SECONDS_PER_WEEK * fps / eval_stride_frames
     alpha = min(0.5, target_false_alarms_per_week * persistence_evals
                 / (max(features, 1) * evals_per_week))
