@@ -261,3 +261,37 @@ def test_a_new_model_file_keeps_the_stored_warmup_reference(tmp_path: Path) -> N
     finally:
         agent.close()
     assert state["state"] == "degraded" and "the model changed" in state["reason"]
+
+
+def test_a_baseline_of_jpeg_training_images_is_quiet_on_the_unchanged_scene() -> None:
+    """JPEG training images (real users' training data) of the same scene shift saturation
+    by about 2 robust SDs (chroma subsampling): data_drift fired on an unchanged scene. A real
+    change (night) still fires and names brightness."""
+    import cv2
+
+    from agent.drift.reference import build_reference
+    from agent.monitor import FEATURES
+
+    measure = monitor([], enabled=False)
+    scene = EmulatedFeed("stationary", seed=11, size=(160, 120), fps=10.0)
+    rows = []
+    for k, i in enumerate(np.random.default_rng(5).choice(36000, 300, replace=False).tolist()):
+        ok, jpeg = cv2.imencode(".jpg", scene.frame_at(i), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        measure.observe(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), None, 0.001, ts=1000.0 + k)
+        rows.append(measure.ring.last(1)[1][0].copy())
+    training = build_reference(
+        np.vstack(rows), FEATURES, window_frames=150, eval_stride_frames=20, fps=10.0,
+        model_sha256="", model_path="", origin="baseline", source="images/", created=5.0,
+        kind="training", independent=True, view={"kind": "frame"})
+
+    records: List[Dict[str, Any]] = []
+    mon = monitor(records, window_frames=150, calibration_s=60)
+    mon.set_reference(training)
+    camera = EmulatedFeed("night", seed=12, size=(160, 120), fps=10.0, onset=240.0)
+    for i in range(3000):  # 60 s calibration, 180 s unchanged, then night
+        mon.observe(camera.frame_at(i), None, 0.001, ts=2000.0 + i / 10)
+        if i == 2399:
+            assert mon.monitoring()["state"] == "active"
+            assert [r["message"] for r in records if r["state"] == "firing"] == []
+    drift = [r for r in records if r["kind"] == "data_drift" and r["state"] == "firing"]
+    assert drift and drift[0]["observed"]["drifted"][0] == "brightness", drift
