@@ -158,8 +158,8 @@ class DriftConfig:
     warmup_s: float = 300.0
     calibration_s: float = 300.0
     window_frames: int = 900
-    eval_interval_s: float = 5.0
-    for_s: float = 10.0
+    eval_interval_s: float = 2.0
+    for_s: float = 4.0
     clear_for_s: float = 60.0
     false_alarms_per_week: float = 1.0
     class_mix_js: float = 0.15

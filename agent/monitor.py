@@ -134,6 +134,9 @@ class Monitor:
         self._evaluator.set_reference(reference, calibration_since,
                                       str(self.model_info.get("sha256") or ""))
         self._started: Optional[float] = None
+        # When the last frame arrived (time.monotonic()): a stall is judged on arrivals, never
+        # on the caller's timestamps, which may run on any clock (replays, observe(ts=...)).
+        self._arrived: Optional[float] = None
         self._next_eval = math.inf  # set by the first frame
         self._next_window = math.inf
         self._window_start = 0.0
@@ -207,6 +210,7 @@ class Monitor:
             ts = self._clock()
         elif not math.isfinite(ts):  # it would stop every later evaluation
             raise ValueError(f"observe: ts must be a finite unix time in seconds, got {ts!r}")
+        self._arrived = time.monotonic()
         if ts >= self._next_window:
             self._close_window(ts)  # this frame opens the next window
         self._observer.observe(frame, outputs, latency_s, ts)
@@ -281,9 +285,15 @@ class Monitor:
 
     # ---- called from other threads -----------------------------------------------------
     def check_stall(self, now: float) -> None:
-        """Raise or resolve the stalled-source alert (the service calls this on a timer)."""
+        """Raise or resolve the stalled-source alert (the service calls this on a timer).
+
+        ``now`` is the alert clock's time; the age of the last frame is measured from when it
+        arrived (monotonic), whatever clock the frames' timestamps are on.
+        """
         with self._lock:
-            obs = check_stall(self.last_ts, self._started or now, now, self.config.rules)
+            arrived = self._arrived
+            last = None if arrived is None else now - max(0.0, time.monotonic() - arrived)
+            obs = check_stall(last, now, now, self.config.rules)
             self.alerts.update([obs], now)
             self.alerts.tick(now)
 

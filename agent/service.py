@@ -8,6 +8,7 @@ parts are never missing; it reads as the table of contents. The loops that feed 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -298,14 +299,7 @@ def _load_reference(config: Config, store: Store,
         from_file = Reference.load(drift.reference)
         log.info("reference: %s (%s, %s view, %d frames)", drift.reference, from_file.origin,
                  from_file.view_kind, from_file.frames)
-        if from_file.calibrated:
-            return from_file, None
-        started, blob = store.load_calibration(calibration_key(from_file))
-        if blob is not None:
-            log.info("reference: calibration of %s kept in %s", drift.reference,
-                     config.store.path)
-            return Reference.from_bytes(blob, where=config.store.path), None
-        return from_file, started
+        return _with_calibrations(from_file, store, config.store.path)
     stored = load_stored_reference(store, sha) or _previous_model_reference(store, sha)
     if stored is not None:
         log.info("reference: %s, kept in %s (%d frames)", stored.origin, config.store.path,
@@ -313,6 +307,27 @@ def _load_reference(config: Config, store: Store,
     else:
         log.info("no reference: learning one from the first %.0f s (warm-up)", drift.warmup_s)
     return stored, None
+
+
+def _with_calibrations(reference: Reference, store: Store,
+                       where: str) -> Tuple[Reference, Optional[float]]:
+    """A training reference with each view's calibration kept in the store (a baseline file
+    carries both views; the path's view is only known once it observes, e.g. ``wrap``), and
+    when a calibration still under way began."""
+    views: List[Reference] = []
+    since: Optional[float] = None
+    for ref in (reference, reference.alt):
+        if ref is not None and not ref.calibrated:
+            started, blob = store.load_calibration(calibration_key(ref))
+            if blob is not None:
+                log.info("reference: calibration of the %s view kept in %s", ref.view_kind,
+                         where)
+                ref = Reference.from_bytes(blob, where=where)
+            elif since is None:
+                since = started
+        if ref is not None:
+            views.append(ref)
+    return dataclasses.replace(views[0], alt=views[1] if len(views) > 1 else None), since
 
 
 def _previous_model_reference(store: Store, sha: str) -> Optional[Reference]:

@@ -238,3 +238,26 @@ def test_a_non_finite_timestamp_is_refused_with_its_value() -> None:
     with pytest.raises(ValueError, match="ts must be a finite unix time.*nan"):
         mon.observe(frame, ts=float("nan"))
     assert mon.frames == 0
+
+
+def test_stall_is_judged_on_arrival_not_on_the_callers_clock() -> None:
+    """observe(ts=...) on a clock behind the wall clock fired camera_fault/stalled at once."""
+    import time
+
+    records: List[Dict[str, Any]] = []
+    cfg = load_config({"rules": {"stall_s": 0.5}, "drift": {"enabled": False}})
+    alerts = AlertManager(device="d", camera="c", model=MODEL,
+                          emit=lambda t: records.append(t.to_dict()))
+    mon = Monitor(cfg, alerts, model_info=MODEL)
+    frames = EmulatedFeed("stationary", seed=1, size=(64, 48))
+    t0 = time.time() - 3600  # a replayed hour-old recording
+    for i in range(30):
+        mon.observe(frames.frame_at(i), None, 0.001, ts=t0 + i / 30)
+        mon.check_stall(time.time())
+    assert not [r for r in records if r["feature"] == "stalled"]
+
+    deadline = time.monotonic() + 10.0  # frames stop arriving: the real stall still fires
+    while not [r for r in records if r["feature"] == "stalled" and r["state"] == "firing"]:
+        assert time.monotonic() < deadline, "no stall alert 10 s after the last frame"
+        time.sleep(0.05)  # polling the real condition (the clock passing stall_s)
+        mon.check_stall(time.time())

@@ -45,7 +45,7 @@ def cell(prepared: Dict[Tuple[str, str], Prepared], tmp_path_factory: pytest.Tem
 
 @pytest.mark.parametrize("path, ref, scenario", [
     ("replay", "warmup", "night"),     # bug 5: brightness named first
-    ("replay", "warmup", "dusk"),      # a dimmer scene (gain 0.45 and below) is not blur
+    ("wrap", "video", "dusk"),         # within 30 s of the ramp's start; dimmer is not blur
     ("observe", "training", "blur"),  # blur is still blur
     ("wrap", "video", "fog"),          # a hazier scene is not blur (the model-input view)
     ("run", "warmup", "frozen"),       # the owned loop on a synthetic clock
@@ -54,10 +54,7 @@ def test_each_path_and_reference_alerts_the_change_and_names_it(
         prepared: Dict[Tuple[str, str], Prepared], tmp_path_factory: pytest.TempPathFactory,
         path: str, ref: str, scenario: str) -> None:
     got = cell(prepared, tmp_path_factory, path, ref, scenario)
-    problems = got.problems
-    if scenario == "dusk":  # the bench's 30 s target for the ramp is not met yet: 60 s here
-        problems = [p for p in problems if not p.startswith("late:")]
-        assert got.delay_s is not None and got.delay_s <= 60.0, got.alerts
+    problems = got.problems  # includes "late:" past the deadline (dusk: 30 s of its ramp)
     assert not problems, f"{path} x {ref} x {scenario}: {problems}; alerts {got.alerts}"
     if scenario == "night":
         assert got.named == "brightness"

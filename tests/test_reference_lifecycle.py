@@ -121,10 +121,12 @@ def test_replay_shorter_than_the_warmup_says_drift_was_never_checked(
     assert "learning a reference from the first 60 s" in result["monitoring"]["reason"]
 
 
-def test_a_training_calibration_is_kept_in_sqlite_across_restarts(tmp_path: Path) -> None:
+def save_training_reference(path: Path, *, with_input_view: bool = False) -> None:
+    """300 independent frames of the stationary scene as a training baseline file."""
+    import dataclasses
+
     from agent.drift.reference import build_reference
     from agent.monitor import FEATURES
-    from agent.service import Agent
 
     rows_from = monitor([], enabled=False)
     images = EmulatedFeed("stationary", seed=4, size=(160, 120))
@@ -136,7 +138,16 @@ def test_a_training_calibration_is_kept_in_sqlite_across_restarts(tmp_path: Path
         np.vstack(rows), FEATURES, window_frames=150, eval_stride_frames=20, fps=10.0,
         model_sha256="", model_path="", origin="baseline", source="images/", created=5.0,
         kind="training", independent=True, view={"kind": "frame"})
-    training.save(tmp_path / "training.npz")
+    if with_input_view:  # a baseline file carries both views (the same rows serve here)
+        training = dataclasses.replace(training, alt=dataclasses.replace(
+            training, view={"kind": "input", "size": [128, 128]}))
+    training.save(path)
+
+
+def test_a_training_calibration_is_kept_in_sqlite_across_restarts(tmp_path: Path) -> None:
+    from agent.service import Agent
+
+    save_training_reference(tmp_path / "training.npz")
     cfg = agent_config(tmp_path, window_frames=150, calibration_s=60,
                        reference=str(tmp_path / "training.npz"))
     info = {"path": "", "sha256": ""}
@@ -164,6 +175,34 @@ def test_a_training_calibration_is_kept_in_sqlite_across_restarts(tmp_path: Path
     try:
         assert agent.monitor.reference is not None and agent.monitor.reference.calibrated
         assert agent.monitor.reference.kind == "training"
+    finally:
+        agent.close()
+
+
+def test_the_input_views_calibration_is_kept_across_restarts(tmp_path: Path) -> None:
+    """wrap (the model-input view, set after the agent starts) recalibrated on every restart:
+    the stored calibration was looked up under the file's first (frame) view only."""
+    from agent.service import Agent
+
+    save_training_reference(tmp_path / "training.npz", with_input_view=True)
+    cfg = agent_config(tmp_path, window_frames=150, calibration_s=60,
+                       reference=str(tmp_path / "training.npz"))
+    info = {"path": "", "sha256": ""}
+    agent = Agent.start(cfg, model_info=info, live=False)
+    try:
+        agent.monitor.set_view("input", (128, 128))
+        feed(agent.monitor, 70, 10)  # type: ignore[arg-type]
+        assert agent.monitor.monitoring()["state"] == "active"
+    finally:
+        agent.close()
+
+    agent = Agent.start(cfg, model_info=info, live=False)  # restarted, as wrap does it
+    try:
+        agent.monitor.set_view("input", (128, 128))
+        ref = agent.monitor.reference
+        assert ref is not None and ref.calibrated and ref.view_kind == "input"
+        feed(agent.monitor, 16, 10, t0=2000.0)  # type: ignore[arg-type]
+        assert agent.monitor.monitoring()["state"] == "active"
     finally:
         agent.close()
 
@@ -222,3 +261,37 @@ def test_a_new_model_file_keeps_the_stored_warmup_reference(tmp_path: Path) -> N
     finally:
         agent.close()
     assert state["state"] == "degraded" and "the model changed" in state["reason"]
+
+
+def test_a_baseline_of_jpeg_training_images_is_quiet_on_the_unchanged_scene() -> None:
+    """JPEG training images (real users' training data) of the same scene shift saturation
+    by about 2 robust SDs (chroma subsampling): data_drift fired on an unchanged scene. A real
+    change (night) still fires and names brightness."""
+    import cv2
+
+    from agent.drift.reference import build_reference
+    from agent.monitor import FEATURES
+
+    measure = monitor([], enabled=False)
+    scene = EmulatedFeed("stationary", seed=11, size=(160, 120), fps=10.0)
+    rows = []
+    for k, i in enumerate(np.random.default_rng(5).choice(36000, 300, replace=False).tolist()):
+        ok, jpeg = cv2.imencode(".jpg", scene.frame_at(i), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        measure.observe(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), None, 0.001, ts=1000.0 + k)
+        rows.append(measure.ring.last(1)[1][0].copy())
+    training = build_reference(
+        np.vstack(rows), FEATURES, window_frames=150, eval_stride_frames=20, fps=10.0,
+        model_sha256="", model_path="", origin="baseline", source="images/", created=5.0,
+        kind="training", independent=True, view={"kind": "frame"})
+
+    records: List[Dict[str, Any]] = []
+    mon = monitor(records, window_frames=150, calibration_s=60)
+    mon.set_reference(training)
+    camera = EmulatedFeed("night", seed=12, size=(160, 120), fps=10.0, onset=240.0)
+    for i in range(3000):  # 60 s calibration, 180 s unchanged, then night
+        mon.observe(camera.frame_at(i), None, 0.001, ts=2000.0 + i / 10)
+        if i == 2399:
+            assert mon.monitoring()["state"] == "active"
+            assert [r["message"] for r in records if r["state"] == "firing"] == []
+    drift = [r for r in records if r["kind"] == "data_drift" and r["state"] == "firing"]
+    assert drift and drift[0]["observed"]["drifted"][0] == "brightness", drift

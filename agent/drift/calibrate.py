@@ -13,7 +13,10 @@ and takes its thresholds from a calibration period of the device's frames:
 - the location is never taken from the device: live windows are compared with the *training*
   distribution. If the scene already differs from the training data at deployment, the first
   drift test after calibration says so (a ``data_drift`` alert against the training reference),
-  rather than calibration absorbing the difference.
+  rather than calibration absorbing the difference;
+- a feature must move at least ``TRAINING_MIN_EFFECT`` robust SDs (normalised Wasserstein
+  distance) to count as drifted: training images are independent and encoded unlike the
+  camera's frames (JPEG), which alone moves saturation by up to about 2 robust SDs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy.typing as npt
 
 from agent.drift.reference import (
     CLEAR_RATIO,
+    TRAINING_MIN_EFFECT,
     Reference,
     calibrate_feature,
     error_budget,
@@ -72,4 +76,5 @@ def calibrate(training: Reference, values: Array, *, fps: float, window_frames: 
         clear_threshold=CLEAR_RATIO * cols["threshold"], calibrated=True,
         fps=float(fps), window_frames=int(window_frames),
         eval_stride_frames=int(eval_stride_frames), persistence_evals=persistence_evals,
-        alpha=alpha, target_false_alarms_per_week=float(target_false_alarms_per_week))
+        alpha=alpha, target_false_alarms_per_week=float(target_false_alarms_per_week),
+        min_wasserstein=max(training.min_wasserstein, TRAINING_MIN_EFFECT))

@@ -34,10 +34,11 @@ data like the reference, the expected number of false alerts per device per week
    two-sample critical value c * sqrt((n_eff_w + n_eff_ref) / (n_eff_w * n_eff_ref)).
 4. Threshold = the largest of (2), (3), 1.1 x the largest null distance seen, and a practical
    floor ``min_ks`` (0.15), capped at 0.99. On top of that the detector requires a normalised
-   Wasserstein distance of at least ``min_wasserstein`` (0.25 robust standard deviations), so a
-   statistically clear but tiny shift does not alert. ``clear_threshold`` = 0.7 x threshold gives
-   hysteresis. The result is conservative by design: the bounds are maxima, and the error budget
-   counts every exceedance although exceedances cluster.
+   Wasserstein distance of at least ``min_wasserstein`` (0.25 robust standard deviations;
+   ``TRAINING_MIN_EFFECT`` for a training reference), so a statistically clear but tiny shift
+   does not alert. ``clear_threshold`` = 0.7 x threshold gives hysteresis. The result is
+   conservative by design: the bounds are maxima, and the error budget counts every
+   exceedance although exceedances cluster.
 A consequence to state plainly: when rho is high, a short window holds few independent values and
 the threshold is high (rho = 0.98 and a 900-frame window give n_eff of about 9 and a threshold near
 0.9). Lengthen ``window_frames`` to detect smaller shifts. The per-feature diagnostics (``rho1``,
@@ -66,8 +67,8 @@ from agent.errors import BaselineError
 Array = npt.NDArray[Any]
 
 __all__ = ["CLEAR_RATIO", "FORMAT_VERSION", "KINDS", "KS_GRID", "MIN_INDEPENDENT", "ORIGINS",
-           "THRESHOLD_CAP", "Reference", "build_reference", "calibrate_feature", "error_budget",
-           "log_calibration", "sketch"]
+           "THRESHOLD_CAP", "TRAINING_MIN_EFFECT", "Reference", "build_reference",
+           "calibrate_feature", "error_budget", "log_calibration", "sketch"]
 
 log = logging.getLogger(__name__)
 
@@ -349,12 +350,21 @@ def _check_length(n_frames: int, window_frames: int, independent: bool) -> None:
 def error_budget(fps: float, eval_stride_frames: int, persistence_s: float, features: int,
                  target_false_alarms_per_week: float) -> tuple[int, float, float]:
     """Persistence in evaluations, per-evaluation alpha and its Kolmogorov quantile (step 1)."""
-    persistence_evals = max(1, math.ceil(persistence_s * fps / eval_stride_frames))
+    # The alert manager fires once a breach has lasted persistence_s: at the evaluations
+    # 0, 1, ..., floor(persistence_s / stride) after the first one, all over threshold.
+    persistence_evals = 1 + math.floor(persistence_s * fps / eval_stride_frames + 1e-9)
     evals_per_week = SECONDS_PER_WEEK * fps / eval_stride_frames
     alpha = min(0.5, target_false_alarms_per_week * persistence_evals
                 / (max(features, 1) * evals_per_week))
     return persistence_evals, alpha, math.sqrt(math.log(2.0 / alpha) / 2.0)
 
+
+#: The smallest shift, in the training distribution's robust SDs, a training reference alerts
+#: on. Its images are independent and their codec is not the camera's: JPEG training images
+#: (or an MJPG video) of the very same scene differ from live frames by up to about 2 robust
+#: SDs in saturation (chroma subsampling). A real change (night, fog, blur) moves its
+#: features far more.
+TRAINING_MIN_EFFECT = 2.5
 
 _STAT_NAMES = ("mean", "std", "median", "p05", "p95", "iqr", "mad", "scale", "threshold", "rho1",
                "n_eff", "null_mean", "null_max")
@@ -471,6 +481,8 @@ def build_reference(
                       sketch_size=sketch_size)
     n_frames = data.shape[0]
     _check_length(n_frames, window_frames, independent)
+    if kind == "training":
+        min_wasserstein = max(min_wasserstein, TRAINING_MIN_EFFECT)
     persistence_evals, alpha, c_alpha = error_budget(
         fps, eval_stride_frames, persistence_s, int((~np.isnan(data).all(axis=0)).sum()),
         target_false_alarms_per_week)
