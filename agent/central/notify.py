@@ -221,10 +221,11 @@ class WebhookSender:
                 log.warning("webhook %s failing: %s (notifications are kept and retried)",
                             redact(self.url), error)
             return
-        sent_at = self._clock()
-        self._run(lambda s: s.delivered(ids, group, sent_at))
+        # Counted before the commit that removes them, so whoever sees them gone sees them counted.
         self.counts["sent"] += 1
         self.counts["notifications_sent"] += len(notes)
+        sent_at = self._clock()
+        self._run(lambda s: s.delivered(ids, group, sent_at))
         if self._failing:
             self._failing = False
             log.info("webhook %s delivering again", redact(self.url))
