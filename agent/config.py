@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
+from ._configparse import _check, _range, build_section
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -29,21 +30,6 @@ else:  # pragma: no cover - Python 3.9/3.10 on older boards
 
 RUNTIMES = ("auto", "tflite_runtime", "ai_edge_litert", "tensorflow")
 DECODERS = ("auto", "classification", "ssd", "yolo", "anchors", "generic")
-
-
-def _check(ok: bool, key: str, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {allowed}")
-
-
-def _range(obj: Any, key: str, lo: float, hi: float, unit: str = "", *,
-           above: bool = False) -> None:
-    """``obj.key`` is a finite number from ``lo`` (more than ``lo`` when ``above``) to ``hi``."""
-    value = getattr(obj, key)
-    ok = math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi
-    lo_s, hi_s = (str(int(v)) if float(v).is_integer() else f"{v:g}" for v in (lo, hi))
-    span = f"more than {lo_s} and at most {hi_s}" if above else f"{lo_s} to {hi_s}"
-    _check(ok, key, f"{span}{' ' + unit if unit else ''}, got {value!r}")
 
 
 DAY = 86400.0
@@ -74,8 +60,11 @@ class ModelConfig:
     color: str = "rgb"
     decoder: str = "auto"
     score_threshold: float = 0.5
+    # [model.card]: the owner's part of the model card (edgewatch card); keys in CARD_KEYS.
+    card: Any = None
 
     def __post_init__(self) -> None:
+        _check_card(self.card)
         _check(self.runtime in RUNTIMES, "runtime", f"one of {', '.join(RUNTIMES)}")
         _check(self.decoder in DECODERS, "decoder", f"one of {', '.join(DECODERS)}")
         _check(self.color in ("rgb", "bgr"), "color", "rgb or bgr")
@@ -85,6 +74,21 @@ class ModelConfig:
         low, high = self.input_range
         _check(all(math.isfinite(v) and abs(v) <= 65535 for v in (low, high)) and low < high,
                "input_range", f"[low, high], finite, low < high, got {list(self.input_range)}")
+
+
+CARD_KEYS = ("name", "version", "description", "training_data", "evaluation", "intended_use",
+             "limitations", "owner", "license", "contact")
+
+
+def _check_card(card: Any) -> None:
+    """``[model.card]``: a table of known keys whose values are text, numbers, lists or tables."""
+    if card is None:
+        return
+    _check(isinstance(card, Mapping), "card", "a table ([model.card])")
+    for key, value in card.items():
+        _check(key in CARD_KEYS, f"card.{key}", f"unknown key (valid keys: {', '.join(CARD_KEYS)})")
+        _check(isinstance(value, (str, int, float, list, Mapping)) and not isinstance(value, bool),
+               f"card.{key}", f"text, a number, a list or a table, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,51 @@ class ServiceConfig:
                "a path of at most 107 bytes (a Unix socket's limit)")
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: a Prometheus endpoint and/or a node_exporter textfile (off by default)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback: expose it on purpose, behind a firewall or a proxy
+    port: int = 9781
+    textfile: str = ""  # e.g. /var/lib/node_exporter/textfile_collector/edgewatch.prom
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "host", "an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+        _range(self, "port", 1, 65535, "(a TCP port)")
+        _check(not self.textfile or self.textfile.endswith(".prom"), "textfile",
+               f"a file name ending in .prom (node_exporter reads only those), got {self.textfile!r}")
+
+
+CAPTURE_KINDS = ("data_drift", "prediction_drift", "anomaly", "camera_fault")
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """``[capture]``: frames kept for retraining when alerts fire or the model is unsure."""
+
+    enabled: bool = True
+    kinds: Tuple[str, ...] = CAPTURE_KINDS  # alert kinds whose episodes capture frames
+    per_episode: int = 10  # frames spread over one alert episode
+    per_hour: int = 60  # all captures together, per hour
+    unsure_per_hour: float = 6.0  # low-confidence frames per hour (0 = none)
+    normal_frames: int = 10  # frames from the reference period, for contrast
+    max_mb: float = 100.0  # total size on disk; the oldest go first
+    jpeg_quality: int = 85
+    path: str = ""  # "" = a samples/ folder beside [store] path
+    remote: bool = False  # may the central fetch samples over MQTT (fleet samples)?
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.kinds if k not in CAPTURE_KINDS]
+        _check(not bad, "kinds", f"alert kinds from {', '.join(CAPTURE_KINDS)}, got {bad}")
+        _range(self, "per_episode", 0, 10_000, "frames")
+        _range(self, "per_hour", 0, 100_000, "frames")
+        _range(self, "unsure_per_hour", 0, 3600, "frames per hour")
+        _range(self, "normal_frames", 0, 10_000, "frames")
+        _range(self, "max_mb", 1, 10_000_000, "MB")
+        _range(self, "jpeg_quality", 1, 100, "(JPEG quality)")
+
+
 PROTOCOLS = ("3.1.1", "5")
 # MQTT's keep-alive and Receive Maximum are 16-bit; a broker caps a packet at 256 MB.
 _MQTT_RANGES = (("keepalive", 1, 65535, "seconds"), ("heartbeat_interval_s", 0, DAY, "seconds"),
@@ -298,12 +347,14 @@ class MqttConfig:
     reconnect_max_s: int = 60
     max_inflight: int = 20
     max_payload_kb: int = 64
+    homeassistant: bool = False  # publish Home Assistant MQTT discovery configs
+    homeassistant_prefix: str = "homeassistant"
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> ConfigError:
             return ConfigError(f"mqtt.{key}: {allowed} (set [mqtt] {key})")
 
-        for key in ("enabled", "tls", "tls_insecure"):
+        for key in ("enabled", "tls", "tls_insecure", "homeassistant"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, f"must be true or false, got {getattr(self, key)!r}")
         for key in ("port", "keepalive", "reconnect_min_s", "reconnect_max_s", "max_inflight",
@@ -323,6 +374,10 @@ class MqttConfig:
         if not prefix or prefix.startswith("/") or prefix.endswith("/") or set("+#") & set(prefix):
             raise bad("topic_prefix",
                       f"must be a topic without wildcards or edge '/', got {prefix!r}")
+        ha = self.homeassistant_prefix
+        if not ha or ha.startswith("/") or ha.endswith("/") or set("+#") & set(ha):
+            raise bad("homeassistant_prefix",
+                      f"must be a topic without wildcards or edge '/', got {ha!r}")
         for key, lo, hi, unit in _MQTT_RANGES:
             try:
                 _range(self, key, lo, hi, unit, above=key == "heartbeat_interval_s")
@@ -360,6 +415,8 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     origin: str = "<defaults>"
 
     def __post_init__(self) -> None:
@@ -380,69 +437,6 @@ class Config:
 
 
 _SECTIONS = {f.name for f in dataclasses.fields(Config)} - {"origin"}
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Union:  # Optional[X]
-        if value is None:
-            return None
-        return _coerce(value, [a for a in args if a is not type(None)][0], where)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):  # TOML has nan and inf literals
-                raise ValueError(f"{where}: expected a finite number, got {value!r}")
-            return float(value)
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{where}: expected a string, got {value!r}")
-    if origin in (tuple, Tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where) for v in value)
-        if len(value) != len(args):
-            raise ValueError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
-    return value
-
-
-def build_section(cls: type, table: Mapping[str, Any], section: str, origin: str) -> Any:
-    """Build one section's dataclass from a TOML table, rejecting unknown keys."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{origin}: [{section}] must be a table")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigError(
-                f"{origin}: unknown key '{section}.{key}' (valid keys: {', '.join(names)})"
-            )
-        try:
-            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
-        except ValueError as exc:
-            raise ConfigError(f"{origin}: {exc}") from None
-    try:
-        return cls(**kwargs)
-    except (ValueError, ConfigError) as exc:
-        msg = str(exc)
-        if not msg.startswith(section):
-            msg = f"{section}.{msg}"
-        raise ConfigError(f"{origin}: {msg}") from None
 
 
 def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Config:
@@ -469,7 +463,7 @@ def from_dict(data: Mapping[str, Any], origin: str = "<dict>") -> Config:
 _PATH_KEYS = (("model", "path"), ("store", "path"), ("drift", "reference"),
               ("service", "control_socket"), ("health", "thermal_root"),
               ("health", "gpu_load_path"), ("mqtt", "ca_file"), ("mqtt", "cert_file"),
-              ("mqtt", "key_file"))
+              ("mqtt", "key_file"), ("metrics", "textfile"), ("capture", "path"))
 
 
 def _is_relative_file(value: Any) -> bool:

@@ -115,7 +115,8 @@ def test_every_builtin_default_is_what_default_toml_says() -> None:
             assert file_values[key] == default, \
                 f"[{section}] {key}: file {file_values[key]!r}, Config() {default!r}"
             # every key is written in the file, as a value or (None, "" placeholders) commented
-            named = key in data.get(section, {}) or re.search(rf"^# ?{key} = ", text, re.M)
+            named = key in data.get(section, {}) or re.search(
+                rf"^# ?({key} = |\[{section}\.{key}\])", text, re.M)  # or a commented table
             assert named, f"[{section}] {key} is not in configs/default.toml"
 
 
@@ -283,3 +284,18 @@ def test_a_central_config_that_is_not_utf8_is_one_line_too(tmp_path: Path) -> No
     path.write_bytes("[central]\ndb = 'c\xe9ntral.db'\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"central.toml: not UTF-8 text \(byte 0xe9"):
         load_central_config(str(path))
+
+
+def test_new_sections_check_their_values() -> None:
+    card = {"name": "doorbell faces", "version": "1.2", "evaluation": {"AP50": 0.91}}
+    assert load_config({"model": {"card": card}}).model.card == card
+    with pytest.raises(ConfigError, match=r"model\.card\.colour: unknown key \(valid keys: name"):
+        load_config({"model": {"card": {"colour": "red"}}})
+    with pytest.raises(ConfigError, match=r"metrics\.textfile: a file name ending in \.prom"):
+        load_config({"metrics": {"textfile": "/tmp/edgewatch.txt"}})
+    with pytest.raises(ConfigError, match=r"metrics\.port: 1 to 65535"):
+        load_config({"metrics": {"port": 0}})
+    with pytest.raises(ConfigError, match=r"capture\.kinds: alert kinds from data_drift"):
+        load_config({"capture": {"kinds": ["night"]}})
+    with pytest.raises(ConfigError, match=r"mqtt\.homeassistant_prefix: must be a topic"):
+        load_config({"mqtt": {"homeassistant_prefix": "ha/#"}})
