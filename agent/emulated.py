@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import SourceError
-from .samples import photo_path
+from .testdata import photo_path
 
 if TYPE_CHECKING:
     from cv2.typing import MatLike

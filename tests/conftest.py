@@ -22,7 +22,7 @@ import pytest
 from broker import broker, broker_factory, broker_session, listeners  # noqa: F401
 from pg import pg_url, postgres  # noqa: F401
 
-from agent.samples import blazeface_model_path, photo_path
+from agent.testdata import blazeface_model_path, photo_path
 
 # Fixtures that start Mosquitto: a test using any of them is an integration test.
 PROCESS_FIXTURES = {"broker", "broker_factory", "broker_session", "listeners", "postgres",

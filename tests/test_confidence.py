@@ -18,7 +18,7 @@ from agent.confidence import (
     make_decoder,
 )
 from agent.errors import ModelError
-from agent.samples import blazeface_model_path, photo_path
+from agent.testdata import blazeface_model_path, photo_path
 
 IDX = {n: i for i, n in enumerate(CONFIDENCE_FEATURES)}
 Array = npt.NDArray[Any]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import stats
-from agent.samples import photo_path
+from agent.testdata import photo_path
 from agent.stats import IMAGE_FEATURES, STAT_SPECS, ImageStats, naive_stats
 
 IDX = {n: i for i, n in enumerate(IMAGE_FEATURES)}

@@ -134,7 +134,7 @@ MDWE_SCRIPT = textwrap.dedent(
 def test_tflite_runs_without_writable_executable_memory():
     # systemd's MemoryDenyWriteExecute= is a seccomp filter that needs a systemd-run service;
     # the kernel's PR_SET_MDWE (Linux >= 6.3) refuses the same W+X mappings in-process.
-    from agent.samples import blazeface_model_path
+    from agent.testdata import blazeface_model_path
 
     proc = subprocess.run(
         [sys.executable, "-c", MDWE_SCRIPT, str(blazeface_model_path())],

