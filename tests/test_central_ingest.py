@@ -145,8 +145,8 @@ def test_a_device_cannot_rewrite_another_devices_alert(broker, tmp_path, central
     assert texts[1].startswith("[WARNING] evil/cam0 resolved")
 
 
-@pytest.mark.parametrize("schema", [None, 1, 2])
-def test_heartbeats_of_schema_1_and_2_are_read_while_devices_upgrade(schema: Any) -> None:
+@pytest.mark.parametrize("schema", [None, 1, 2, 3])
+def test_heartbeats_of_every_known_schema_are_read_while_devices_upgrade(schema: Any) -> None:
     hb = heartbeat("cam-a", 3)
     if schema is None:
         hb.pop("schema", None)
@@ -160,7 +160,7 @@ def test_heartbeats_of_schema_1_and_2_are_read_while_devices_upgrade(schema: Any
 
 
 @pytest.mark.parametrize("topic,payload", [
-    ("heartbeat", {"schema": 3, "seq": 1}),
+    ("heartbeat", {"schema": 4, "seq": 1}),
     ("alerts", {**make_alert(1, device="cam-a"), "schema": 2}),
     ("heartbeat", {"schema": "2", "seq": 1}),
 ])
