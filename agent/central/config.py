@@ -47,14 +47,17 @@ class CentralSection:
     password_file: Optional[str] = None  # file holding the MQTT password
     metrics_port: Optional[int] = None  # serve the fleet's /metrics on this port (0: any free)
     metrics_host: str = "127.0.0.1"  # the address /metrics listens on
+    alertmanager: Optional[str] = None  # Alertmanager base URL: alerts posted to its v2 API
+    alertmanager_interval_s: float = 60.0  # open alerts posted again this often
 
     def __post_init__(self) -> None:
-        if self.webhook is not None:
-            try:
-                check_url(self.webhook)
-            except ConfigError as exc:
-                raise ConfigError(f"central.webhook: {str(exc).replace('--webhook ', '')}"
-                                  ) from None
+        for key in ("webhook", "alertmanager"):
+            url = getattr(self, key)
+            if url is not None:
+                try:
+                    check_url(url, f"{key}:")
+                except ConfigError as exc:
+                    raise ConfigError(f"central.{exc}") from None
         for key in ("group_wait_s", "group_interval_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"central.{key}: must be >= 0, got {getattr(self, key)}")
@@ -62,7 +65,8 @@ class CentralSection:
             object.__setattr__(self, "group_by", check_group_by(list(self.group_by)))
         except ConfigError as exc:
             raise ConfigError(f"central.{exc}") from None
-        for key in ("webhook_expire_s", "keep_history_days", "offline_after_s"):
+        for key in ("webhook_expire_s", "keep_history_days", "offline_after_s",
+                    "alertmanager_interval_s"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"central.{key}: must be > 0, got {value}")

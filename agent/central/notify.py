@@ -42,7 +42,8 @@ from .store import CentralReader, CentralStore, DeviceChange, Notification
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUP_LABELS", "check_url", "redact", "webhook_body", "alert_body", "device_body",
+__all__ = ["GROUP_LABELS", "POST_ERRORS", "HttpStatus", "post_json", "describe_error",
+           "check_url", "redact", "webhook_body", "alert_body", "device_body",
            "alert_group", "check_group_by", "group_body", "WebhookSender"]
 
 # What alert notifications can be grouped by (Alertmanager's group_by).
@@ -64,7 +65,7 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/…"
 
 
-def check_url(url: str) -> str:
+def check_url(url: str, flag: str = "--webhook") -> str:
     """``url`` when it is an http(s) URL with a host; a one-line :class:`ConfigError` if not."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -74,7 +75,7 @@ def check_url(url: str) -> str:
         ok = False
     if not ok:
         shown = redact(url) if "://" in url else url.split("/", 1)[0][:60]
-        raise ConfigError(f"--webhook must be an http:// or https:// URL with a host, got "
+        raise ConfigError(f"{flag} must be an http:// or https:// URL with a host, got "
                           f"{shown!r} (check the URL)")
     return url
 
@@ -210,11 +211,11 @@ class WebhookSender:
             group_body(group, [(n.device, json.loads(n.body)) for n in notes]))
         try:
             self._post(body.encode())
-        except (OSError, ValueError, http.client.HTTPException, _HttpStatus) as exc:
+        except POST_ERRORS as exc:
             self.counts["failed_attempts"] += 1
             tries = max(n.attempts for n in notes)
             delay = min(self.backoff_s * 2.0 ** min(tries, 30), self.max_backoff_s)
-            error = _describe(exc)
+            error = describe_error(exc)
             self._run(lambda s: s.retry_later(ids, self._clock() + delay, error))
             if not self._failing:
                 self._failing = True
@@ -231,31 +232,42 @@ class WebhookSender:
             log.info("webhook %s delivering again", redact(self.url))
 
     def _post(self, data: bytes) -> None:
-        # http.client, not urllib: the connection is closed on every path (urllib leaves the
-        # socket of a timed-out or refused response to the garbage collector).
-        parts = urllib.parse.urlsplit(self.url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname or "", parts.port, timeout=self.timeout_s)
-        try:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            resp.read()
-            if not 200 <= resp.status < 300:
-                raise _HttpStatus(resp.status, resp.reason)
-        finally:
-            conn.close()
+        post_json(self.url, data, self.timeout_s)
 
 
-class _HttpStatus(Exception):
-    """The webhook answered, but not with 2xx."""
+class HttpStatus(Exception):
+    """The server answered, but not with 2xx."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"HTTP {status} {reason}")
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(f"HTTP {status} {reason}" + (f": {detail}" if detail else ""))
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _HttpStatus):
+#: What a failed POST raises: retried, never fatal.
+POST_ERRORS = (OSError, ValueError, http.client.HTTPException, HttpStatus)
+
+
+def post_json(url: str, data: bytes, timeout_s: float) -> None:
+    """POST JSON to ``url``; :data:`POST_ERRORS` unless the answer is 2xx."""
+    # http.client, not urllib: the connection is closed on every path (urllib leaves the
+    # socket of a timed-out or refused response to the garbage collector).
+    parts = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout_s)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = resp.read(300)
+        if not 200 <= resp.status < 300:
+            detail = answer.decode("utf-8", "replace").strip().splitlines()
+            raise HttpStatus(resp.status, resp.reason, detail[0][:200] if detail else "")
+    finally:
+        conn.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """A failed POST's reason in a few words."""
+    if isinstance(exc, HttpStatus):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

@@ -12,6 +12,8 @@ reported in :meth:`Central.status` and ``edgewatch fleet``):
   after ``max_consecutive`` failures in a row the central gives up (``on_fatal``) and
   ``edgewatch central`` exits non-zero so that systemd restarts it;
 - ``edgewatch-central-webhook`` posts notifications from the database;
+- ``edgewatch-central-alertmanager`` posts open and resolved alerts to Alertmanager
+  (:mod:`agent.central.alertmanager`), every interval and on each change;
 - ``edgewatch-central-overdue`` marks silent devices offline and saves the status row;
 - with ``metrics_port``, prometheus-client's server thread answers ``/metrics`` from the
   database (:mod:`agent.central.metrics`).
@@ -32,6 +34,7 @@ import paho.mqtt.client as mqtt
 from ..errors import CommandError
 from ..mqttclient import ClientSettings, build_client, stop_client
 from ..supervise import Supervisor
+from .alertmanager import AlertmanagerSender
 from .ingest import Ingest
 from .metrics import FleetCollector, MetricsServer
 from .notify import DEFAULT_GROUP_BY, WebhookSender, check_group_by, check_url
@@ -85,6 +88,7 @@ class Central:
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
                  metrics_port: Optional[int] = None, metrics_host: str = "127.0.0.1",
+                 alertmanager: Optional[str] = None, alertmanager_interval_s: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
         if offline_after is not None and offline_after <= 0:
             raise CommandError(f"--offline-after must be > 0 seconds, got {offline_after}")
@@ -124,10 +128,11 @@ class Central:
         self.broker_error: Optional[str] = None
         self._next_status = 0.0
         self._saved_connected = False
-        self._metrics: Optional[MetricsServer] = None
-        if metrics_port is not None:
-            self._metrics = MetricsServer(FleetCollector(db_path, self._counters, clock=clock),
-                                          metrics_host, metrics_port)
+        # Both checked here (URL, port range): a bad flag fails before anything starts.
+        self._alertmanager = None if alertmanager is None else AlertmanagerSender(
+            alertmanager, db_path, interval_s=alertmanager_interval_s, clock=clock)
+        self._metrics = None if metrics_port is None else MetricsServer(
+            FleetCollector(db_path, self._counters, clock=clock), metrics_host, metrics_port)
 
     def _build_client(self) -> mqtt.Client:
         if self.share and not self.settings.persistent:
@@ -180,6 +185,8 @@ class Central:
                                          expire_s=self._notify_expire_s,
                                          backoff_s=self._webhook_backoff_s, clock=self._clock)
             sup.spawn("edgewatch-central-webhook", self._sender.step, backoff_s=1.0)
+        if self._alertmanager is not None:
+            sup.spawn("edgewatch-central-alertmanager", self._alertmanager.step, backoff_s=1.0)
         self._connect()
         return self
 
@@ -211,11 +218,14 @@ class Central:
         with self._queue.all_tasks_done:
             self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks,
                                                 timeout)
-        if self._sender is not None:
-            self._sender.wake()
+        self._supervisor.stop_event.set()  # then woken, the senders' steps do not wait again
+        for sender in (self._sender, self._alertmanager):
+            if sender is not None:
+                sender.wake()
         self._supervisor.stop(timeout)
-        if self._sender is not None:
-            self._sender.close()
+        for sender in (self._sender, self._alertmanager):
+            if sender is not None:
+                sender.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -244,6 +254,8 @@ class Central:
             fatal=self._supervisor.fatal, ts=self._clock())
         if self._sender is not None:
             out.update({f"webhook_{k}": v for k, v in self._sender.status().items()})
+        if self._alertmanager is not None:
+            out.update({f"alertmanager_{k}": v for k, v in self._alertmanager.status().items()})
         return out
 
     # -- network thread ---------------------------------------------------------------------
@@ -325,6 +337,8 @@ class Central:
                 self._pending = item
                 if self._ingest.handle(item.topic, item.payload) and self._sender is not None:
                     self._sender.wake()
+                if self._alertmanager is not None and "/alerts" in item.topic:
+                    self._alertmanager.wake()
                 self._pending = None
                 self._ack(item)
         finally:

@@ -349,9 +349,9 @@ class CentralStore:
 
     def resolve_cleared(self, device: str, fingerprint: str, now: float) -> None:
         """A cleared retained state: the device's firing alert with that fingerprint resolved."""
-        self.conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?) "
-                          "WHERE device=? AND fingerprint=? AND state='firing'",
-                          (now, device, fingerprint))
+        self.conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?), "
+                          "received=? WHERE device=? AND fingerprint=? AND state='firing'",
+                          (now, now, device, fingerprint))
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -523,6 +523,15 @@ class CentralReader:
             "SELECT device, COALESCE(kind, ''), COALESCE(severity, ''), count(*) FROM alerts "
             "WHERE state='firing' GROUP BY device, kind, severity").fetchall()
         return [(str(d), str(k), str(s), int(n)) for d, k, s, n in rows]
+
+    def alerts_changed(self, since: float, resolved_after: float) -> List[Dict[str, Any]]:
+        """Alerts received since ``since`` that are firing, or resolved after
+        ``resolved_after``, oldest received first (what Alertmanager is told)."""
+        return self._dicts(
+            "SELECT device, id, state, kind, severity, feature, camera, message, ts, starts_at, "
+            "ends_at, received, payload FROM alerts WHERE received >= ? AND "
+            "(state='firing' OR received >= ?) ORDER BY received, device, id",
+            (since, resolved_after))
 
     def central_status(self) -> Optional[Dict[str, Any]]:
         """The counters the running central last wrote, or None."""

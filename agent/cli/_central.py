@@ -114,6 +114,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "offline after this long without a heartbeat (default: 3 x its interval)")
     p.add_argument("--client-id", help="fixed MQTT client id: a persistent session, so alerts "
                    "sent while the central is down are delivered when it is back")
+    p.add_argument("--alertmanager", metavar="URL", help="post alerts to this Alertmanager "
+                   "(its v2 API, e.g. http://127.0.0.1:9093): firing and resolved, open ones "
+                   "again every --alertmanager-interval")
+    p.add_argument("--alertmanager-interval", metavar="DURATION", help="post open alerts to "
+                   "Alertmanager again this often (default: 60s; it resolves alerts that stop "
+                   "coming after 4 intervals)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve the fleet's "
                    "Prometheus metrics from the database on http://HOST:N/metrics (HOST: "
                    "[central] metrics_host, default 127.0.0.1)")
@@ -217,6 +223,10 @@ def run_central(args: argparse.Namespace) -> int:
                       group_interval_s=group_interval, group_by=c.group_by,
                       metrics_port=c.metrics_port if args.metrics_port is None
                       else args.metrics_port, metrics_host=c.metrics_host,
+                      alertmanager=args.alertmanager or c.alertmanager,
+                      alertmanager_interval_s=c.alertmanager_interval_s
+                      if args.alertmanager_interval is None
+                      else parse_duration(args.alertmanager_interval),
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
