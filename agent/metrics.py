@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -317,6 +318,11 @@ class _Server(ThreadingMixIn, WSGIServer):
     """A WSGI server answering each scrape on its own short-lived thread."""
 
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scrape that failed (the scraper went away): one log line, not a traceback on
+        stderr (the server's default)."""
+        log.info("metrics: a scrape from %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
 class _Quiet(WSGIRequestHandler):

@@ -257,6 +257,22 @@ def test_a_port_in_use_stops_the_start_with_one_line_naming_the_setting(
     again.close()
 
 
+def test_the_cli_says_so_in_one_line_and_exits_with_the_config_code(
+        tmp_path: Path, write_config: Any, capsys: Any) -> None:
+    from agent.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "m.toml", metrics={"enabled": True, "port": port})
+        code = main(["replay", "emulated:stationary?duration=1", "--config", str(config),
+                     "--db", str(tmp_path / "m.db")])
+    assert code == ConfigError.exit_code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"edgewatch: error: [metrics] port {port} is in use") and "\n" not in err
+
+
 def test_a_textfile_in_a_missing_folder_is_refused_naming_the_setting(
         tmp_path: Path, model_path: Path) -> None:
     cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
