@@ -101,6 +101,7 @@ def night(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
     finally:
         agent.close()
     yield {"http": http, "samples": parse(http), "textfile": textfile.read_text(),
+           "textfile_mode": textfile.stat().st_mode & 0o777,
            "folder": textfile.parent, "beat": beat, "frames": fed.frames, "port": port,
            "sha256": fed.model.info()["sha256"], "threads": threads}
 
@@ -204,6 +205,7 @@ def test_the_textfile_holds_the_same_series_and_no_temporary_file(
     assert set(from_file) == set(night["samples"])
     assert value(from_file, "edgewatch_frames_total") == night["frames"]
     assert [p.name for p in night["folder"].iterdir()] == ["edgewatch.prom"]
+    assert night["textfile_mode"] == 0o644  # node_exporter runs as another user
 
 
 @pytest.mark.integration
