@@ -155,8 +155,12 @@ def test_heartbeats_of_every_known_schema_are_read_while_devices_upgrade(schema:
     if schema == 2:
         hb["mqtt"] = {"connected": True, "refused": 4,
                       "last_refusal": {"code": 135, "reason": "Not authorized", "ts": 1.0}}
+    if schema == 3:
+        hb["camera"] = {**hb["camera"], "fps": 12.5, "dropped": 2}
+        hb["drift_scores"] = {"brightness": 1.4}
     record = parse(P, f"{P}/cam-a/heartbeat", json.dumps(hb).encode())
     assert isinstance(record, Heartbeat) and record.seq == 3
+    assert record.fps == (12.5 if schema == 3 else 14.5)  # schema 3: camera.fps first
 
 
 @pytest.mark.parametrize("topic,payload", [
