@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ..errors import ConfigError
 from .formats import description, utc
-from .notify import POST_ERRORS, check_url, describe_error, post_json, redact
-from .store import CentralReader
+from .notify import POST_ERRORS, DbSender, check_url, describe_error, post_json, redact
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ def alertmanager_alert(row: Mapping[str, Any], now: float, hold_s: float) -> Dic
             "startsAt": utc(starts, _RFC3339), "endsAt": utc(ends, _RFC3339)}
 
 
-class AlertmanagerSender:
+class AlertmanagerSender(DbSender):
     """Posts open and recently resolved alerts; its ``step`` runs under the supervisor."""
 
     def __init__(self, url: str, db_path: str, *, interval_s: float = 60.0,
@@ -90,27 +88,14 @@ class AlertmanagerSender:
                  clock: Callable[[], float] = time.time) -> None:
         if not interval_s > 0:
             raise ConfigError(f"--alertmanager-interval must be > 0 seconds, got {interval_s}")
+        super().__init__(db_path)
         self.url = api_url(url)
         self.interval_s, self.timeout_s, self.backoff_s = interval_s, timeout_s, backoff_s
         self.resolved_keep_s, self._clock = resolved_keep_s, clock
-        self._db_path = db_path
-        self._reader: Optional[CentralReader] = None
-        self._wake = threading.Event()
         self._next_full = 0.0  # monotonic time of the next full post
         self._since: Optional[float] = None  # received time of the last change posted
         self._failures_in_row = 0
         self.counts = {"posts": 0, "alerts_posted": 0, "failed_attempts": 0}
-
-    def wake(self) -> None:
-        """An alert changed: post it now rather than at the next interval."""
-        self._wake.set()
-
-    def close(self) -> None:
-        """Close the read connection."""
-        self._wake.set()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
 
     def status(self) -> Dict[str, Any]:
         """Counters and whether posting is failing now."""
@@ -118,11 +103,9 @@ class AlertmanagerSender:
 
     def step(self) -> None:
         """Post what changed (everything, each interval or after a failure), then wait."""
-        if self._reader is None:
-            self._reader = CentralReader(self._db_path)
         now, mono = self._clock(), time.monotonic()
         full = self._since is None or mono >= self._next_full
-        rows = self._reader.alerts_changed(0.0 if full else self._since or 0.0,
+        rows = self.reader().alerts_changed(0.0 if full else self._since or 0.0,
                                            now - self.resolved_keep_s)
         if rows or full:
             if self._post(rows, now):
@@ -137,8 +120,7 @@ class AlertmanagerSender:
                            self.interval_s)
         else:
             wait = max(0.0, self._next_full - time.monotonic())
-        self._wake.wait(wait)
-        self._wake.clear()
+        self.sleep(wait)
 
     def _post(self, rows: List[Dict[str, Any]], now: float) -> bool:
         hold = 4 * self.interval_s

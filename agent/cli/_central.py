@@ -96,8 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _broker_args(p)
     p.add_argument("--db", help=f"central database: a SQLite file or a postgresql:// URL "
                    f"(default: {DEFAULT_DB})")
-    p.add_argument("--webhook", metavar="URL", help="POST each alert transition and device "
-                   "offline/online change here as JSON (Slack-compatible 'text' field)")
+    p.add_argument("--webhook", metavar="[FORMAT=]URL", action="append", help="POST each "
+                   "alert transition and device offline/online change here; FORMAT: json (the "
+                   "default: 'text' and the record), slack (a readable message) or generic (flat "
+                   "JSON); repeat for several webhooks")
     p.add_argument("--webhook-expire", metavar="DURATION", help="give up on a notification "
                    "the webhook has not taken for this long (default: 1d)")
     p.add_argument("--group-wait", metavar="DURATION", help="hold each notification this long "
@@ -217,7 +219,8 @@ def run_central(args: argparse.Namespace) -> int:
                       else _seconds(args.group_interval))
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
-                      webhook=args.webhook or c.webhook, share=args.share or c.share,
+                      webhooks=args.webhook or [*([c.webhook] if c.webhook else []),
+                                                *c.webhooks], share=args.share or c.share,
                       offline_after=args.offline_after or c.offline_after_s,
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       group_interval_s=group_interval, group_by=c.group_by,
