@@ -298,7 +298,21 @@ def _central_lines(status: Optional[Dict[str, Any]], pending: int, now: float) -
         if h.get("failures") or not h.get("alive"):
             lines.append(f"  thread {name}: {'alive' if h.get('alive') else 'DEAD'}, "
                          f"{h.get('failures')} failures, last: {safe_text(h.get('last_error'))}")
-    return lines
+    return lines + _output_lines(status)
+
+
+def _output_lines(status: Dict[str, Any]) -> List[str]:
+    """A line for each webhook and the Alertmanager: where, how many went out, failing."""
+    outputs = [(f"webhook {w.get('url')} ({w.get('format')})", w.get("sent"), w.get("failing"),
+                w.get("failed_attempts")) for w in status.get("webhooks") or []
+               if isinstance(w, dict)]
+    if status.get("alertmanager_url"):
+        outputs.append((f"alertmanager {status['alertmanager_url']}",
+                        status.get("alertmanager_posts"), status.get("alertmanager_failing"),
+                        status.get("alertmanager_failed_attempts")))
+    return [f"  {safe_text(what)}: {sent or 0} sent"
+            + (f", FAILING ({failed} failed attempts)" if failing else "")
+            for what, sent, failing, failed in outputs]
 
 
 def _ago(seconds: Optional[float]) -> str:
