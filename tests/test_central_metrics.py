@@ -200,7 +200,7 @@ def test_cli_flag_and_config_file(broker, tmp_path: Path) -> None:
     lines: List[str] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "central", "--config", str(config), "--metrics-port",
-         "0"], stdout=subprocess.PIPE, text=True)
+         "0", "--metrics-host", "127.0.0.1"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30

@@ -123,8 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "Alertmanager again this often (default: 60s; it resolves alerts that stop "
                    "coming after 4 intervals)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve the fleet's "
-                   "Prometheus metrics from the database on http://HOST:N/metrics (HOST: "
-                   "[central] metrics_host, default 127.0.0.1)")
+                   "Prometheus metrics from the database on http://HOST:N/metrics")
+    p.add_argument("--metrics-host", metavar="HOST", help="the address /metrics listens on "
+                   "(default: 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
     p.set_defaults(func=run_central)
 
     f = sub.add_parser("fleet", help="show devices, alerts and commands from the central "
@@ -225,7 +226,7 @@ def run_central(args: argparse.Namespace) -> int:
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       group_interval_s=group_interval, group_by=c.group_by,
                       metrics_port=c.metrics_port if args.metrics_port is None
-                      else args.metrics_port, metrics_host=c.metrics_host,
+                      else args.metrics_port, metrics_host=args.metrics_host or c.metrics_host,
                       alertmanager=args.alertmanager or c.alertmanager,
                       alertmanager_interval_s=c.alertmanager_interval_s
                       if args.alertmanager_interval is None
@@ -237,7 +238,8 @@ def run_central(args: argparse.Namespace) -> int:
     print(f"central: following {prefix}/+ on {settings.describe()} into {redact_url(db)}",
           flush=True)
     if central.metrics_port is not None:
-        print(f"central: metrics on http://{c.metrics_host}:{central.metrics_port}/metrics",
+        print(f"central: metrics on http://{args.metrics_host or c.metrics_host}:"
+              f"{central.metrics_port}/metrics",
               flush=True)
     try:
         stop.wait()
