@@ -102,6 +102,14 @@ def test_a_bad_url_is_one_line_naming_the_flag(url: str, tmp_path) -> None:
     assert main(["central", "--db", str(tmp_path / "c.db"), "--alertmanager", url]) != 0
 
 
+def test_a_bad_interval_is_one_line_naming_its_flag(tmp_path, capsys) -> None:
+    assert main(["central", "--broker", "127.0.0.1", "--db", str(tmp_path / "c.db"),
+                 "--alertmanager", "http://127.0.0.1:9093", "--alertmanager-interval",
+                 "soon"]) != 0
+    assert capsys.readouterr().err == ("edgewatch: error: --alertmanager-interval: duration "
+                                       "must be like '30m', '1h' or seconds, got 'soon'\n")
+
+
 def test_a_resolved_alert_never_ends_before_it_started_nor_in_the_future() -> None:
     row = {"device": "d", "id": "a", "state": "resolved", "kind": "anomaly",
            "severity": "critical", "feature": None, "camera": None, "message": None,

@@ -198,8 +198,16 @@ def _view_args(p: argparse.ArgumentParser, sub_command: bool) -> None:
 
 # -- central ------------------------------------------------------------------------------------
 
-def _seconds(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+def _duration(flag: str, text: Optional[str], default: float, *, zero: bool = False) -> float:
+    """A duration flag's seconds (``default`` when not given); its error names the flag."""
+    if text is None:
+        return default
+    if zero and text.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return parse_duration(text)
+    except CommandError as exc:
+        raise CommandError(f"{flag}: {exc}") from None
 
 
 def run_central(args: argparse.Namespace) -> int:
@@ -213,11 +221,11 @@ def run_central(args: argparse.Namespace) -> int:
     settings, prefix = _settings(args, cfg, client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
                                  persistent=client_id is not None)
     db = args.db or c.db
-    expire = parse_duration(args.webhook_expire) if args.webhook_expire else c.webhook_expire_s
-    keep = parse_duration(args.keep_history) if args.keep_history else c.keep_history_days * 86400
-    group_wait = c.group_wait_s if args.group_wait is None else _seconds(args.group_wait)
-    group_interval = (c.group_interval_s if args.group_interval is None
-                      else _seconds(args.group_interval))
+    expire = _duration("--webhook-expire", args.webhook_expire, c.webhook_expire_s)
+    keep = _duration("--keep-history", args.keep_history, c.keep_history_days * 86400)
+    group_wait = _duration("--group-wait", args.group_wait, c.group_wait_s, zero=True)
+    group_interval = _duration("--group-interval", args.group_interval, c.group_interval_s,
+                               zero=True)
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
                       webhooks=args.webhook or [*([c.webhook] if c.webhook else []),
@@ -228,9 +236,9 @@ def run_central(args: argparse.Namespace) -> int:
                       metrics_port=c.metrics_port if args.metrics_port is None
                       else args.metrics_port, metrics_host=args.metrics_host or c.metrics_host,
                       alertmanager=args.alertmanager or c.alertmanager,
-                      alertmanager_interval_s=c.alertmanager_interval_s
-                      if args.alertmanager_interval is None
-                      else parse_duration(args.alertmanager_interval),
+                      alertmanager_interval_s=_duration("--alertmanager-interval",
+                                                        args.alertmanager_interval,
+                                                        c.alertmanager_interval_s),
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
