@@ -100,6 +100,8 @@ def test_fleet_metrics_from_the_database(broker, listeners, central_factory,
     assert value("edgewatch_fleet_drift_score_max", device="cam-warm") == 0
     assert value("edgewatch_fleet_outbox_depth", device="cam-new") == 3
     assert value("edgewatch_fleet_outbox_oldest_age_seconds", device="cam-new") == 4
+    assert value("edgewatch_fleet_outbox_oldest_age_seconds", device="cam-warm") == 0  # empty
+    assert ("edgewatch_fleet_outbox_depth", (("device", "cam-old"),)) not in got  # not sent
     assert value("edgewatch_fleet_alerts", device="cam-new", kind="data_drift",
                  severity="warning") == 1
     assert value("edgewatch_fleet_alerts", device="cam-new", kind="camera_fault",

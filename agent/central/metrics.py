@@ -107,7 +107,7 @@ class FleetCollector(Collector):
                       "over threshold) in the device's last heartbeat, 0 when none")
         depth = gauge("outbox_depth", "Messages in the device's MQTT outbox")
         oldest = gauge("outbox_oldest_age_seconds", "Age of the oldest message in the "
-                       "device's MQTT outbox")
+                       "device's MQTT outbox (0 when empty)")
         counts = {"online": 0, "offline": 0}
         for row in devices:
             device, up = str(row["device"]), bool(row["online"])
@@ -116,9 +116,11 @@ class FleetCollector(Collector):
             if row["last_heartbeat_ts"] is not None:
                 age.add_metric([device], max(0.0, now - float(row["last_heartbeat_ts"])))
             drift.add_metric([device], float(row["worst_drift"] or 0.0))
-            for family, key in ((fps, "fps"), (depth, "outbox_depth"), (oldest, "outbox_age_s")):
+            for family, key in ((fps, "fps"), (depth, "outbox_depth")):
                 if row[key] is not None:
                     family.add_metric([device], float(row[key]))
+            if row["outbox_depth"] is not None:  # an empty outbox's oldest is 0, as on the device
+                oldest.add_metric([device], float(row["outbox_age_s"] or 0.0))
         states = GaugeMetricFamily("edgewatch_fleet_devices", "Devices by state",
                                    labels=["state"])
         for state, n in counts.items():
