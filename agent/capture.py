@@ -17,7 +17,8 @@ What is due:
 * ``normal``: while no such alert is firing, frames at doubling gaps from the first frame,
   at most one every ``3600 / normal_frames`` s; the store keeps the newest
   ``normal_frames`` of them, so an episode has normal frames from just before it to
-  contrast with.
+  contrast with. When an episode opens, the normal frames taken since one window before
+  the alert's window are deleted: the change had begun before it was seen.
 * ``unsure``: at most ``unsure_per_hour``, a frame whose top score is within
   ``UNSURE_BAND`` of ``[model] score_threshold`` (classifiers: below it, or a top-2 margin
   under the band).
@@ -131,8 +132,11 @@ class Capture:
                 return
             episodes[transition.id] = _Episode(transition.id, transition.kind,
                                                transition.feature, transition.ts)
-            since = min(transition.window.start, transition.starts_at)
-            try:  # frames kept as normal once the alert's window had begun were not normal
+            # A condition shows a window after it begins: frames kept as normal within one
+            # window before the alert's window were probably not normal either.
+            window = transition.window
+            since = min(window.start, transition.starts_at) - max(0.0, window.end - window.start)
+            try:
                 self._store.submit(lambda db: self.writer.forget_normal_since(db, since))
             except StoreError:
                 pass  # closing: the next start keeps them, labelled as they were
