@@ -61,13 +61,17 @@ MB = 1024 * 1024
 
 
 def samples_dir(config_or_db_path: Union[Config, str, os.PathLike[str]]) -> Path:
-    """The samples folder: ``[capture] path``, else ``samples/`` beside the database."""
+    """The samples folder: ``[capture] path``, else ``samples/`` beside the database; for a
+    database path, ``<name>-samples/`` beside it when there is one (a pulled snapshot,
+    ``scripts/pull-logs.sh``)."""
     capture = getattr(config_or_db_path, "capture", None)
     if capture is not None:
         if capture.path:
             return Path(capture.path)
         return Path(config_or_db_path.store.path).parent / "samples"  # type: ignore[union-attr]
-    return Path(os.fspath(config_or_db_path)).parent / "samples"  # type: ignore[arg-type]
+    db = Path(os.fspath(config_or_db_path))  # type: ignore[arg-type]
+    pulled = db.with_name(db.stem + "-samples")
+    return pulled if pulled.is_dir() else db.parent / "samples"
 
 
 def _decode(text: Optional[str], empty: Any) -> Any:
