@@ -422,6 +422,11 @@ class Config:
     origin: str = "<defaults>"
 
     def __post_init__(self) -> None:
+        if self.capture.remote and not (self.mqtt.enabled and self.mqtt.tls):
+            raise ConfigError(
+                f"{self.origin}: capture.remote = true sends captured frames (which may show "
+                "people) over MQTT, so it needs TLS (set [mqtt] enabled = true and tls = true, "
+                "or capture.remote = false)")
         if self.drift.window_frames > self.stats.capacity:
             raise ConfigError(
                 f"{self.origin}: drift.window_frames ({self.drift.window_frames}) is larger "

@@ -21,12 +21,13 @@ from .commands import handle_command
 from .config import Config
 from .control import ControlServer, socket_path
 from .drift.reference import Reference
-from .errors import BaselineError
+from .errors import BaselineError, CommandError
 from .heartbeat import Heartbeat, Heartbeats
 from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
 from .observe import LAYOUT
+from .remotesamples import SampleServer
 from .samplestore import SampleWriter, samples_dir
 from .store import Store
 from .supervise import Supervisor
@@ -130,6 +131,7 @@ class Controls:
         self._monitor = monitor
         self._status = status
         self._clock = clock
+        self.sample_server: Optional[SampleServer] = None  # [capture] remote over MQTT
 
     def ack(self, alert: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Acknowledge a firing alert."""
@@ -164,6 +166,13 @@ class Controls:
     def status(self) -> Dict[str, Any]:
         """A short status of the running agent (the heartbeat as it would be sent now)."""
         return self._status().to_dict()
+
+    def samples(self, alert: str, want: Optional[Any], chunk_kb: int) -> Dict[str, Any]:
+        """An alert's captured frames for the central (``fleet samples``), when allowed."""
+        if self.sample_server is None:
+            raise CommandError("remote samples are off on this device (set [capture] remote "
+                               "= true, with MQTT over TLS, to allow 'fleet samples')")
+        return self.sample_server.answer(alert, want, chunk_kb)
 
 
 class Agent:
@@ -242,6 +251,11 @@ class Agent:
                                 supervisor=supervisor, model_info=info, camera=camera,
                                 clock=clock, live=live)
         controls = Controls(monitor, heartbeats.current, clock)
+        if mqtt is not None and config.capture.remote:
+            link, t = mqtt, topics(config.mqtt.topic_prefix, config.mqtt.device_id)
+            controls.sample_server = SampleServer(
+                config.store.path, samples_dir(config),
+                lambda sid, k, data: link.publish_bytes(t.sample_chunk(sid, k), data))
         control = ControlServer(socket_path(config), controls, record=store.record_command,
                                 supervisor=supervisor)
         return cls(config, model_info=info, store=store, sink=sink, alerts=alerts,

@@ -232,8 +232,10 @@ def _storm(tmp: Path, model_path: Path, capture: bool) -> Dict[str, Any]:
         tracemalloc.stop()
         tap = agent.monitor.tap
         counts = tap.stats() if tap is not None else {}
+        beat = agent.heartbeats.current().to_dict()
         agent.close()
         source.close()
+    assert beat["queues"]["capture"] == (counts or None)  # status --json shows the same
     return {"cfg": cfg, "frames": frames, "cpu_fps": frames / cpu, "held": held,
             "counts": counts}
 
