@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 from helpers import wait
 from pycocotools.coco import COCO
+from test_install import example_broker  # noqa: F401 - Mosquitto as shipped (TLS, ACL)
 
 from agent.cli import main
 from agent.config import Config, load_config
@@ -151,12 +152,11 @@ def test_an_out_that_is_a_file_is_one_line_error(night: Tuple[Config, List[Sampl
 
 
 # ---- remote samples over MQTT (TLS, passwords and the ACL as shipped) -----------------------
-from test_install import example_broker  # noqa: E402,F401 - the shipped broker config
-
 
 @pytest.mark.integration
 def test_fleet_samples_fetches_an_alerts_frames_over_tls_and_resumes(
-        night: Tuple[Config, List[Sample]], example_broker: Any, tmp_path: Path,
+        night: Tuple[Config, List[Sample]], example_broker: Any,  # noqa: F811
+        tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from agent.service import Agent
 
