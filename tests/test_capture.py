@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -14,12 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import POOL_SLOTS
+from agent.capture import POOL_SLOTS, Capture
 from agent.confidence import CONFIDENCE_FEATURES
 from agent.config import Config, load_config
 from agent.errors import StoreError
 from agent.inference import Model
 from agent.loop import drive, replay, synthetic_times
+from agent.observe import LAYOUT
 from agent.records import Sample
 from agent.samplestore import SampleWriter, read_samples, samples_dir
 from agent.service import Agent
@@ -260,3 +262,54 @@ def test_a_storm_of_captures_keeps_disk_memory_and_the_loop_bounded(
     assert off["counts"] == {} and not samples_dir(off["cfg"]).exists()
     print(f"storm: {counts}; capture code holds {growth:+d} B; loop CPU fps "
           f"{on['cpu_fps']:.0f} on, {off['cpu_fps']:.0f} off")
+
+
+def _unsure_row() -> np.ndarray:
+    row = np.full(len(LAYOUT.names), np.nan, np.float32)
+    row[LAYOUT.index("top_score")] = 0.52  # near the 0.5 threshold: unsure
+    row[LAYOUT.index("det_count")] = 1
+    return row
+
+
+def _capture(store: Store, folder: Path, **limits: Any) -> Capture:
+    cfg = load_config({"capture": {"normal_frames": 0, "unsure_per_hour": 3600, **limits}})
+    writer = SampleWriter(folder, max_mb=cfg.capture.max_mb, normal_frames=0)
+    return Capture(cfg.capture, store, writer, camera="cam", layout=LAYOUT, score_threshold=0.5)
+
+
+def test_a_full_pool_drops_the_capture_and_counts_it(tmp_path: Path) -> None:
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    release = threading.Event()
+    with Store(str(tmp_path / "h.db")) as store:
+        capture = _capture(store, tmp_path / "s", per_hour=1000)
+        blocked = store.submit(lambda db: release.wait(30))  # the storage thread is busy
+        for i in range(POOL_SLOTS + 2):
+            capture.offer(frame, None, _unsure_row(), 1000.0 + i)  # one due each second
+        assert capture.counts["captured"] == POOL_SLOTS and capture.counts["dropped"] == 2
+        release.set()
+        blocked.result(10)
+        store.submit(lambda db: None).result(10)  # the captures queued behind it are done
+        capture.offer(frame, None, _unsure_row(), 1100.0)  # slots are free again
+        store.submit(lambda db: None).result(10)
+    assert capture.stats()["saved"] == POOL_SLOTS + 1
+    assert len(read_samples(tmp_path / "h.db")) == POOL_SLOTS + 1
+
+
+def test_per_hour_limits_all_captures(tmp_path: Path) -> None:
+    frame = np.full((120, 160, 3), 60, np.uint8)
+    with Store(str(tmp_path / "h.db")) as store:
+        capture = _capture(store, tmp_path / "s", per_hour=2)
+        for i in range(4):
+            capture.offer(frame, None, _unsure_row(), 1000.0 + i)
+        capture.offer(frame, None, _unsure_row(), 1000.0 + 3601)  # an hour after the first
+        store.submit(lambda db: None).result(10)
+    assert capture.counts["limited"] == 2 and capture.counts["captured"] == 3
+
+
+def test_the_disk_free_guard_keeps_nothing_when_space_is_short(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    writer = SampleWriter(tmp_path / "s", max_mb=5, normal_frames=3, disk_free_mb=10_000_000)
+    with Store(str(db)) as store:
+        assert writer.submit(store, _jpeg(1), _meta(1.0)).result(10) is None
+    assert writer.counts["disk_low"] == 1 and read_samples(db) == []
+    assert not list((tmp_path / "s").rglob("*.jpg"))
