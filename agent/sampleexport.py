@@ -156,6 +156,6 @@ def _write_text(path: Path, text: str) -> None:
 
 def summary_rows(samples: Sequence[Sample]) -> List[Mapping[str, Any]]:
     """One row per sample for ``edgewatch samples list``."""
-    return [{"id": s.id, "ts": s.ts, "reason": s.reason, "alert": s.alert_id or "",
-             "kind": s.kind or "", "feature": s.feature or "", "size": f"{s.width}x{s.height}",
+    return [{"id": s.id, "ts": s.ts, "reason": s.reason, "alert": s.alert_id,
+             "kind": s.kind, "feature": s.feature, "size": f"{s.width}x{s.height}",
              "detections": len(s.detections), "path": s.path} for s in samples]

@@ -76,7 +76,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         row["ts"] = local_time(row["ts"])
-        row["alert"] = row["alert"][:12]
+        row["alert"] = row["alert"] and row["alert"][:12]
     print(table(rows, ["id", "ts", "reason", "kind", "feature", "alert", "size", "detections",
                        "path"]) if rows else "no samples")
     return 0
