@@ -222,10 +222,13 @@ class History:
 
 
 def monitoring_gaps(heartbeats: Sequence[Heartbeat], events: Sequence[Event],
-                    until: Optional[float] = None) -> List[Gap]:
-    """Spans where monitoring was not ``active``: heartbeats in another state, and the time
-    between a ``stop`` event and the next ``start`` (the agent was not running)."""
-    gaps: List[Gap] = []
+                    until: Optional[float] = None,
+                    windows: Sequence[SummaryWindow] = ()) -> List[Gap]:
+    """Spans where monitoring was not ``active``: heartbeats in another state, the time
+    between a ``stop`` event and the next ``start`` (the agent was not running), and holes of
+    more than three window lengths between summary windows (``no data``)."""
+    gaps: List[Gap] = [Gap(a.ts_end, b.ts_start, "no data") for a, b in zip(windows, windows[1:])
+                       if b.ts_start - a.ts_end > 3 * max(a.ts_end - a.ts_start, 1.0)]
     current: Optional[Tuple[float, str]] = None
     for hb in heartbeats:
         state = hb.monitoring or "active"

@@ -29,7 +29,7 @@ SUDDEN_S = 300.0
 TRANSIENT_S = 600.0
 #: A shift of this many robust standard deviations or more is drastic.
 DRASTIC_SD = 6.0
-#: Alerts less than this apart belong to one episode.
+#: Alerts that start less than this apart belong to one episode.
 MERGE_S = 60.0
 
 _CAMERA_WORDS = {"blur": "the image is blurred (dirty or fogged lens, lost focus)",
@@ -87,20 +87,17 @@ def _shifts(alert: AlertTransition) -> Dict[str, float]:
 
 
 def episodes(alerts: Sequence[AlertTransition], now: float) -> List[Episode]:
-    """Group alerts whose spans overlap (or lie within MERGE_S) into episodes, oldest first.
+    """Group alerts that started together (each within MERGE_S of the previous start) into
+    episodes, oldest first: an alert still open from an earlier episode does not swallow a
+    new one (night, then a blurred lens, are two episodes).
 
     ``ramp_s`` is left None here; :func:`ramp_seconds` on the windows fills it in.
     """
-    spans = sorted(alerts, key=lambda a: a.starts_at)
     groups: List[List[AlertTransition]] = []
-    group_end = -float("inf")
-    for alert in spans:
-        end = now if alert.ends_at is None else alert.ends_at
-        if not groups or alert.starts_at > group_end + MERGE_S:
+    for alert in sorted(alerts, key=lambda a: a.starts_at):
+        if not groups or alert.starts_at > groups[-1][-1].starts_at + MERGE_S:
             groups.append([])
-            group_end = end
         groups[-1].append(alert)
-        group_end = max(group_end, end)
     return [_episode(g) for g in groups]
 
 
