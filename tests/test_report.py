@@ -24,8 +24,7 @@ from agent.config import load_config
 from agent.history import Event, Heartbeat, History, SummaryWindow, monitoring_gaps
 from agent.records import AlertTransition, Window
 from agent.report import build_report, gather
-from agent.report.diagnose import (DRASTIC_SD, SUDDEN_S, TRANSIENT_S, Episode, diagnose,
-                                   episodes, ramp_seconds)
+from agent.report import diagnose as dg
 from agent.samplestore import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,38 +202,38 @@ def _assert_not_blank(png: bytes) -> None:
 
 def _episode(*, kinds: Tuple[str, ...] = ("data_drift",), shift: float = 10.0,
              ramp: Optional[float] = 30.0, end: Optional[float] = None,
-             faults: Tuple[str, ...] = ()) -> Episode:
-    return Episode(start=1000.0, end=end, kinds=kinds, shifts={"brightness": -shift},
+             faults: Tuple[str, ...] = ()) -> dg.Episode:
+    return dg.Episode(start=1000.0, end=end, kinds=kinds, shifts={"brightness": -shift},
                    ramp_s=ramp, camera_faults=faults)
 
 
-NOW = 1000.0 + 2 * TRANSIENT_S
+NOW = 1000.0 + 2 * dg.TRANSIENT_S
 
 
 @pytest.mark.parametrize("episode, onset, course, cause, magnitude, action", [
     (_episode(kinds=("camera_fault",), faults=("blur",), shift=0), "sudden", "persistent",
      "camera fault", "moderate", "Fix the camera"),
-    (_episode(end=1000.0 + TRANSIENT_S / 2), "sudden", "transient", "scene change", "drastic",
+    (_episode(end=1000.0 + dg.TRANSIENT_S / 2), "sudden", "transient", "scene change", "drastic",
      "No action needed"),
-    (_episode(ramp=SUDDEN_S * 4), "gradual", "persistent", "scene change", "drastic",
+    (_episode(ramp=dg.SUDDEN_S * 4), "gradual", "persistent", "scene change", "drastic",
      "update the model incrementally"),
-    (_episode(shift=DRASTIC_SD * 2), "sudden", "persistent", "scene change", "drastic",
+    (_episode(shift=dg.DRASTIC_SD * 2), "sudden", "persistent", "scene change", "drastic",
      "retrain the model fully"),
-    (_episode(shift=DRASTIC_SD / 2), "sudden", "persistent", "scene change", "moderate",
+    (_episode(shift=dg.DRASTIC_SD / 2), "sudden", "persistent", "scene change", "moderate",
      "the new normal is fine: rebaseline"),
     (_episode(kinds=("device_health",), shift=0, ramp=None), "unknown", "persistent", "device",
      "moderate", "Check the device"),
 ])
-def test_diagnosis_follows_the_guide(episode: Episode, onset: str, course: str, cause: str,
+def test_diagnosis_follows_the_guide(episode: dg.Episode, onset: str, course: str, cause: str,
                                      magnitude: str, action: str) -> None:
-    d = diagnose(episode, NOW)
+    d = dg.diagnose(episode, NOW)
     assert (d.onset, d.course, d.cause, d.magnitude) == (onset, course, cause, magnitude)
     assert action in d.action
 
 
 def test_diagnosis_names_features_and_how_far_they_moved() -> None:
-    ep = Episode(0.0, 100.0, ("data_drift",), {"brightness": -12.5, "contrast": 3.0}, 10.0, ())
-    summary = diagnose(ep, 200.0).summary
+    ep = dg.Episode(0.0, 100.0, ("data_drift",), {"brightness": -12.5, "contrast": 3.0}, 10.0, ())
+    summary = dg.diagnose(ep, 200.0).summary
     assert "brightness down 12.5 robust SDs" in summary and "contrast up 3.0" in summary
     assert summary.index("brightness") < summary.index("contrast")
 
@@ -255,7 +254,7 @@ def test_episodes_split_by_start_and_read_the_signed_shift() -> None:
     drift = _alert("data_drift", 100.0, None,
                    observed={"features": {"brightness": {"mean": 20.0, "effect": 30.0}}},
                    expected={"brightness": {"p50": 120.0}})
-    found = episodes([drift, _alert("anomaly", 120.0, 200.0),
+    found = dg.episodes([drift, _alert("anomaly", 120.0, 200.0),
                       _alert("camera_fault", 500.0, None, "blur")], now=1000.0)
     assert [e.kinds for e in found] == [("data_drift", "anomaly"), ("camera_fault",)]
     assert found[0].shifts == {"brightness": -30.0} and found[0].end is None
@@ -266,10 +265,10 @@ def test_ramp_seconds_tells_a_step_from_a_ramp() -> None:
     times = [float(t) for t in range(0, 1200, 60)]
     step = [10.0 if t < 300 else 50.0 for t in times]
     ramp = [10.0 if t < 300 else min(50.0, 10.0 + (t - 300) / 15) for t in times]
-    assert ramp_seconds(times, step, (9, 11), 300) == 60.0
-    took = ramp_seconds(times, ramp, (9, 11), 400)
-    assert took is not None and took > SUDDEN_S
-    assert ramp_seconds(times, step, (40, 60), 100) is None  # never inside the band before
+    assert dg.ramp_seconds(times, step, (9, 11), 300) == 60.0
+    took = dg.ramp_seconds(times, ramp, (9, 11), 400)
+    assert took is not None and took > dg.SUDDEN_S
+    assert dg.ramp_seconds(times, step, (40, 60), 100) is None  # never inside the band before
 
 
 def test_monitoring_gaps_from_heartbeats_and_stops() -> None:
