@@ -123,6 +123,9 @@ def screenshot(html: Path, png: Path) -> None:
             page.screenshot(path=str(png), full_page=True)
         finally:
             browser.close()
+    from PIL import Image  # a 256-colour PNG: a third of the size, the same to the eye
+
+    Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
 
 
 def _main() -> int:
@@ -136,6 +139,9 @@ def _main() -> int:
     for old in work.glob("history.db*"):
         old.unlink()
     cfg, _ = build_scenario(work)
+    for out in (args.out, args.card, args.screenshot):
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
     _run("report", "--config", str(cfg), "--out", args.out)
     _run("card", "--config", str(cfg), "--out", args.card)
     if args.screenshot:
