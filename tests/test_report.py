@@ -26,6 +26,7 @@ from agent.records import AlertTransition, Window
 from agent.report import build_report, gather
 from agent.report import diagnose as dg
 from agent.samplestore import read_samples
+from agent.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("report_demo", ROOT / "scripts/report_demo.py")
@@ -105,6 +106,21 @@ def test_history_reads_the_lifecycle_and_a_hole_between_replays(
     gaps = monitoring_gaps([], [], None, windows)
     assert [g.state for g in gaps] == ["no data"]  # the 20 s between night and blur
     assert 15 <= gaps[0].end - gaps[0].start <= 25
+
+
+def test_the_report_reads_a_live_database_and_a_pulled_snapshot(
+        scenario: Tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, db = scenario
+    config = load_config(str(cfg))
+    snap = tmp_path / "snap.db"
+    assert main(["export", "--db", str(db), "--out", str(snap)]) == 0
+    pulled = build_report(config, str(snap))
+    assert pulled.count('<svg class="chart"') > 10 and "acked by alice" in pulled
+    with Store(str(snap), create=False, maintain=False) as store:  # a writer at work (WAL)
+        store.put("windows", {"ts_start": 0.0, "ts_end": 1.0, "frames": 1, "camera": "c",
+                              "summary": {}})
+        live = build_report(config, str(snap))
+    assert live.count('<svg class="chart"') == pulled.count('<svg class="chart"')
 
 
 def test_the_card_records_model_reference_and_owner(scenario: Tuple[Path, Path],
