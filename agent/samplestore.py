@@ -198,6 +198,18 @@ class SampleWriter:
                         **{k: sql_value(row[k], k) for k in ("stats", "confidence",
                                                             "detections")}})
 
+    def forget_normal_since(self, db: sqlite_utils.Database, since: float) -> int:
+        """Delete normal frames taken at or after ``since`` (storage thread): an episode's
+        window had begun, so they were not normal; returns how many went."""
+        if self._total is None:
+            self._total = int(db.conn.execute("SELECT coalesce(sum(bytes), 0) FROM samples")
+                              .fetchone()[0])
+        rows = db.conn.execute("SELECT id, path, bytes FROM samples WHERE reason = 'normal' AND "
+                               "ts >= ?", (since,)).fetchall()
+        self._delete(db.conn, rows)
+        self.counts["evicted"] -= len(rows)  # not for space: a correction
+        return len(rows)
+
     def _room_on_disk(self, size: int) -> bool:
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -6,14 +6,20 @@ import hashlib
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import cv2
 import numpy as np
 import pytest
 
+from agent.confidence import CONFIDENCE_FEATURES
+from agent.config import Config, load_config
 from agent.errors import StoreError
+from agent.loop import replay
+from agent.records import Sample
 from agent.samplestore import SampleWriter, read_samples, samples_dir
+from agent.sources import open_source
+from agent.stats import IMAGE_FEATURES
 from agent.store import SCHEMA_VERSION, Store
 
 
@@ -102,3 +108,88 @@ def test_bad_sample_fields_are_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="unknown sample fields"):
             writer.submit(store, _jpeg(0), _meta(1.0, colour="red")).result(10)
     assert read_samples(db) == []
+
+
+# ---- capture through the real loop ---------------------------------------------------------
+START = 1_700_000_000.0
+ONSET = 60.0
+FAST = {"drift": {"warmup_s": 40, "window_frames": 300, "eval_interval_s": 2, "for_s": 6,
+                  "clear_for_s": 10},
+        "stats": {"capacity": 1024}, "store": {"flush_interval_s": 0.2, "window_s": 10},
+        "health": {"enabled": False}}
+
+
+def _config(tmp: Path, model_path: Path, **sections: Dict[str, Any]) -> Config:
+    data: Dict[str, Dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
+    data["store"]["path"] = str(tmp / "h.db")
+    data["model"] = {"path": str(model_path)}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return load_config(data)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Tuple[Config, List[Sample]]:
+    """A night falling at 60 s, replayed to 300 s with the default [capture] limits."""
+    cfg = _config(tmp_path_factory.mktemp("night"), model_path)
+    replay(cfg, open_source(f"emulated:night?seed=4&size=320x240&onset={ONSET:g}&duration=300"),
+           fps=30, start_ts=START)
+    return cfg, read_samples(cfg.store.path)
+
+
+def test_an_episode_is_captured_over_its_course_with_normal_frames_before_it(
+        night: Tuple[Config, List[Sample]]) -> None:
+    cfg, samples = night
+    drift = [s for s in samples if s.reason == "alert" and s.kind == "data_drift"]
+    assert len(drift) >= 6
+    assert len({s.alert_id for s in drift}) == 1 and drift[0].feature == "image"
+    times = [s.ts - START for s in drift]
+    assert ONSET < times[0] < ONSET + 30  # from the first frames after it fired...
+    assert times[-1] - times[0] >= 100  # ...and over its course, not only the first seconds
+    gaps = np.diff(times)
+    assert gaps[-1] > 4 * gaps[0]  # the gaps grow
+    normal = [s for s in samples if s.reason == "normal"]
+    assert 1 <= len(normal) <= cfg.capture.normal_frames
+    assert all(s.ts < START + ONSET for s in normal)  # from before the night: contrast
+    assert max(s.stats["brightness"] or 0 for s in drift) < 0.3 * min(
+        s.stats["brightness"] or 0 for s in normal)
+    assert len(samples) <= cfg.capture.per_hour
+
+
+def test_each_sample_is_a_private_file_matching_its_complete_row(
+        night: Tuple[Config, List[Sample]]) -> None:
+    cfg, samples = night
+    folder = samples_dir(cfg)
+    assert folder == Path(cfg.store.path).parent / "samples"
+    for s in samples:
+        data = (folder / s.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s.sha256 and len(data) == s.bytes
+        assert os.stat(folder / s.path).st_mode & 0o777 == 0o640
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (s.height, s.width, 3) == (240, 320, 3)
+        assert s.camera == cfg.device.camera
+        assert set(s.stats) == set(IMAGE_FEATURES) and set(s.confidence) == set(CONFIDENCE_FEATURES)
+        assert (s.alert_id is not None) == (s.reason == "alert") == (s.kind is not None)
+    normal = next(s for s in samples if s.reason == "normal")
+    (face,) = normal.detections  # the astronaut's face, as the model saw it
+    x0, y0, x1, y1 = face["box"]
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and face["class"] == 0
+    assert face["score"] == pytest.approx(normal.confidence["top_score"], abs=1e-3)
+    assert 0.2 < x0 < 0.5 and 0.05 < y0 < 0.3  # where the face is in the scene
+
+
+def test_capture_off_writes_nothing(tmp_path: Path, model_path: Path) -> None:
+    cfg = _config(tmp_path, model_path, capture={"enabled": False})
+    replay(cfg, open_source(f"emulated:night?seed=4&size=160x120&onset=50&duration=90"),
+           fps=30, start_ts=START)
+    assert alerts_of(cfg.store.path)  # there were episodes to capture
+    assert read_samples(cfg.store.path) == []
+    assert not samples_dir(cfg).exists()
+
+
+def alerts_of(db: str) -> List[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute("SELECT kind FROM alerts")]
+    finally:
+        conn.close()
