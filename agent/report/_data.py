@@ -16,7 +16,7 @@ from ..samplestore import read_samples, samples_dir
 from ..stats import IMAGE_FEATURES
 from .diagnose import Diagnosis, Episode, diagnose, episodes, ramp_seconds
 
-#: Most thumbnails per reason (alert/unsure/normal), newest kept: the file stays a few MB.
+#: Most thumbnails per reason (alert/unsure/normal), spread evenly: the file stays a few MB.
 MAX_THUMBS = 24
 #: Most columns of the drift heatmap.
 HEATMAP_COLUMNS = 96
@@ -95,7 +95,8 @@ def _thumbs(db_path: str, config: Config, span: Tuple[float, float]) -> Dict[str
         kept.setdefault(sample.reason, []).append(Thumb(sample, ""))
     for reason, thumbs in kept.items():
         shown = []
-        for t in thumbs[-MAX_THUMBS:]:
+        step = max(1.0, len(thumbs) / MAX_THUMBS)
+        for t in (thumbs[int(i * step)] for i in range(min(len(thumbs), MAX_THUMBS))):
             file = folder / t.sample.path
             uri = ("data:image/jpeg;base64," + base64.b64encode(file.read_bytes()).decode()
                    if file.is_file() else "")

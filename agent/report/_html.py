@@ -10,7 +10,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 from ..card import when
 from ..records import AlertTransition
 from . import _svg
-from ._data import ReportData, band, drift_matrix, series
+from ._data import ReportData, Thumb, band, drift_matrix, series
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:16px;color:#222}
@@ -25,7 +25,10 @@ svg text{font:10px sans-serif;fill:#444}svg text.title{font-weight:bold;fill:#22
 rect.alert{fill:#d32f2f;fill-opacity:.18}rect.gap{fill:#777;fill-opacity:.25}
 .firing{color:#b71c1c;font-weight:bold}.resolved{color:#2e7d32}
 .thumbs{display:flex;flex-wrap:wrap;gap:8px}.thumbs figure{margin:0;width:200px}
-.thumbs img{width:200px;height:auto;border:1px solid #ccc}.thumbs figcaption{font-size:11px}
+.thumbs img{width:200px;height:auto;border:1px solid #ccc;display:block}
+.frame{position:relative}.boxes{position:absolute;left:0;top:0;width:100%;height:100%}
+.boxes rect{fill:none;stroke:#00e676;stroke-width:.8;vector-effect:non-scaling-stroke}
+.thumbs figcaption{font-size:11px}
 .diag{background:#fff8e1;border-left:4px solid #f9a825;padding:6px 12px;margin:8px 0}
 .card{background:#fafafa;padding:4px 16px;border:1px solid #eee}
 """
@@ -121,24 +124,50 @@ def diagnoses(data: ReportData) -> str:
     return "\n".join(out)
 
 
+def _boxes(t: Thumb) -> str:
+    """The model's detections over a thumbnail (boxes in 0..1 of the frame)."""
+    rects = []
+    for det in t.sample.detections:
+        box = det.get("box")
+        if isinstance(box, (list, tuple)) and len(box) == 4:
+            x0, y0, x1, y1 = (float(v) * 100 for v in box)
+            rects.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" '
+                         f'height="{y1 - y0:.1f}"><title>score {float(det.get("score", 0)):.2f}'
+                         "</title></rect>")
+    if not rects:
+        return ""
+    return ('<svg class="boxes" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100" '
+            f'preserveAspectRatio="none">{"".join(rects)}</svg>')
+
+
+def _figure(reason: str, t: Thumb) -> str:
+    s = t.sample
+    if not t.uri:
+        return f"<figure><figcaption>{escape(s.path)}: file missing</figcaption></figure>"
+    top = max((float(d.get("score", 0)) for d in s.detections), default=None)
+    score = "" if top is None else f", top score {top:.2f}"
+    return (f'<figure><div class="frame"><img alt="{escape(reason)} sample {s.id}" '
+            f'src="{t.uri}">{_boxes(t)}</div><figcaption>'
+            f"{escape(' '.join(filter(None, (when(s.ts), s.kind, s.feature))) + score)}"
+            "</figcaption>"
+            "</figure>")
+
+
 def thumbnails(data: ReportData) -> str:
-    """Captured frames by reason: alert and unsure frames beside normal ones."""
+    """Captured frames by reason: alert and unsure frames beside normal ones, with the
+    model's boxes drawn over them."""
     if not any(data.thumbs.values()):
         return "<p>No samples captured in this period ([capture] keeps frames when alerts " \
                "fire).</p>"
     out = []
     for reason in ("alert", "unsure", "normal"):
         thumbs = data.thumbs.get(reason) or []
-        if not thumbs:
-            continue
-        figs = "".join(
-            f'<figure><img alt="{escape(reason)} sample {t.sample.id}" src="{t.uri}">'
-            f"<figcaption>{escape(when(t.sample.ts))} {escape(t.sample.kind or '')} "
-            f"{escape(t.sample.feature or '')}</figcaption></figure>" if t.uri else
-            f"<figure><figcaption>{escape(t.sample.path)}: file missing</figcaption></figure>"
-            for t in thumbs)
-        out.append(f"<h3>{escape(reason)} frames</h3><div class=\"thumbs\">{figs}</div>")
-    return "\n".join(out)
+        if thumbs:
+            figs = "".join(_figure(reason, t) for t in thumbs)
+            out.append(f"<h3>{escape(reason)} frames</h3><div class=\"thumbs\">{figs}</div>")
+    return ("<p>Frames of each kind, spread over the period; boxes: the model's detections."
+            "</p>"
+            + "\n".join(out))
 
 
 def health(data: ReportData) -> str:
