@@ -25,7 +25,7 @@ from agent.history import Event, Heartbeat, History, SummaryWindow, monitoring_g
 from agent.records import AlertTransition, Window
 from agent.report import build_report, gather
 from agent.report import diagnose as dg
-from agent.report._data import MAX_THUMBS
+from agent.report._data import MAX_THUMBS, drift_matrix
 from agent.samplestore import read_samples
 from agent.store import Store
 
@@ -301,3 +301,27 @@ def test_monitoring_gaps_from_heartbeats_and_stops() -> None:
     gaps = monitoring_gaps(beats, events, None, windows)
     assert [(g.start, g.end, g.state) for g in gaps] == [
         (30, 90, "degraded"), (60, 600, "no data"), (100, 400, "stopped")]
+
+
+def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path) -> None:
+    """A live agent's heartbeats (schema 3): drift scores, monitoring state, host health."""
+    db = str(tmp_path / "h.db")
+    with Store(db) as store:
+        for k in range(10):
+            state = "degraded" if 4 <= k < 7 else "active"
+            store.put("heartbeats", {"ts": 1000.0 + 30 * k, "payload": {
+                "ts": 1000.0 + 30 * k, "monitoring": {"state": state},
+                "drift": {"brightness": 0.1 * k}, "drift_scores": {"brightness": 0.2 * k},
+                "host": {"cpu_ratio": 0.25, "temperature_c": 61.5}}})
+            store.put("windows", {"ts_start": 1000.0 + 30 * k, "ts_end": 1030.0 + 30 * k,
+                                  "frames": 900, "camera": "c",
+                                  "summary": {"brightness": {"mean": 100.0 + k}}})
+    config = load_config({"store": {"path": db}})
+    data = gather(config, db, None, None, now=2000.0)
+    assert [(g.start, g.end, g.state) for g in data.gaps] == [(1120.0, 1210.0, "degraded")]
+    names, edges, matrix, unit = drift_matrix(data)
+    assert names == ["brightness"] and unit.startswith("drift score")
+    assert max(v for v in matrix[0] if v == v) == pytest.approx(1.8)
+    html = build_report(config, db, now=2000.0)
+    assert "host.temperature_c" in html and "61.5" in html and "degraded" in html
+    assert html.count('<svg class="chart"') == 1 and 'class="heatmap"' in html
