@@ -69,6 +69,20 @@ def test_the_replay_gives_the_report_what_it_shows(scenario: Tuple[Path, Path]) 
     assert "brightness" in data.features and "top_score" in data.features
 
 
+def test_dusk_is_diagnosed_gradual(scenario: Tuple[Path, Path], tmp_path: Path) -> None:
+    """The light fades over two minutes (a real replay against the scenario's baseline)."""
+    cfg = tmp_path / "dusk.toml"
+    cfg.write_text(scenario[0].read_text().replace(
+        'reference = "baseline.npz"', f'reference = "{scenario[0].parent / "baseline.npz"}"')
+        .replace("window_s = 2.0", "window_s = 5.0"))
+    assert main(["replay", "emulated:dusk?seed=4&size=320x240&fps=15&onset=30&duration=200",
+                 "--config", str(cfg)]) == 0
+    data = gather(load_config(str(cfg)), str(tmp_path / "history.db"), None, None, now=0.0)
+    drift = [d for ep, d in data.episodes if "data_drift" in ep.kinds]
+    assert drift and drift[0].onset == "gradual", [d.summary for d in drift]
+    assert "incrementally" in drift[0].action
+
+
 def test_the_report_is_one_offline_file_of_a_few_mb(report_file: Path,
                                                      scenario: Tuple[Path, Path]) -> None:
     html = report_file.read_text()

@@ -78,14 +78,26 @@ _FAULT_FEATURES = {"blur": "sharpness", "black": "brightness", "saturated": "ove
 
 
 def _with_ramp(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts) -> Episode:
-    main = ep.main_feature or next((_FAULT_FEATURES[f] for f in ep.camera_faults
-                                    if f in _FAULT_FEATURES), None)
-    ref_band = band(facts, main) if main else None
-    if main is None or ref_band is None:
+    """The episode with ``ramp_s``: the median over its top features of how long each took to
+    reach its new level, less the two windows a step can straddle."""
+    features = ep.top_features() or [_FAULT_FEATURES[f] for f in ep.camera_faults
+                                      if f in _FAULT_FEATURES]
+    spans = [w.ts_end - w.ts_start for w in windows]
+    window_s = sorted(spans)[len(spans) // 2] if spans else 0.0
+    ramps = []
+    for feature in features:
+        ref_band = band(facts, feature)
+        if ref_band is not None:
+            times, values = series(windows, feature)
+            ramp = ramp_seconds(times, values, (ref_band[0], ref_band[2]), ep.start,
+                                horizon_s=max(600.0, 10 * window_s))
+            if ramp is not None:
+                ramps.append(max(0.0, ramp - 2 * window_s))
+    if not ramps:
         return ep
-    times, values = series(windows, main)
-    ramp = ramp_seconds(times, values, (ref_band[0], ref_band[2]), ep.start)
-    return Episode(ep.start, ep.end, ep.kinds, ep.shifts, ramp, ep.camera_faults, ep.alert_ids)
+    ramp_s = sorted(ramps)[len(ramps) // 2]
+    return Episode(ep.start, ep.end, ep.kinds, ep.shifts, ramp_s, ep.camera_faults,
+                   ep.alert_ids)
 
 
 def _thumbs(db_path: str, config: Config, span: Tuple[float, float]) -> Dict[str, List[Thumb]]:
@@ -117,7 +129,7 @@ def gather(config: Config, db_path: str, since: Optional[float], until: Optional
         alerts = history.alerts(t0, t1)
         beats = history.heartbeats(t0, t1)
         gaps = monitoring_gaps(beats, history.events(t0, t1), t1, windows)
-    end = min(now, t1) if until is None else t1
+    end = t1  # an open episode lasts up to the last thing recorded (a replay's clock is its own)
     eps = [_with_ramp(ep, windows, facts) for ep in episodes(alerts, end)]
     present = {name for w in windows for name in w.summary}
     features = tuple(f for f in IMAGE_FEATURES + CONFIDENCE_FEATURES if f in present)

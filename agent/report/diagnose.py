@@ -15,6 +15,7 @@ the camera is at fault, fix the camera; when the new normal is fine, rebaseline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -23,8 +24,9 @@ from ..records import AlertTransition
 __all__ = ["DRASTIC_SD", "SUDDEN_S", "TRANSIENT_S", "Diagnosis", "Episode", "diagnose",
            "episodes", "ramp_seconds"]
 
-#: A change that reached its level within this many seconds is sudden; slower is gradual.
-SUDDEN_S = 300.0
+#: A change that reached its level within this many seconds (beyond the two summary windows a
+#: step can straddle) is sudden; slower is gradual.
+SUDDEN_S = 60.0
 #: An episode over within this many seconds is transient; longer (or still open) persistent.
 TRANSIENT_S = 600.0
 #: A shift of this many robust standard deviations or more is drastic.
@@ -47,14 +49,13 @@ class Episode:
     end: Optional[float]  # None: still open
     kinds: Tuple[str, ...]
     shifts: Mapping[str, float]  # feature -> signed shift in robust SDs from the reference
-    ramp_s: Optional[float]  # how long the main feature took to reach its level (None unknown)
+    ramp_s: Optional[float]  # how long the change took to reach its level (None: unknown)
     camera_faults: Tuple[str, ...]  # camera_fault alert features: blur, black, frozen, ...
     alert_ids: Tuple[str, ...] = ()
 
-    @property
-    def main_feature(self) -> Optional[str]:
-        """The feature that moved most."""
-        return max(self.shifts, key=lambda f: abs(self.shifts[f])) if self.shifts else None
+    def top_features(self, n: int = 3) -> List[str]:
+        """The ``n`` features that moved most."""
+        return sorted(self.shifts, key=lambda f: -abs(self.shifts[f]))[:n]
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,15 @@ def _episode(group: Sequence[AlertTransition]) -> Episode:
 
 
 def ramp_seconds(times: Sequence[float], values: Sequence[float], band: Tuple[float, float],
-                 start: float) -> Optional[float]:
-    """Seconds the series took to go from the last point inside ``band`` before ``start`` to
-    90% of its largest excursion after it; None when the series does not show it.
+                 start: float, horizon_s: float = 600.0) -> Optional[float]:
+    """Seconds the series took to go from its last point inside ``band`` before ``start`` to
+    90% of the level it settled at (the median excursion of the last third of the points up
+    to ``start + horizon_s`` or the first missing value, a hole in the data); None when the
+    series does not show it.
 
     >>> ramp_seconds([0, 60, 120, 180, 240], [10, 10, 20, 30, 40], (9, 11), 150)
     180.0
-    >>> ramp_seconds([0, 60, 120], [10, 40, 40], (9, 11), 60)
+    >>> ramp_seconds([0, 60, 120, 180], [10, 40, 45, 40], (9, 11), 60)
     60.0
     """
     lo, hi = band
@@ -131,12 +134,19 @@ def ramp_seconds(times: Sequence[float], values: Sequence[float], band: Tuple[fl
     if not inside:
         return None
     t0 = inside[-1]
-    after = [(t, v) for t, v in zip(times, values) if t > t0]
+    after: List[Tuple[float, float]] = []
+    centre = (lo + hi) / 2.0
+    for t, v in zip(times, values):
+        if t <= t0:
+            continue
+        if t > start + horizon_s or not math.isfinite(v):
+            break
+        after.append((t, abs(v - centre)))
     if not after:
         return None
-    centre = (lo + hi) / 2.0
-    peak = max(abs(v - centre) for _, v in after)
-    reached = next(t for t, v in after if abs(v - centre) >= 0.9 * peak)
+    tail = sorted(e for _, e in after[-max(1, len(after) // 3):])
+    level = tail[len(tail) // 2]
+    reached = next(t for t, e in after if e >= 0.9 * level)
     return float(reached - t0)
 
 
