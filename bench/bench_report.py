@@ -42,11 +42,12 @@ def _heartbeat(ts: float, seq: int, rng: np.random.Generator) -> Dict[str, Any]:
     scores = {f: round(float(abs(rng.normal(0, 0.3))), 3) for f in FEATURES[:24]}
     return {"schema": 3, "device": "bench", "seq": seq, "ts": ts, "interval_s": 30.0,
             "model": {"path": str(blazeface_model_path()), "sha256": "0" * 64,
-                      "runtime": "tflite_runtime", "delegate": None},
+                      "runtime": "tflite_runtime", "delegate": None,
+                      "latency_ms": {"p50": 3.5, "p95": 4.1}},
             "camera": {"name": "cam0", "fps": 29.8, "dropped": 0},
             "monitoring": {"state": "active"}, "drift_scores": scores,
-            "host": {"cpu_ratio": 0.4, "memory_ratio": 0.3, "temperature_c": 55.0,
-                     "disk_free_mb": 9000}}
+            "host": {"cpu_percent": 40.0 + rng.normal(0, 5), "memory_percent": 30.0,
+                     "max_temp_c": 55.0 + rng.normal(0, 1), "disk_free_mb": 9000.0}}
 
 
 def _alert(i: int, start: float) -> AlertTransition:

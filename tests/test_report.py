@@ -326,7 +326,8 @@ def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path
             store.put("heartbeats", {"ts": 1000.0 + 30 * k, "payload": {
                 "ts": 1000.0 + 30 * k, "monitoring": {"state": state},
                 "drift": {"brightness": 0.1 * k}, "drift_scores": {"brightness": 0.2 * k},
-                "host": {"cpu_ratio": 0.25, "temperature_c": 61.5}}})
+                "host": {"cpu_percent": 25.0 + k, "max_temp_c": 61.5},
+                "camera": {"name": "c", "fps": 29.5}}})
             store.put("windows", {"ts_start": 1000.0 + 30 * k, "ts_end": 1030.0 + 30 * k,
                                   "frames": 900, "camera": "c",
                                   "summary": {"brightness": {"mean": 100.0 + k}}})
@@ -337,5 +338,6 @@ def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path
     assert names == ["brightness"] and unit.startswith("drift score")
     assert max(v for v in matrix[0] if v == v) == pytest.approx(1.8)
     html = build_report(config, db, now=2000.0)
-    assert "host.temperature_c" in html and "61.5" in html and "degraded" in html
+    assert "host.max_temp_c" in html and "61.5" in html and "degraded" in html
     assert html.count('<svg class="chart"') == 1 and 'class="heatmap"' in html
+    assert html.count('<svg class="hchart"') == 3  # fps, CPU, temperature over time

@@ -77,6 +77,30 @@ _FAULT_FEATURES = {"blur": "sharpness", "black": "brightness", "saturated": "ove
                    "frozen": "diff"}
 
 
+#: Device health over time from heartbeats: (label, section, key) of each chart.
+HEALTH_SERIES = (("camera fps", "camera", "fps"), ("inference latency p50 (ms)", "model", "latency_ms"),
+                 ("CPU %", "host", "cpu_percent"), ("memory %", "host", "memory_percent"),
+                 ("temperature (°C)", "host", "max_temp_c"), ("disk free (MB)", "host", "disk_free_mb"))
+
+
+def health_series(beats: Sequence[Heartbeat]) -> List[Tuple[str, List[float], List[float]]]:
+    """(label, times, values) of each health measure the heartbeats carry."""
+    out = []
+    for label, section, key in HEALTH_SERIES:
+        times, values = [], []
+        for b in beats:
+            part = b.payload.get(section)
+            value = part.get(key) if isinstance(part, dict) else None
+            if isinstance(value, dict):  # latency: {"p50": ..., "p95": ...}
+                value = value.get("p50")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                times.append(b.ts)
+                values.append(float(value))
+        if values:
+            out.append((label, times, values))
+    return out
+
+
 def _with_ramp(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts) -> Episode:
     """The episode with ``ramp_s``: the median over its top features of how long each took to
     reach its new level, less the two windows a step can straddle."""

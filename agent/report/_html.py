@@ -10,7 +10,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 from ..card import when
 from ..records import AlertTransition
 from . import _svg
-from ._data import ReportData, Thumb, band, drift_matrix, series
+from ._data import ReportData, Thumb, band, drift_matrix, health_series, series
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:16px;color:#222}
@@ -178,6 +178,9 @@ def health(data: ReportData) -> str:
     if not data.heartbeats:
         return "<p>No heartbeats in this period (a replay writes none).</p>" + gaps
     last = data.heartbeats[-1].payload
+    marks = [_svg.Mark(g.start, g.end, f"monitoring {g.state}", "gap") for g in data.gaps]
+    charts = "".join(_svg.line_chart(label, times, values, None, data.span, marks, css="hchart")
+                     for label, times, values in health_series(data.heartbeats))
     rows: List[List[str]] = []
     for section in ("host", "queues", "outbox", "camera"):
         value = last.get(section)
@@ -185,7 +188,7 @@ def health(data: ReportData) -> str:
             rows += [[escape(f"{section}.{k}"), escape(str(v))] for k, v in value.items()
                      if not isinstance(v, (Mapping, list))]
     return (f"<p>{len(data.heartbeats)} heartbeats; the last at {escape(when(last.get('ts')))}."
-            "</p>" + _table(rows, ("measure", "value")) + gaps)
+            f'</p><div class="charts">{charts}</div>' + _table(rows, ("measure", "value")) + gaps)
 
 
 def markdown(text: str) -> str:

@@ -65,7 +65,7 @@ def _polyline(xs: Sequence[float], ys: Sequence[float]) -> str:
 
 def line_chart(title: str, times: Sequence[float], values: Sequence[float],
                band: Optional[Tuple[float, float, float]], span: Tuple[float, float],
-               marks: Sequence[Mark] = (), most: int = 400) -> str:
+               marks: Sequence[Mark] = (), most: int = 400, css: str = "chart") -> str:
     """One feature over time: its window values, the reference band (p05..p95, median
     dashed), alert and gap spans shaded; ``span`` is the time axis (t0, t1)."""
     t0, t1 = span
@@ -83,7 +83,7 @@ def line_chart(title: str, times: Sequence[float], values: Sequence[float],
     def y(v: float) -> float:
         return _T + (hi - v) / (hi - lo) * ph
 
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
+    out = [f'<svg class="{css}" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" '
            f'viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(title)}">',
            f'<text class="title" x="{_L}" y="12">{escape(title)}</text>',
            f'<rect class="plot" x="{_L}" y="{_T}" width="{pw}" height="{ph}"/>']
