@@ -158,7 +158,7 @@ def _owner_section(owner: Mapping[str, Any]) -> List[str]:
         value = owner.get(key)
         if isinstance(value, Mapping):
             lines += [f"### {key.replace('_', ' ').capitalize()}", ""]
-            lines += _table([(k, v) for k, v in value.items()], ("", ""))
+            lines += _table([(k, v) for k, v in value.items()], ("", "value"))
     return lines
 
 

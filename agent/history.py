@@ -28,7 +28,7 @@ from .errors import BaselineError, StoreError
 from .records import AlertTransition
 from .store import connect_history
 
-__all__ = ["Event", "Gap", "Heartbeat", "History", "ReferenceRow", "SummaryWindow",
+__all__ = ["Event", "Gap", "HeartbeatRow", "History", "ReferenceRow", "SummaryWindow",
            "current_reference", "monitoring_gaps"]
 
 
@@ -44,7 +44,7 @@ class SummaryWindow:
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class HeartbeatRow:
     """One stored heartbeat, with the parts the report reads pulled out of its payload."""
 
     ts: float
@@ -179,7 +179,7 @@ class History:
         return out
 
     def heartbeats(self, since: Optional[float] = None,
-                   until: Optional[float] = None) -> List[Heartbeat]:
+                   until: Optional[float] = None) -> List[HeartbeatRow]:
         """Heartbeats in [since, until], oldest first."""
         where, params = self._between("ts", since, until)
         rows = self._query(f"SELECT ts, seq, payload FROM heartbeats{where} ORDER BY ts, seq",
@@ -188,12 +188,12 @@ class History:
         for ts, seq, text in rows:
             payload = _json(text)
             monitoring = payload.get("monitoring") or {}
-            out.append(Heartbeat(float(ts), int(seq), str(monitoring.get("state") or ""),
+            out.append(HeartbeatRow(float(ts), int(seq), str(monitoring.get("state") or ""),
                                  _numbers(payload.get("drift")),
                                  _numbers(payload.get("drift_scores")), payload))
         return out
 
-    def latest_heartbeat(self) -> Optional[Heartbeat]:
+    def latest_heartbeat(self) -> Optional[HeartbeatRow]:
         """The newest heartbeat, or None."""
         rows = self._query("SELECT max(ts) FROM heartbeats")
         if rows[0][0] is None:
@@ -221,7 +221,7 @@ class History:
             "SELECT kind, target, until, value FROM controls ORDER BY kind, target")]
 
 
-def monitoring_gaps(heartbeats: Sequence[Heartbeat], events: Sequence[Event],
+def monitoring_gaps(heartbeats: Sequence[HeartbeatRow], events: Sequence[Event],
                     until: Optional[float] = None,
                     windows: Sequence[SummaryWindow] = ()) -> List[Gap]:
     """Spans where monitoring was not ``active``: heartbeats in another state, the time

@@ -21,7 +21,7 @@ import pytest
 from agent.card import model_card
 from agent.cli import main
 from agent.config import load_config
-from agent.history import Event, Heartbeat, History, SummaryWindow, monitoring_gaps
+from agent.history import Event, HeartbeatRow, History, SummaryWindow, monitoring_gaps
 from agent.records import AlertTransition, Window
 from agent.report import build_report, gather
 from agent.report import diagnose as dg
@@ -306,8 +306,8 @@ def test_ramp_seconds_tells_a_step_from_a_ramp() -> None:
 
 
 def test_monitoring_gaps_from_heartbeats_and_stops() -> None:
-    def beat(ts: float, state: str) -> Heartbeat:
-        return Heartbeat(ts, int(ts), state, {}, {}, {})
+    def beat(ts: float, state: str) -> HeartbeatRow:
+        return HeartbeatRow(ts, int(ts), state, {}, {}, {})
 
     beats = [beat(0, "active"), beat(30, "degraded"), beat(60, "degraded"), beat(90, "active")]
     events = [Event(100, "stop", ""), Event(400, "start", "")]

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..card import CardFacts, card_facts, render_card
 from ..confidence import CONFIDENCE_FEATURES
 from ..config import Config
-from ..history import Gap, Heartbeat, History, SummaryWindow, monitoring_gaps
+from ..history import Gap, HeartbeatRow, History, SummaryWindow, monitoring_gaps
 from ..records import AlertTransition, Sample
 from ..samplestore import read_samples, samples_dir
 from ..stats import IMAGE_FEATURES
@@ -39,7 +39,7 @@ class ReportData:
     card: str
     windows: List[SummaryWindow]
     alerts: List[AlertTransition]
-    heartbeats: List[Heartbeat]
+    heartbeats: List[HeartbeatRow]
     gaps: List[Gap]
     episodes: List[Tuple[Episode, Diagnosis]]
     thumbs: Dict[str, List[Thumb]] = field(default_factory=dict)
@@ -83,7 +83,7 @@ HEALTH_SERIES = (("camera fps", "camera", "fps"), ("inference latency p50 (ms)",
                  ("temperature (°C)", "host", "max_temp_c"), ("disk free (MB)", "host", "disk_free_mb"))
 
 
-def health_series(beats: Sequence[Heartbeat]) -> List[Tuple[str, List[float], List[float]]]:
+def health_series(beats: Sequence[HeartbeatRow]) -> List[Tuple[str, List[float], List[float]]]:
     """(label, times, values) of each health measure the heartbeats carry."""
     out = []
     for label, section, key in HEALTH_SERIES:
