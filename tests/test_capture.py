@@ -232,6 +232,9 @@ def _storm(tmp: Path, model_path: Path, capture: bool) -> Dict[str, Any]:
         cpu = time.thread_time() - cpu
     finally:
         tracemalloc.stop()
+        # The storage thread saves (and evicts) behind the loop: let it catch up first, so the
+        # counters and the heartbeat are read at the same point.
+        agent.store.submit(lambda db: None).result(60)
         tap = agent.monitor.tap
         counts = tap.stats() if tap is not None else {}
         beat = agent.heartbeats.current().to_dict()
