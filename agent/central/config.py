@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
-from ..config import build_section, from_dict, load_config, read_toml
+from .._configparse import build_section
+from ..config import from_dict, load_config, read_toml
 from ..errors import ConfigError
 from .notify import DEFAULT_GROUP_BY, check_group_by, check_url
 
