@@ -196,6 +196,11 @@ class Monitor:
         return self._started
 
     @property
+    def last_arrival(self) -> Optional[float]:
+        """When the last frame arrived (``time.monotonic()``), if any."""
+        return self._arrived
+
+    @property
     def last_ts(self) -> Optional[float]:
         """Timestamp of the last frame, if any."""
         return self._observer.last_ts
@@ -350,6 +355,7 @@ class Monitor:
                 "confidence": _pick(CONFIDENCE_FEATURES, row[LAYOUT.confidence]),
                 "latency_ms": latency,
                 "drift": self._evaluator.last_drift,
+                "drift_scores": self._evaluator.last_scores,
                 "reference": None if status.state != "ready" else {
                     "origin": status.origin, "created": status.created, "frames": status.frames,
                     **self._evaluator.life.identity(),

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._version import __version__
 from .alerts import AlertManager, AlertTransition
@@ -21,8 +21,8 @@ from .commands import handle_command
 from .config import Config
 from .control import ControlServer, socket_path
 from .drift.reference import Reference
-from .errors import BaselineError, CommandError
-from .heartbeat import Heartbeat, Heartbeats
+from .errors import BaselineError, CommandError, ConfigError
+from .heartbeat import Heartbeat, Heartbeats, heartbeat_interval
 from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
@@ -31,6 +31,9 @@ from .remotesamples import SampleServer
 from .samplestore import SampleWriter, samples_dir
 from .store import Store
 from .supervise import Supervisor
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +188,8 @@ class Agent:
     def __init__(self, config: Config, *, model_info: Mapping[str, Any], store: Store,
                  sink: _StoreSink, alerts: AlertManager, monitor: Monitor,
                  mqtt: Optional[MqttLink], supervisor: Supervisor, heartbeats: Heartbeats,
-                 controls: Controls, control: ControlServer, camera: Dict[str, Any]) -> None:
+                 controls: Controls, control: ControlServer, camera: Dict[str, Any],
+                 metrics: Optional[MetricsServer] = None) -> None:
         self.config = config
         self.model_info = model_info
         self.store = store
@@ -198,6 +202,7 @@ class Agent:
         self.controls = controls
         self.control = control
         self.camera = camera
+        self.metrics = metrics
         self._closed = False
 
     @classmethod
@@ -246,7 +251,7 @@ class Agent:
         if capture is not None:
             capture.decoder_of = lambda: monitor.decoder
         mqtt = MqttLink(config.mqtt, store) if config.mqtt.enabled else None
-        camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "dropped": 0}
+        camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "skipped": 0}
         heartbeats = Heartbeats(config, store=store, monitor=monitor, mqtt=mqtt,
                                 supervisor=supervisor, model_info=info, camera=camera,
                                 clock=clock, live=live)
@@ -258,12 +263,17 @@ class Agent:
                 lambda sid, k, data: link.publish_bytes(t.sample_chunk(sid, k), data))
         control = ControlServer(socket_path(config), controls, record=store.record_command,
                                 supervisor=supervisor)
+        metrics = _build_metrics(config, dict(
+            config=config, monitor=monitor, store=store, mqtt=mqtt, supervisor=supervisor,
+            heartbeats=heartbeats, model_info=info, camera=camera))
         return cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
                    monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
-                   controls=controls, control=control, camera=camera)
+                   controls=controls, control=control, camera=camera, metrics=metrics)
 
     def _start_workers(self) -> None:
-        """The control socket, the MQTT link and the heartbeat, under the supervisor."""
+        """Metrics, the control socket, the MQTT link and the heartbeat, under the supervisor."""
+        if self.metrics is not None:  # first: a port in use stops the start before MQTT
+            self.metrics.start(self.supervisor)
         self.control.start()
         self.store.advertise(control_socket=self.control.path)
         if self.mqtt is not None:
@@ -298,6 +308,23 @@ class Agent:
         self.store.close()  # its writer is a worker too: it drains before the supervisor stops
         self.supervisor.stop()
         self.control.close()  # after its worker stopped: no accept() on a closed socket
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _build_metrics(config: Config, parts: Dict[str, Any]) -> Optional[MetricsServer]:
+    """The ``[metrics]`` endpoint and/or textfile, not started; None when neither is on."""
+    m = config.metrics
+    if not (m.enabled or m.textfile):
+        return None
+    try:  # prometheus-client is an extra: only an agent with metrics on needs it
+        from .metrics import MetricsServer, Parts
+    except ImportError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise ConfigError("[metrics] needs prometheus-client: pip install 'edgewatch[metrics]' "
+                          "(or set [metrics] enabled = false and textfile = \"\")") from None
+    return MetricsServer(config, Parts(**parts), textfile_every_s=heartbeat_interval(config))
 
 
 def _open_store(config: Config, supervisor: Supervisor) -> Store:
