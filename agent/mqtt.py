@@ -83,6 +83,10 @@ class Topics:
         """The topic a command verb is sent to (used by the operator side)."""
         return f"{self.base}/cmd/{verb}"
 
+    def sample_chunk(self, sample_id: int, chunk: int) -> str:
+        """Where chunk ``chunk`` of a captured sample's JPEG goes (``fleet samples``)."""
+        return f"{self.base}/samples/{sample_id}/{chunk}"
+
 
 def topics(prefix: str, device_id: str) -> Topics:
     """All topics of ``device_id`` under ``prefix`` (``edgewatch/v1/<device>/...``)."""
@@ -278,6 +282,13 @@ class MqttLink:
         with self._lock:
             self._counts["heartbeats_sent" if ok else "heartbeats_dropped"] += 1
         return ok
+
+    def publish_bytes(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Queue raw bytes (a sample's chunk) with paho; False when not connected."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        return bool(client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS)
 
     def wake(self) -> None:
         """Ask the outbox pump to look for new rows now."""

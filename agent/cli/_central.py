@@ -142,6 +142,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
     c.set_defaults(func=run_fleet_commands)
     _command_parsers(fsub)
+    _samples_parser(fsub)
+
+
+def _samples_parser(fsub: Any) -> None:
+    """``fleet samples DEVICE ALERT``: fetch an alert's captured frames over MQTT."""
+    s = fsub.add_parser("samples", help="fetch an alert's captured frames from a device",
+                        description="Fetch an alert's captured frames from a device over MQTT "
+                        "in chunks (the device needs [capture] remote = true and TLS); a "
+                        "transfer cut short resumes when run again.")
+    s.add_argument("device", help="device id")
+    s.add_argument("alert", help="alert id (or a prefix of it)")
+    s.add_argument("--out", required=True, help="folder for the JPEGs and samples.jsonl")
+    s.add_argument("--chunk-kb", type=int, default=32, help="chunk size in KB (default: 32)")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for each window of chunks (default: 30)")
+    _broker_args(s)
+    s.set_defaults(func=run_fleet_samples)
+
+
+def run_fleet_samples(args: argparse.Namespace) -> int:
+    """Handle ``edgewatch fleet samples``: fetch, then one summary line."""
+    from pathlib import Path
+
+    from ..central.samples import fetch_samples
+
+    if args.timeout <= 0 or not 1 <= args.chunk_kb <= 256:
+        raise UsageError("--timeout must be > 0 and --chunk-kb from 1 to 256")
+    settings, prefix = _settings(args, _config(args), f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
+    got = fetch_samples(settings, args.device, args.alert, Path(args.out), prefix=prefix,
+                        chunk_kb=args.chunk_kb, timeout=args.timeout)
+    failed = f"; {len(got['failed'])} not fetched (ids {got['failed'][:10]})" \
+        if got["failed"] else ""
+    print(f"{safe_text(args.device)}: {got['fetched']} of {got['samples']} samples fetched, "
+          f"{got['already']} already here, in {got['out']}{failed}")
+    return 1 if got["failed"] else 0
 
 
 _FLEET_HELP = {
