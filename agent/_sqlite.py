@@ -87,8 +87,8 @@ def check_writable(path: str) -> None:
 def connect_readonly(path: str) -> sqlite3.Connection:
     """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
     if not os.path.exists(path):
-        raise StoreError(f"database not found: {path} (check --db or [store] path; "
-                         "the agent creates it on its first run)")
+        raise StoreError(f"database not found: {path} (point at it with --db FILE, or --config "
+                         "FILE for its [store] path; the agent creates it on its first run)")
     uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
     if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and \
             not os.path.exists(path + "-shm"):

@@ -151,6 +151,15 @@ def test_an_out_that_is_a_file_is_one_line_error(night: Tuple[Config, List[Sampl
     assert err.endswith("is a file (name a folder)") and "\n" not in err
 
 
+def test_a_missing_database_says_how_to_point_at_one(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "replay.db"
+    assert main(["samples", "list", "--db", str(db), "--since", "2h"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert f"database not found: {db}" in err and "\n" not in err
+    assert "--db FILE" in err and "--config FILE" in err
+
+
 # ---- remote samples over MQTT (TLS, passwords and the ACL as shipped) -----------------------
 
 @pytest.mark.integration
