@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from .config import Config
     from .store import Store
 
-__all__ = ["SAMPLES_SCHEMA", "SampleWriter", "read_samples", "samples_dir"]
+__all__ = ["SAMPLES_SCHEMA", "SampleWriter", "copy_samples", "find_samples_dir", "read_samples",
+           "samples_dir", "snapshot_samples_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,38 @@ def samples_dir(config_or_db_path: Union[Config, str, os.PathLike[str]]) -> Path
     db = Path(os.fspath(config_or_db_path))  # type: ignore[arg-type]
     pulled = db.with_name(db.stem + "-samples")
     return pulled if pulled.is_dir() else db.parent / "samples"
+
+
+def find_samples_dir(config: Config, db: Optional[str], folder: Optional[str]) -> Path:
+    """The samples folder a command reads: ``--samples``, else the one of ``--db``, else the
+    config's."""
+    if folder:
+        return Path(folder)
+    return samples_dir(db) if db else samples_dir(config)
+
+
+def snapshot_samples_dir(snapshot: Union[str, os.PathLike[str]]) -> Path:
+    """Where a snapshot's samples go: ``<name>-samples/`` beside it (:func:`samples_dir`
+    finds them there, as it finds those of ``scripts/pull-logs.sh``)."""
+    path = Path(os.fspath(snapshot))
+    return path.with_name(path.stem + "-samples")
+
+
+def copy_samples(db_path: Union[str, os.PathLike[str]], source: Path,
+                 dest: Path) -> Tuple[int, List[int]]:
+    """Copy the file of every sample in ``db_path`` from ``source`` into ``dest`` (0640,
+    the same relative paths); (files copied, ids of samples whose file is missing)."""
+    copied, missing = 0, []
+    for sample in read_samples(db_path):
+        src, target = source / sample.path, dest / sample.path
+        try:
+            if not (target.is_file() and target.stat().st_size == sample.bytes):
+                write_private(target, src.read_bytes())
+        except FileNotFoundError:
+            missing.append(sample.id)
+            continue
+        copied += 1
+    return copied, missing
 
 
 def _decode(text: Optional[str], empty: Any) -> Any:

@@ -182,6 +182,8 @@ def test_readme_block_runs_as_written(checkout: Checkout, block: Block) -> None:
         assert "alert" in out and "data_drift" in out, out[-3000:]
         doc = json.loads((checkout.path / "to-label" / "annotations.json").read_text())
         assert doc["images"] and [c["name"] for c in doc["categories"]] == ["face"]
+        yolo = checkout.path / "yolo"
+        assert len(list((yolo / "images").glob("*.jpg"))) == len(doc["images"])
     elif block.name == "report":
         card = (checkout.path / "MODEL_CARD.md").read_text()
         assert "# Model card: doorbell faces 1.2" in card and "| owner | home-ops |" in card

@@ -135,9 +135,45 @@ def test_an_altered_file_is_left_out_and_counted(night: Tuple[Config, List[Sampl
     (folder / samples[0].path).write_bytes(b"not the frame")
     assert main(["samples", "export", "--db", cfg.store.path, "--samples", str(folder),
                  "--out", str(tmp_path / "out"), "--format", "jsonl"]) == 0
-    assert f"1 left out (file missing or altered: ids {samples[0].id})" in capsys.readouterr().out
+    assert f"1 left out (file missing or altered in {folder}: ids {samples[0].id}; " \
+        "if the files are elsewhere, pass --samples DIR)" in capsys.readouterr().out
     rows = (tmp_path / "out" / "samples.jsonl").read_text().splitlines()
     assert len(rows) == len(samples) - 1
+
+
+def test_a_snapshot_from_export_carries_the_samples(night: Tuple[Config, List[Sample]],
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    (tmp_path / "pulled").mkdir()
+    snapshot = tmp_path / "pulled" / "cam.db"
+    assert main(["export", "--db", cfg.store.path, "--out", str(snapshot)]) == 0
+    said = capsys.readouterr().out
+    assert f"samples={len(samples)} (files in {tmp_path / 'pulled' / 'cam-samples'})" in said
+    assert samples_dir(snapshot) == tmp_path / "pulled" / "cam-samples"
+    out = tmp_path / "yolo"
+    assert main(["samples", "export", "--db", str(snapshot), "--out", str(out),
+                 "--format", "yolo"]) == 0, capsys.readouterr()
+    assert len(list((out / "images").glob("*.jpg"))) == len(samples)
+    assert f"exported {len(samples)} samples" in capsys.readouterr().out
+
+
+def test_files_not_found_name_the_folder_and_suggest_samples(
+        night: Tuple[Config, List[Sample]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    snapshot = tmp_path / "bare.db"
+    assert main(["export", "--db", cfg.store.path, "--out", str(snapshot), "--no-samples"]) == 0
+    assert "samples=" not in capsys.readouterr().out
+    assert main(["samples", "export", "--db", str(snapshot), "--out", str(tmp_path / "o"),
+                 "--format", "yolo"]) == 1
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert f"in {tmp_path / 'samples'}" in text and "--samples DIR" in text
+    capsys.readouterr()
+    assert main(["samples", "export", "--db", str(snapshot), "--out", str(tmp_path / "o2"),
+                 "--samples", str(samples_dir(cfg))]) == 0
+    assert f"exported {len(samples)} samples" in capsys.readouterr().out
 
 
 def test_an_out_that_is_a_file_is_one_line_error(night: Tuple[Config, List[Sample]],

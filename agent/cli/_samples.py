@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 from ..export import parse_time
 from ..records import Sample
-from ..samplestore import read_samples, samples_dir
+from ..samplestore import find_samples_dir, read_samples
 from ._format import local_time, table
 from ._run import config_from_args
 
@@ -56,8 +56,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _select(args: argparse.Namespace) -> tuple[List[Sample], Path]:
     cfg = config_from_args(args)
-    folder = Path(args.samples) if args.samples else \
-        samples_dir(args.db) if args.db else samples_dir(cfg)
+    folder = find_samples_dir(cfg, args.db, args.samples)
     now = time.time()
     since: Optional[float] = parse_time(args.since, now) if args.since else None
     until: Optional[float] = parse_time(args.until, now) if args.until else None
@@ -90,8 +89,9 @@ def run_export(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.classes.split(",")] if args.classes else None
     result = export_samples(samples, folder, Path(args.out), args.format, class_names=names)
     skipped = result["skipped"]
-    note = f"; {len(skipped)} left out (file missing or altered: ids " \
-           f"{', '.join(map(str, skipped[:10]))})" if skipped else ""
+    note = f"; {len(skipped)} left out (file missing or altered in {folder}: ids " \
+           f"{', '.join(map(str, skipped[:10]))}; if the files are elsewhere, pass " \
+           "--samples DIR)" if skipped else ""
     print(f"exported {result['images']} samples ({result['annotations']} detections) as "
           f"{args.format} to {args.out}: {result['manifest']}{note}")
     return 1 if skipped and not result["images"] else 0
