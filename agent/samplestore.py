@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["SAMPLES_SCHEMA", "SampleWriter", "copy_samples", "find_samples_dir", "read_samples",
-           "samples_dir", "snapshot_samples_dir"]
+           "sample_alert_ids", "samples_dir", "snapshot_samples_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +128,30 @@ def read_samples(db_path: Union[str, os.PathLike[str]], *, since: Optional[float
                  limit: Optional[int] = None) -> List[Sample]:
     """Samples in [since, until] (of one alert when ``alert_id``: its id or a prefix), oldest
     first; [] for a database from before samples were kept."""
-    path = os.fspath(db_path)
     clauses, params = _conditions(since, until, alert_id)
     sql = "SELECT * FROM samples" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
     sql += " ORDER BY ts, id" + ("" if limit is None else f" LIMIT {int(limit)}")
+    return [_sample(r) for r in _query(db_path, sql, params)]
+
+
+def sample_alert_ids(db_path: Union[str, os.PathLike[str]]) -> List[str]:
+    """Ids of the alerts that have samples in ``db_path``, newest first."""
+    rows = _query(db_path, "SELECT alert_id FROM samples WHERE alert_id IS NOT NULL "
+                  "GROUP BY alert_id ORDER BY max(ts) DESC", [])
+    return [str(r["alert_id"]) for r in rows]
+
+
+def _query(db_path: Union[str, os.PathLike[str]], sql: str,
+           params: Sequence[Any]) -> List[sqlite3.Row]:
+    """Rows of a query on the samples table; [] for a database from before it existed."""
+    path = os.fspath(db_path)
     conn = connect_readonly(path)
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                         "name = 'samples'").fetchone() is None:
             return []
         conn.row_factory = sqlite3.Row
-        return [_sample(r) for r in conn.execute(sql, params)]
+        return list(conn.execute(sql, params))
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot read samples: {path}: {exc} (check --db)") from None
     finally:

@@ -124,6 +124,26 @@ def test_jsonl_export_and_filters(night: Tuple[Config, List[Sample]], tmp_path: 
     assert len(capsys.readouterr().out.splitlines()) == len(samples)
 
 
+def test_an_unknown_or_empty_alert_is_refused(night: Tuple[Config, List[Sample]],
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    newest: Dict[str, float] = {}
+    for s in samples:
+        if s.alert_id:
+            newest[s.alert_id] = max(newest.get(s.alert_id, 0.0), s.ts)
+    known = ", ".join(a[:12] for a in sorted(newest, key=lambda a: -newest[a]))
+    out = tmp_path / "out"
+    for command in (["list"], ["export", "--out", str(out)]):
+        assert main(["samples", *command, "--db", cfg.store.path, "--alert", "ffff"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"no alert ffff among the samples in {cfg.store.path} "
+                            f"(known: {known})") and "\n" not in err
+        assert main(["samples", *command, "--db", cfg.store.path, "--alert", " "]) == 2
+        assert "--alert is empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_an_altered_file_is_left_out_and_counted(night: Tuple[Config, List[Sample]],
                                                  tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
+from ..errors import CommandError, UsageError
 from ..export import parse_time
 from ..records import Sample
-from ..samplestore import find_samples_dir, read_samples
-from ._format import local_time, table
+from ..samplestore import find_samples_dir, read_samples, sample_alert_ids
+from ._format import local_time, safe_text, table
 from ._run import config_from_args
 
 
@@ -60,7 +61,24 @@ def _select(args: argparse.Namespace) -> tuple[List[Sample], Path]:
     now = time.time()
     since: Optional[float] = parse_time(args.since, now) if args.since else None
     until: Optional[float] = parse_time(args.until, now) if args.until else None
-    return read_samples(cfg.store.path, since=since, until=until, alert_id=args.alert), folder
+    alert = _check_alert(cfg.store.path, args.alert)
+    return read_samples(cfg.store.path, since=since, until=until, alert_id=alert), folder
+
+
+def _check_alert(db: str, alert: Optional[str]) -> Optional[str]:
+    """``--alert`` stripped; an error when it is empty or no sample belongs to it."""
+    if alert is None:
+        return None
+    alert = alert.strip()
+    if not alert:
+        raise UsageError("--alert is empty (give an alert id or its first characters; "
+                         "'edgewatch samples list' shows them)")
+    known = sample_alert_ids(db)
+    if not any(k.startswith(alert) for k in known):
+        shown = ", ".join(k[:12] for k in known[:8]) + (", ..." if len(known) > 8 else "")
+        raise CommandError(f"no alert {safe_text(alert)} among the samples in {db} "
+                           f"(known: {shown or 'none, no alert has samples'})")
+    return alert
 
 
 def run_list(args: argparse.Namespace) -> int:
