@@ -144,6 +144,30 @@ def test_an_unknown_or_empty_alert_is_refused(night: Tuple[Config, List[Sample]]
     assert not out.exists()
 
 
+def test_a_second_export_into_the_same_folder_is_refused_unless_forced(
+        night: Tuple[Config, List[Sample]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    alert = next(s.alert_id for s in samples if s.alert_id)
+    out = tmp_path / "out"
+    export = ["samples", "export", "--db", cfg.store.path, "--out", str(out)]
+    assert main([*export, "--format", "coco"]) == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main([*export, "--format", "yolo"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--out {out} is not empty (name a new folder, or pass --force to "
+                        "replace an earlier export there)") and "\n" not in err
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert main([*export, "--format", "yolo", "--alert", alert, "--force"]) == 0
+    mine = [s for s in samples if s.alert_id == alert]
+    assert not (out / "annotations.json").exists() and (out / "classes.txt").exists()
+    assert len(list((out / "images").iterdir())) == len(mine) < len(samples)
+    (out / "notes.txt").write_text("mine")
+    assert main([*export, "--format", "jsonl", "--force"]) != 0
+    assert "holds notes.txt, which no export wrote" in capsys.readouterr().err
+    assert (out / "classes.txt").exists() and len(list((out / "images").iterdir())) == len(mine)
+
+
 def test_an_altered_file_is_left_out_and_counted(night: Tuple[Config, List[Sample]],
                                                  tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,7 +38,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "(annotations.json, the model's detections as pre-annotations), yolo "
                          "(labels/*.txt and classes.txt) or jsonl (samples.jsonl).")
     _common(ex)
-    ex.add_argument("--out", required=True, help="output folder (created when missing)")
+    ex.add_argument("--out", required=True, help="output folder: a new or empty one")
+    ex.add_argument("--force", action="store_true", help="replace an earlier export in --out "
+                    "(its images, labels and manifests; refused when the folder holds "
+                    "anything else)")
     ex.add_argument("--format", choices=FORMATS, default="coco", help="manifest format")
     ex.add_argument("--classes", help="comma-separated class names, class 0 first "
                     "(default class_0, class_1, ...)")
@@ -105,7 +108,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     samples, folder = _select(args)
     names = [n.strip() for n in args.classes.split(",")] if args.classes else None
-    result = export_samples(samples, folder, Path(args.out), args.format, class_names=names)
+    result = export_samples(samples, folder, Path(args.out), args.format, class_names=names,
+                            force=args.force)
     skipped = result["skipped"]
     note = f"; {len(skipped)} left out (file missing or altered in {folder}: ids " \
            f"{', '.join(map(str, skipped[:10]))}; if the files are elsewhere, pass " \
