@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ._sqlite import connect_readonly
+from ._sqlite import connect_edgewatch
 from ._writer import sql_value
 from .errors import StoreError
 from .records import SAMPLE_REASONS, Sample
@@ -145,7 +145,7 @@ def _query(db_path: Union[str, os.PathLike[str]], sql: str,
            params: Sequence[Any]) -> List[sqlite3.Row]:
     """Rows of a query on the samples table; [] for a database from before it existed."""
     path = os.fspath(db_path)
-    conn = connect_readonly(path)
+    conn = connect_edgewatch(path)  # else StoreError
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                         "name = 'samples'").fetchone() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -238,6 +239,24 @@ def test_a_missing_database_says_how_to_point_at_one(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert f"database not found: {db}" in err and "\n" not in err
     assert "--db FILE" in err and "--config FILE" in err
+
+
+def test_a_database_that_is_not_edgewatchs_or_a_folder_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    for db in (empty, other):
+        assert main(["samples", "list", "--db", str(db)]) != 0
+        err = capsys.readouterr().err.strip()
+        assert f"not an edgewatch database: {db}" in err and "\n" not in err
+    assert main(["samples", "list", "--db", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{tmp_path} is a folder, not a database file (name the file, e.g. "
+                        f"--db {tmp_path / 'edgewatch.db'})"), err
 
 
 # ---- remote samples over MQTT (TLS, passwords and the ACL as shipped) -----------------------
