@@ -180,10 +180,23 @@ def test_an_altered_file_is_left_out_and_counted(night: Tuple[Config, List[Sampl
     (folder / samples[0].path).write_bytes(b"not the frame")
     assert main(["samples", "export", "--db", cfg.store.path, "--samples", str(folder),
                  "--out", str(tmp_path / "out"), "--format", "jsonl"]) == 0
-    assert f"1 left out (file missing or altered in {folder}: ids {samples[0].id}; " \
-        "if the files are elsewhere, pass --samples DIR)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"exported {len(samples) - 1} samples" in said.out
+    assert said.err == f"edgewatch: warning: 1 of {len(samples)} samples left out (file missing "\
+        f"or altered in {folder}: ids {samples[0].id}; if the files are elsewhere, pass " \
+        "--samples DIR)\n"
     rows = (tmp_path / "out" / "samples.jsonl").read_text().splitlines()
     assert len(rows) == len(samples) - 1
+    # none of them: an error, exit 1, and nothing written
+    for s in samples:
+        (folder / s.path).unlink()
+    assert main(["samples", "export", "--db", cfg.store.path, "--samples", str(folder),
+                 "--out", str(tmp_path / "none")]) == 1
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith(
+        f"edgewatch: error: none of the {len(samples)} samples exported (file missing or "
+        f"altered in {folder}: ids ") and said.err.count("\n") == 1
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_snapshot_from_export_carries_the_samples(night: Tuple[Config, List[Sample]],
@@ -212,9 +225,8 @@ def test_files_not_found_name_the_folder_and_suggest_samples(
     assert "samples=" not in capsys.readouterr().out
     assert main(["samples", "export", "--db", str(snapshot), "--out", str(tmp_path / "o"),
                  "--format", "yolo"]) == 1
-    said = capsys.readouterr()
-    text = said.out + said.err
-    assert f"in {tmp_path / 'samples'}" in text and "--samples DIR" in text
+    err = capsys.readouterr().err
+    assert f"in {tmp_path / 'samples'}" in err and "--samples DIR" in err
     capsys.readouterr()
     assert main(["samples", "export", "--db", str(snapshot), "--out", str(tmp_path / "o2"),
                  "--samples", str(samples_dir(cfg))]) == 0

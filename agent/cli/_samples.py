@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ..errors import CommandError, UsageError
+from ..errors import AgentError, CommandError, UsageError
 from ..export import parse_time
 from ..records import Sample
 from ..samplestore import find_samples_dir, read_samples, sample_alert_ids
@@ -36,7 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ex = cmds.add_parser("export", help="copy samples and a manifest to a folder",
                          description="Copy samples into OUT/images with a manifest: coco "
                          "(annotations.json, the model's detections as pre-annotations), yolo "
-                         "(labels/*.txt and classes.txt) or jsonl (samples.jsonl).")
+                         "(labels/*.txt and classes.txt) or jsonl (samples.jsonl). Each file "
+                         "is checked against its recorded SHA-256. Exit status: 0 when every "
+                         "selected sample was exported, also 0 with a warning on stderr when "
+                         "some files were missing or altered (left out, named), 1 when all "
+                         "were (nothing is written).")
     _common(ex)
     ex.add_argument("--out", required=True, help="output folder: a new or empty one")
     ex.add_argument("--force", action="store_true", help="replace an earlier export in --out "
@@ -103,17 +108,28 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Handle ``edgewatch samples export``: write the folder and print one summary line."""
-    from ..sampleexport import export_samples
+    """Handle ``edgewatch samples export``: write the folder and print one summary line (a
+    warning on stderr when some files were left out; an error, exit 1, when all were)."""
+    from ..sampleexport import clear_export, export_samples
 
     samples, folder = _select(args)
     names = [n.strip() for n in args.classes.split(",")] if args.classes else None
-    result = export_samples(samples, folder, Path(args.out), args.format, class_names=names,
+    out = Path(args.out)
+    created = not out.exists()
+    result = export_samples(samples, folder, out, args.format, class_names=names,
                             force=args.force)
     skipped = result["skipped"]
-    note = f"; {len(skipped)} left out (file missing or altered in {folder}: ids " \
-           f"{', '.join(map(str, skipped[:10]))}; if the files are elsewhere, pass " \
-           "--samples DIR)" if skipped else ""
+    why = f"file missing or altered in {folder}: ids {', '.join(map(str, skipped[:10]))}" \
+          f"{', ...' if len(skipped) > 10 else ''}; if the files are elsewhere, pass " \
+          "--samples DIR"
+    if skipped and not result["images"]:
+        clear_export(out)  # nothing worth keeping: leave no empty manifest behind
+        if created:
+            out.rmdir()
+        raise AgentError(f"none of the {len(skipped)} samples exported ({why})")
     print(f"exported {result['images']} samples ({result['annotations']} detections) as "
-          f"{args.format} to {args.out}: {result['manifest']}{note}")
-    return 1 if skipped and not result["images"] else 0
+          f"{args.format} to {args.out}: {result['manifest']}")
+    if skipped:
+        print(f"edgewatch: warning: {len(skipped)} of {len(samples)} samples left out ({why})",
+              file=sys.stderr)
+    return 0
