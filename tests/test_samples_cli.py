@@ -233,6 +233,20 @@ def test_files_not_found_name_the_folder_and_suggest_samples(
     assert f"exported {len(samples)} samples" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("classes, error", [
+    ("face,face", "--classes names face more than once (each class needs its own name)"),
+    ("", "--classes '' has an empty name"), ("face,,person", "has an empty name")])
+def test_duplicate_or_empty_class_names_are_refused(night: Tuple[Config, List[Sample]],
+                                                   tmp_path: Path, classes: str, error: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = night
+    out = tmp_path / "out"
+    assert main(["samples", "export", "--db", cfg.store.path, "--out", str(out),
+                 "--classes", classes]) == 2
+    err = capsys.readouterr().err.strip()
+    assert error in err and "\n" not in err and not out.exists()
+
+
 def test_an_out_that_is_a_file_is_one_line_error(night: Tuple[Config, List[Sample]],
                                                  tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

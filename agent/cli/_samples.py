@@ -107,13 +107,26 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class_names(text: str) -> List[str]:
+    """``--classes``: names separated by commas, none empty, none twice."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise UsageError(f"--classes {safe_text(text)!r} has an empty name (give one name per "
+                         "class, class 0 first, e.g. --classes face,person)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--classes names {', '.join(map(safe_text, twice))} more than once "
+                         "(each class needs its own name)")
+    return names
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Handle ``edgewatch samples export``: write the folder and print one summary line (a
     warning on stderr when some files were left out; an error, exit 1, when all were)."""
     from ..sampleexport import clear_export, export_samples
 
+    names = None if args.classes is None else _class_names(args.classes)
     samples, folder = _select(args)
-    names = [n.strip() for n in args.classes.split(",")] if args.classes else None
     out = Path(args.out)
     created = not out.exists()
     result = export_samples(samples, folder, out, args.format, class_names=names,
