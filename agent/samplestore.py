@@ -97,12 +97,22 @@ def copy_samples(db_path: Union[str, os.PathLike[str]], source: Path,
     copied, missing = 0, []
     for sample in read_samples(db_path):
         src, target = source / sample.path, dest / sample.path
+        if target.is_file() and target.stat().st_size == sample.bytes:
+            copied += 1  # an earlier export's copy
+            continue
         try:
-            if not (target.is_file() and target.stat().st_size == sample.bytes):
-                write_private(target, src.read_bytes())
+            data = src.read_bytes()
         except FileNotFoundError:
             missing.append(sample.id)
             continue
+        except OSError as exc:
+            raise StoreError(f"cannot read sample {src}: {exc} (run as the agent's user, or "
+                             "pass --no-samples)") from None
+        try:
+            write_private(target, data)
+        except OSError as exc:
+            raise StoreError(f"cannot copy samples to {dest}: {exc} (free space or name "
+                             "another --out, or pass --no-samples)") from None
         copied += 1
     return copied, missing
 
