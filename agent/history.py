@@ -19,6 +19,7 @@ frozen records; nothing here writes.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -138,14 +139,19 @@ class History:
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         return where, [v for v in (since, until) if v is not None]
 
-    def span(self) -> Tuple[Optional[float], Optional[float]]:
-        """First and last time monitored data was recorded (windows, heartbeats, alerts; events
-        carry the writer's wall clock, which a replay's frame times need not match)."""
-        row = self._query(
-            "SELECT min(t0), max(t1) FROM (SELECT min(ts_start) t0, max(ts_end) t1 FROM windows "
-            "UNION ALL SELECT min(ts), max(ts) FROM heartbeats "
-            "UNION ALL SELECT min(starts_at), max(ts) FROM alerts)")[0]
-        return row[0], row[1]
+    def span(self, since: Optional[float] = None,
+             until: Optional[float] = None) -> Tuple[Optional[float], Optional[float]]:
+        """First and last time anything was recorded in [since, until] (windows, heartbeats,
+        alerts, events), clamped to it; (None, None) when nothing was."""
+        lo, hi = -math.inf if since is None else since, math.inf if until is None else until
+        parts = " UNION ALL ".join(
+            f"SELECT min({a}) t0, max({b}) t1 FROM {table} WHERE {b} >= ? AND {a} <= ?"
+            for table, a, b in (("windows", "ts_start", "ts_end"), ("heartbeats", "ts", "ts"),
+                                ("alerts", "starts_at", "ts"), ("events", "ts", "ts")))
+        row = self._query(f"SELECT min(t0), max(t1) FROM ({parts})", (lo, hi) * 4)[0]
+        if row[0] is None:
+            return None, None
+        return max(float(row[0]), lo), min(float(row[1]), hi)
 
     def windows(self, since: Optional[float] = None,
                 until: Optional[float] = None) -> List[SummaryWindow]:

@@ -100,6 +100,38 @@ def test_the_report_is_one_offline_file_of_a_few_mb(report_file: Path,
     assert html.count("<img ") == shown > 0
 
 
+def test_the_windows_cover_every_replayed_frame(scenario: Tuple[Path, Path]) -> None:
+    """The last, partial summary window is written when a replay ends (it was lost, so a
+    replay shorter than two windows showed no drift in its report)."""
+    with History(str(scenario[1])) as history:
+        windows = history.windows()
+        stops = [e for e in history.events() if e.kind == "stop"]
+    replayed = [int(m.group(1)) for e in stops
+                for m in [re.search(r"after (\d+) frames", e.message)] if m]
+    assert len(replayed) == 2 and sum(replayed) > 0
+    assert sum(w.frames for w in windows) == sum(replayed)
+
+
+def test_the_period_runs_from_the_first_to_the_last_thing_recorded(
+        scenario: Tuple[Path, Path]) -> None:
+    """Samples, the stop event and open episodes end where the data ends, not at the last
+    window; ``--since 2h`` starts the charts and heatmap at the first data, not 2 h back."""
+    cfg, db = scenario
+    with History(str(db)) as history:
+        stops = [e.ts for e in history.events() if e.kind == "stop"]
+        first = min(w.ts_start for w in history.windows())
+    taken = [s.ts for s in read_samples(db)]
+    data = gather(load_config(str(cfg)), str(db), first - 7200, None, now=1e10)
+    assert data.span[0] == first
+    assert data.span[1] >= max(taken) and data.span[1] >= max(stops)
+    assert data.span[1] - first < 400  # a replay's start and stop are on its own clock
+    assert data.stopped == max(stops)
+    assert "stopped at" in build_report(load_config(str(cfg)), str(db))
+    kept = sum(len(t) for t in data.thumbs.values())
+    assert kept == sum(min(MAX_THUMBS, sum(s.reason == r for s in read_samples(db)))
+                       for r in {s.reason for s in read_samples(db)})
+
+
 def test_since_and_until_narrow_the_report(scenario: Tuple[Path, Path]) -> None:
     cfg, db = scenario
     config = load_config(str(cfg))

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..card import CardFacts, card_facts, render_card
 from ..confidence import CONFIDENCE_FEATURES
 from ..config import Config
-from ..history import Gap, HeartbeatRow, History, SummaryWindow, monitoring_gaps
+from ..history import Event, Gap, HeartbeatRow, History, SummaryWindow, monitoring_gaps
 from ..records import AlertTransition, Sample
 from ..samplestore import read_samples, samples_dir
 from ..stats import IMAGE_FEATURES
@@ -44,6 +44,18 @@ class ReportData:
     episodes: List[Tuple[Episode, Diagnosis]]
     thumbs: Dict[str, List[Thumb]] = field(default_factory=dict)
     features: Tuple[str, ...] = ()
+    stopped: Optional[float] = None  # the agent's last stop, when nothing was recorded after
+
+
+def _stopped(events: Sequence[Event], beats: Sequence[HeartbeatRow],
+             windows: Sequence[SummaryWindow]) -> Optional[float]:
+    """When the agent stopped, if its last start/stop event is a stop and no heartbeat or
+    window came after it (the period ends with the agent not running)."""
+    marks = [e for e in events if e.kind in ("start", "stop")]
+    if not marks or marks[-1].kind != "stop":
+        return None
+    later = [b.ts for b in beats] + [w.ts_end for w in windows]
+    return marks[-1].ts if all(t <= marks[-1].ts for t in later) else None
 
 
 def band(facts: CardFacts, feature: str) -> Optional[Tuple[float, float, float]]:
@@ -141,18 +153,30 @@ def _thumbs(db_path: str, config: Config, span: Tuple[float, float]) -> Dict[str
     return kept
 
 
+def _period(history: History, db_path: str, since: Optional[float], until: Optional[float],
+            now: float) -> Tuple[float, float]:
+    """From the first to the last thing recorded within [since, until] (windows, alerts,
+    events, heartbeats, samples): an alert or a stop after the last window still counts."""
+    first, last = history.span(since, until)
+    taken = [s.ts for s in read_samples(db_path, since=since, until=until)]
+    starts = [t for t in (first, min(taken, default=None)) if t is not None]
+    ends = [t for t in (last, max(taken, default=None)) if t is not None]
+    t0 = min(starts) if starts else (since if since is not None else now)
+    t1 = max(ends) if ends else (until if until is not None else now)
+    return t0, max(t0, t1)
+
+
 def gather(config: Config, db_path: str, since: Optional[float], until: Optional[float],
            now: float) -> ReportData:
     """Read the database (read-only) and compute what the report shows."""
     facts = card_facts(config, db_path)
     with History(db_path) as history:
-        first, last = history.span()
-        t0 = since if since is not None else (first if first is not None else now)
-        t1 = until if until is not None else (last if last is not None else now)
+        t0, t1 = _period(history, db_path, since, until, now)
         windows = history.windows(t0, t1)
         alerts = history.alerts(t0, t1)
         beats = history.heartbeats(t0, t1)
-        gaps = monitoring_gaps(beats, history.events(t0, t1), t1, windows)
+        events = history.events(t0, t1)
+        gaps = monitoring_gaps(beats, events, t1, windows)
     end = t1  # an open episode lasts up to the last thing recorded (a replay's clock is its own)
     eps = [_with_ramp(ep, windows, facts) for ep in episodes(alerts, end)]
     present = {name for w in windows for name in w.summary}
@@ -160,7 +184,8 @@ def gather(config: Config, db_path: str, since: Optional[float], until: Optional
     return ReportData(span=(t0, t1), facts=facts, card=render_card(facts), windows=windows,
                       alerts=alerts, heartbeats=beats, gaps=gaps,
                       episodes=[(ep, diagnose(ep, end)) for ep in eps],
-                      thumbs=_thumbs(db_path, config, (t0, t1)), features=features)
+                      thumbs=_thumbs(db_path, config, (t0, t1)), features=features,
+                      stopped=_stopped(events, beats, windows))
 
 
 def drift_matrix(data: ReportData) -> Tuple[List[str], List[float], List[List[float]], str]:

@@ -51,8 +51,10 @@ def _glance(data: ReportData) -> str:
              ("reference", "none" if ref is None else f"{ref.kind}: {ref.source} ({ref.frames} "
                                                       "frames)"),
              ("period", f"{when(data.span[0])} to {when(data.span[1])}"),
-             ("alerts", f"{len(data.alerts)} ({firing} firing)"),
-             ("monitoring", (beat.get("monitoring") or {}).get("state", "-"))]
+             ("alerts", f"{len(data.alerts)} ({firing} firing"
+                        f"{' when it stopped' if data.stopped is not None else ''})"),
+             ("monitoring", f"stopped at {when(data.stopped)}" if data.stopped is not None
+              else (beat.get("monitoring") or {}).get("state", "-"))]
     return '<div class="glance">' + "".join(
         f"<div><b>{escape(k)}</b><br>{escape(str(v))}</div>" for k, v in items) + "</div>"
 
