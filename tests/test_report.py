@@ -13,6 +13,7 @@ import importlib.util
 import io
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -64,23 +65,29 @@ def test_the_replay_gives_the_report_what_it_shows(scenario: Tuple[Path, Path]) 
     night = next(d for ep, d in data.episodes if "data_drift" in ep.kinds)
     blur = next(d for ep, d in data.episodes if ep.camera_faults)
     assert night.cause == "scene change" and night.onset == "sudden" and "retrain" in night.action
-    assert "brightness" in night.summary or "entropy" in night.summary
+    assert "drastic: the scene got darker (brightness down" in night.summary, night.summary
     assert blur.cause == "camera fault" and "Fix the camera" in blur.action
     assert "brightness" in data.features and "top_score" in data.features
 
 
 def test_dusk_is_diagnosed_gradual(scenario: Tuple[Path, Path], tmp_path: Path) -> None:
-    """The light fades over two minutes (a real replay against the scenario's baseline)."""
+    """The light fades over two minutes (a real replay against the scenario's baseline, with
+    the default one-minute windows: brightness 125 -> 98 -> 46 -> 19): one gradual episode,
+    its size over the whole fade, the model's outputs lagging behind in the same episode."""
     cfg = tmp_path / "dusk.toml"
     cfg.write_text(scenario[0].read_text().replace(
         'reference = "baseline.npz"', f'reference = "{scenario[0].parent / "baseline.npz"}"')
-        .replace("window_s = 2.0", "window_s = 5.0"))
-    assert main(["replay", "emulated:dusk?seed=4&size=320x240&fps=15&onset=30&duration=200",
+        .replace("window_s = 2.0", "window_s = 60.0"))
+    assert main(["replay", "emulated:dusk?seed=2&size=320x240&fps=15&onset=60&duration=300",
                  "--config", str(cfg)]) == 0
     data = gather(load_config(str(cfg)), str(tmp_path / "history.db"), None, None, now=0.0)
-    drift = [d for ep, d in data.episodes if "data_drift" in ep.kinds]
-    assert drift and drift[0].onset == "gradual", [d.summary for d in drift]
-    assert "incrementally" in drift[0].action
+    assert {"data_drift", "prediction_drift"} <= {a.kind for a in data.alerts}
+    assert len(data.episodes) == 1, [d.summary for _, d in data.episodes]
+    ep, dusk = data.episodes[0]
+    assert {"data_drift", "prediction_drift"} <= set(ep.kinds)
+    assert (dusk.onset, dusk.magnitude) == ("gradual", "drastic"), dusk.summary
+    assert "incrementally" in dusk.action
+    assert "the scene got darker (brightness down" in dusk.summary
 
 
 def test_the_report_is_one_offline_file_of_a_few_mb(report_file: Path,
@@ -325,6 +332,22 @@ def test_episodes_split_by_start_and_read_the_signed_shift() -> None:
     assert [e.kinds for e in found] == [("data_drift", "anomaly"), ("camera_fault",)]
     assert found[0].shifts == {"brightness": -30.0} and found[0].end is None
     assert found[1].camera_faults == ("blur",)
+
+
+def test_an_anomaly_episode_says_what_was_anomalous() -> None:
+    said = ("anomalous frames: 100% of frames have a robust z-score over 8 (mostly brightness, "
+            "contrast; expected under 50%) [against the training reference: x]")
+    alert = replace(_alert("anomaly", 100.0, None, "outlier_frames"), message=said)
+    summary = dg.diagnose(dg.episodes([alert], now=200.0)[0], 200.0).summary
+    assert "moderate: 100% of frames have a robust z-score over 8 (mostly brightness" in summary
+    assert "[against" not in summary
+
+
+def test_a_step_within_long_windows_is_sudden() -> None:
+    """With one-minute windows a step straddles one window: a minute's ramp is a step."""
+    ep = replace(_episode(ramp=dg.SUDDEN_S * 1.5), resolution_s=dg.SUDDEN_S * 2)
+    assert dg.diagnose(ep, NOW).onset == "sudden"
+    assert dg.diagnose(replace(ep, ramp_s=dg.SUDDEN_S * 3), NOW).onset == "gradual"
 
 
 def test_ramp_seconds_tells_a_step_from_a_ramp() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..card import CardFacts, card_facts, render_card
@@ -113,9 +113,32 @@ def health_series(beats: Sequence[HeartbeatRow]) -> List[Tuple[str, List[float],
     return out
 
 
-def _with_ramp(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts) -> Episode:
-    """The episode with ``ramp_s``: the median over its top features of how long each took to
-    reach its new level, less the two windows a step can straddle."""
+def _episode_shifts(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts,
+                    end: float) -> Dict[str, float]:
+    """The alerts' shifts, each widened to the largest the windows show over the whole
+    episode (an alert reports the first drift test; the light may go on fading)."""
+    ref = facts.reference
+    shifts = dict(ep.shifts)
+    if ref is None:
+        return shifts
+    inside = [w for w in windows if w.ts_end > ep.start and w.ts_start <= (ep.end or end)]
+    for name in ref.names:
+        scale = float(ref.scale[ref.index(name)])
+        means = [w.summary.get(name, {}).get("mean") for w in inside]
+        moved = [(float(m) - float(ref.median[ref.index(name)])) / scale for m in means
+                 if m is not None and math.isfinite(m) and scale > 0]
+        widest = max(moved, key=abs, default=0.0)
+        if abs(widest) > abs(shifts.get(name, 0.0)) and (name in shifts or abs(widest) >= 3):
+            shifts[name] = widest
+    return shifts
+
+
+def _with_ramp(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts,
+               end: float) -> Episode:
+    """The episode with its size over its whole span and ``ramp_s``: the median over its top
+    features of how long each took to reach its new level, less the one window a step can
+    straddle (``resolution_s``: a change within about a window cannot be timed closer)."""
+    ep = replace(ep, shifts=_episode_shifts(ep, windows, facts, end))
     features = ep.top_features() or [_FAULT_FEATURES[f] for f in ep.camera_faults
                                       if f in _FAULT_FEATURES]
     spans = [w.ts_end - w.ts_start for w in windows]
@@ -128,12 +151,10 @@ def _with_ramp(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts) 
             ramp = ramp_seconds(times, values, (ref_band[0], ref_band[2]), ep.start,
                                 horizon_s=max(600.0, 10 * window_s))
             if ramp is not None:
-                ramps.append(max(0.0, ramp - 2 * window_s))
+                ramps.append(max(0.0, ramp - window_s))
     if not ramps:
-        return ep
-    ramp_s = sorted(ramps)[len(ramps) // 2]
-    return Episode(ep.start, ep.end, ep.kinds, ep.shifts, ramp_s, ep.camera_faults,
-                   ep.alert_ids)
+        return replace(ep, resolution_s=window_s)
+    return replace(ep, ramp_s=sorted(ramps)[len(ramps) // 2], resolution_s=window_s)
 
 
 def _thumbs(db_path: str, config: Config, span: Tuple[float, float]) -> Dict[str, List[Thumb]]:
@@ -178,7 +199,7 @@ def gather(config: Config, db_path: str, since: Optional[float], until: Optional
         events = history.events(t0, t1)
         gaps = monitoring_gaps(beats, events, t1, windows)
     end = t1  # an open episode lasts up to the last thing recorded (a replay's clock is its own)
-    eps = [_with_ramp(ep, windows, facts) for ep in episodes(alerts, end)]
+    eps = [_with_ramp(ep, windows, facts, end) for ep in episodes(alerts, end)]
     present = {name for w in windows for name in w.summary}
     features = tuple(f for f in IMAGE_FEATURES + CONFIDENCE_FEATURES if f in present)
     return ReportData(span=(t0, t1), facts=facts, card=render_card(facts), windows=windows,
