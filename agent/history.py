@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._sqlite import classify
 from .errors import BaselineError, StoreError
-from .records import AlertTransition
+from .records import FILE_REFERENCE, AlertTransition
 from .store import connect_history
 
 __all__ = ["Event", "Gap", "HeartbeatRow", "History", "ReferenceRow", "SummaryWindow",
@@ -257,17 +257,19 @@ def monitoring_gaps(heartbeats: Sequence[HeartbeatRow], events: Sequence[Event],
 
 def current_reference(history: History, model_sha256: str,
                       baseline: str = "") -> Tuple[Optional[Any], Optional[ReferenceRow]]:
-    """The reference drift was tested against: the newest learned one stored for the model,
-    else the baseline file of ``[drift] reference``; and the stored row it came from.
+    """The reference drift was tested against: the newest stored for the model (learned, a
+    calibration, or the baseline file a run or replay used), else the baseline file of
+    ``[drift] reference``; and the stored row it came from.
 
     Returns ``(Reference or None, ReferenceRow or None)``; a baseline that cannot be read is
     None (the report says "no reference" rather than failing).
     """
     from .drift.reference import Reference
 
+    mine = {model_sha256, FILE_REFERENCE + model_sha256}
     for row in reversed(history.references()):
         if not row.blob or (row.origin != "calibration" and model_sha256
-                            and row.model_sha256 != model_sha256):
+                            and row.model_sha256 not in mine):
             continue
         try:
             return Reference.from_bytes(row.blob, where=f"{history.path} reference {row.id}"), row

@@ -27,6 +27,7 @@ from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
 from .observe import LAYOUT
+from .records import FILE_REFERENCE
 from .remotesamples import SampleServer
 from .samplestore import SampleWriter, samples_dir
 from .store import Store
@@ -359,6 +360,7 @@ def _load_reference(config: Config, store: Store,
         from_file = Reference.load(drift.reference)
         log.info("reference: %s (%s, %s view, %d frames)", drift.reference, from_file.origin,
                  from_file.view_kind, from_file.frames)
+        record_file_reference(store, from_file, sha)
         return _with_calibrations(from_file, store, config.store.path)
     stored = load_stored_reference(store, sha) or _previous_model_reference(store, sha)
     if stored is not None:
@@ -367,6 +369,16 @@ def _load_reference(config: Config, store: Store,
     else:
         log.info("no reference: learning one from the first %.0f s (warm-up)", drift.warmup_s)
     return stored, None
+
+
+def record_file_reference(store: Store, reference: Reference, sha: str) -> None:
+    """Keep the baseline file's reference in the database (once; origin ``file``, under
+    ``file:<model sha256>``, which no start loads as its own): a pulled snapshot's report and
+    card show what drift was tested against without the device's config."""
+    key, blob = f"{FILE_REFERENCE}{sha}", reference.to_bytes()
+    if store.load_reference(key, FEATURES_VERSION) != blob:
+        store.save_reference(ts=reference.created, model_sha256=key, origin="file", blob=blob,
+                             features_version=FEATURES_VERSION)
 
 
 def _with_calibrations(reference: Reference, store: Store,

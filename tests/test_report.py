@@ -209,6 +209,22 @@ def _check_markdown(text: str) -> None:
             assert j == len(lines) or lines[j] == "", f"table not followed by a blank line: {j}"
 
 
+def test_a_pulled_snapshot_shows_its_reference_without_the_config(
+        scenario: Tuple[Path, Path], tmp_path: Path) -> None:
+    """The replay kept the baseline file's reference in the database, once."""
+    db = scenario[1]
+    with History(str(db)) as history:
+        kept = [r for r in history.references() if r.origin == "file"]
+    assert len(kept) == 1  # two replays, one baseline: recorded once
+    out = tmp_path / "card.md"
+    assert main(["card", "--db", str(db), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "No reference yet" not in text and "baseline file" in text
+    assert "emulated:stationary?seed=1" in text
+    html = build_report(load_config({}), str(db))
+    assert "<b>reference</b><br>none" not in html and 'class="band"' in html
+
+
 def test_card_from_config_alone_says_what_is_missing(tmp_path: Path) -> None:
     text = model_card(load_config({"model": {"path": str(demo.blazeface_model_path())}}))
     assert "Not given: write `[model.card]`" in text and "No reference yet" in text
