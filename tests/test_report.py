@@ -238,6 +238,46 @@ def test_report_of_a_missing_database_is_one_line(tmp_path: Path, capsys: Any) -
     assert code != 0 and "database not found" in err and "\n" not in err
 
 
+def _one_line_error(capsys: Any, argv: List[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, (code, err)
+    return err
+
+
+def test_out_is_a_file_path_and_its_folders_are_made(scenario: Tuple[Path, Path],
+                                                     tmp_path: Path, capsys: Any) -> None:
+    cfg = str(scenario[0])
+    for command in ("report", "card"):
+        folder = tmp_path / command
+        folder.mkdir()
+        err = _one_line_error(capsys, [command, "--config", cfg, "--out", str(folder)])
+        assert "error: --out" in err and "is a folder" in err, err
+        assert list(folder.iterdir()) == [] and not list(tmp_path.glob("*.tmp"))
+        out = tmp_path / "new" / command / "file.out"
+        assert main([command, "--config", cfg, "--out", str(out)]) == 0
+        assert out.stat().st_size > 0 and not list(out.parent.glob("*.tmp"))
+    blocker = tmp_path / "plain"
+    blocker.write_text("")
+    err = _one_line_error(capsys, ["card", "--config", cfg, "--out", str(blocker / "x.md")])
+    assert "--out" in err and "cannot write" in err, err
+
+
+def test_card_without_config_or_database_is_an_error(tmp_path: Path, capsys: Any,
+                                                     monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)  # no edgewatch.toml here
+    err = _one_line_error(capsys, ["card", "--out", "card.md"])
+    assert "--config" in err and "--db" in err and not (tmp_path / "card.md").exists()
+
+
+def test_an_inverted_period_is_an_error(scenario: Tuple[Path, Path], tmp_path: Path,
+                                        capsys: Any) -> None:
+    out = tmp_path / "r.html"
+    err = _one_line_error(capsys, ["report", "--config", str(scenario[0]), "--since", "1h",
+                                   "--until", "2h", "--out", str(out)])
+    assert "--since 1h is not before --until 2h" in err and not out.exists()
+
+
 # -- the report in a browser ------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
