@@ -437,7 +437,8 @@ def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path
             store.put("heartbeats", {"ts": 1000.0 + 30 * k, "payload": {
                 "ts": 1000.0 + 30 * k, "monitoring": {"state": state},
                 "drift": {"brightness": 0.1 * k}, "drift_scores": {"brightness": 0.2 * k},
-                "host": {"cpu_percent": 25.0 + k, "max_temp_c": 61.5},
+                "host": {"cpu_percent": 25.0 + k, "max_temp_c": 61.5, "disk_free_mb": None},
+                "queues": {"store": 0, "last_error": None},
                 "camera": {"name": "c", "fps": 29.5}}})
             store.put("windows", {"ts_start": 1000.0 + 30 * k, "ts_end": 1030.0 + 30 * k,
                                   "frames": 900, "camera": "c",
@@ -449,6 +450,9 @@ def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path
     assert names == ["brightness"] and unit.startswith("drift score")
     assert max(v for v in matrix[0] if v == v) == pytest.approx(1.8)
     html = build_report(config, db, now=2000.0)
-    assert "host.max_temp_c" in html and "61.5" in html and "degraded" in html
+    assert "<td>host: max temp</td><td>61.5 °C</td>" in html and "degraded" in html
+    assert "<td>host: disk free</td><td>-</td>" in html
+    assert "<td>store queue: last error</td><td>-</td>" in html
+    assert "None" not in html.split("Device health")[-1].split("Model card")[0]
     assert html.count('<svg class="chart"') == 1 and 'class="heatmap"' in html
     assert html.count('<svg class="hchart"') == 3  # fps, CPU, temperature over time

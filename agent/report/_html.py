@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from html import escape
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..card import when
 from ..records import AlertTransition
@@ -172,6 +172,25 @@ def thumbnails(data: ReportData) -> str:
             + "\n".join(out))
 
 
+#: A heartbeat key's unit suffix and how it reads.
+_UNITS = (("_percent", "%"), ("_mb", "MB"), ("_ms", "ms"), ("_c", "°C"), ("_s", "s"))
+_SECTIONS = {"host": "host", "queues": "store queue", "outbox": "outbox", "camera": "camera"}
+
+
+def _measure(section: str, key: str, value: Any) -> Tuple[str, str]:
+    """A heartbeat health value for people: ``("host: max temp", "61.5 °C")``, "-" when
+    missing."""
+    suffix, unit = next(((sx, u) for sx, u in _UNITS if key.endswith(sx)), ("", ""))
+    words = key[:len(key) - len(suffix)].replace("_", " ")
+    label = f"{_SECTIONS.get(section, section)}: {words}"
+    if value is None or value == "":
+        return label, "-"
+    if isinstance(value, bool):
+        return label, "yes" if value else "no"
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return label, f"{shown} {unit}".strip() if isinstance(value, (int, float)) else shown
+
+
 def health(data: ReportData) -> str:
     """The device's health at the last heartbeat, and monitoring gaps."""
     gaps = _table([[escape(when(g.start)), escape(when(g.end)), escape(g.state)]
@@ -187,8 +206,9 @@ def health(data: ReportData) -> str:
     for section in ("host", "queues", "outbox", "camera"):
         value = last.get(section)
         if isinstance(value, Mapping):
-            rows += [[escape(f"{section}.{k}"), escape(str(v))] for k, v in value.items()
-                     if not isinstance(v, (Mapping, list))]
+            rows += [[escape(label), escape(shown)] for label, shown in (
+                _measure(section, str(k), v) for k, v in value.items()
+                if not isinstance(v, (Mapping, list)))]
     return (f"<p>{len(data.heartbeats)} heartbeats; the last at {escape(when(last.get('ts')))}."
             f'</p><div class="charts">{charts}</div>' + _table(rows, ("measure", "value")) + gaps)
 
