@@ -25,6 +25,7 @@ from agent.config import load_config
 from agent.history import Event, HeartbeatRow, History, SummaryWindow, monitoring_gaps
 from agent.records import AlertTransition, Window
 from agent.report import build_report, gather
+from agent.report import _svg
 from agent.report import diagnose as dg
 from agent.report._data import MAX_THUMBS, drift_matrix
 from agent.samplestore import read_samples
@@ -317,6 +318,23 @@ def test_the_report_opens_offline_in_chromium(browser: Any, report_file: Path,
     assert page.locator("table").count() >= 3
     _assert_not_blank(page.screenshot(full_page=False))
     page.close()
+
+
+def test_titles_fit_the_charts_and_counts_stay_above_zero(report_file: Path) -> None:
+    few = _svg.heatmap(["brightness"], [0.0, 60.0, 120.0], [[1.0, 2.0]], 3.0,
+                       "drift score: distance / threshold")  # a short replay: two columns
+    html = report_file.read_text() + few
+    heats = re.findall(r'<svg class="heatmap"[^>]*width="(\d+)".*?<text class="title" '
+                       r'x="(\d+)"[^>]*>([^<]*)</text>', html, re.S)
+    assert len(heats) == 2
+    for width, x, title in heats:
+        assert int(x) + 6 * len(title) <= int(width), (width, x, title)
+    for name in ("overexposed", "motion", "underexposed"):
+        chart = re.search(rf'aria-label="{name}">(.*?)</svg>', html, re.S)
+        assert chart is not None, name
+        low = re.findall(r'text-anchor="end">([-0-9.e]+)</text>', chart.group(1))[-1]
+        assert float(low) >= 0, (name, low)
+    assert "<th>window tested</th>" in html and "<th>timeframe</th>" not in html
 
 
 def _assert_not_blank(png: bytes) -> None:

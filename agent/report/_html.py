@@ -107,10 +107,11 @@ def alert_table(alerts: Sequence[AlertTransition]) -> str:
     rows = [[escape(when(a.starts_at)), f'<span class="{escape(a.state)}">{escape(a.state)}</span>'
              + (f"<br>{escape(when(a.ends_at))}" if a.ends_at is not None else ""),
              escape(f"{a.kind}/{a.severity}"), escape(a.feature), escape(a.message),
-             escape(f"{a.window.frames} frames, {when(a.window.start)} to {when(a.window.end)}"),
-             _lifecycle(a)] for a in alerts]
-    return _table(rows, ("started", "state", "kind", "feature", "message (what, expected)",
-                         "timeframe", "lifecycle"))
+             escape(f"{when(a.window.start)} to {when(a.window.end)} ({a.window.frames} "
+                    "frames)"), _lifecycle(a)] for a in alerts]
+    return ("<p>Started: when the alert began; window tested: the frames its latest test "
+            "(firing, repeat or resolve) looked at, so it can come later.</p>" + _table(rows, ("started", "state", "kind", "feature",
+                                   "message (what, expected)", "window tested", "lifecycle")))
 
 
 def diagnoses(data: ReportData) -> str:
