@@ -24,8 +24,7 @@ from agent.cli import main
 from agent.config import load_config
 from agent.history import Event, HeartbeatRow, History, SummaryWindow, monitoring_gaps
 from agent.records import AlertTransition, Window
-from agent.report import build_report, gather
-from agent.report import _svg
+from agent.report import _svg, build_report, gather
 from agent.report import diagnose as dg
 from agent.report._data import MAX_THUMBS, drift_matrix
 from agent.samplestore import read_samples
@@ -224,6 +223,24 @@ def test_a_pulled_snapshot_shows_its_reference_without_the_config(
     assert "emulated:stationary?seed=1" in text
     html = build_report(load_config({}), str(db))
     assert "<b>reference</b><br>none" not in html and 'class="band"' in html
+
+
+@pytest.mark.integration
+def test_card_and_report_print_no_runtime_noise(scenario: Tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    """A fresh process (the runtime logs its delegate once per process): stderr stays quiet."""
+    import os
+    import subprocess
+
+    cfg, db = scenario
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command, out in (("card", "c.md"), ("report", "r.html")):
+        proc = subprocess.run([sys.executable, "-m", "agent.cli", command, "--config", str(cfg),
+                               "--out", str(tmp_path / out)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0 and "XNNPACK" not in proc.stderr, proc.stderr
+    card = (tmp_path / "c.md").read_text()
+    assert "| metric | value |" in card and "|  | value |" not in card
 
 
 def test_card_from_config_alone_says_what_is_missing(tmp_path: Path) -> None:

@@ -109,9 +109,11 @@ def alert_table(alerts: Sequence[AlertTransition]) -> str:
              escape(f"{a.kind}/{a.severity}"), escape(a.feature), escape(a.message),
              escape(f"{when(a.window.start)} to {when(a.window.end)} ({a.window.frames} "
                     "frames)"), _lifecycle(a)] for a in alerts]
+    head = ("started", "state", "kind", "feature", "message (what, expected)", "window tested",
+            "lifecycle")
     return ("<p>Started: when the alert began; window tested: the frames its latest test "
-            "(firing, repeat or resolve) looked at, so it can come later.</p>" + _table(rows, ("started", "state", "kind", "feature",
-                                   "message (what, expected)", "window tested", "lifecycle")))
+            "(firing, repeat or resolve) looked at, so it can come later.</p>"
+            + _table(rows, head))
 
 
 def diagnoses(data: ReportData) -> str:
