@@ -139,6 +139,16 @@ def test_the_period_runs_from_the_first_to_the_last_thing_recorded(
                        for r in {s.reason for s in read_samples(db)})
 
 
+def test_with_capture_off_the_advice_says_so(scenario: Tuple[Path, Path]) -> None:
+    cfg, db = scenario
+    config = load_config(str(cfg)).with_values(capture__enabled=False)
+    data = gather(config, str(db), None, None, now=1e10)
+    night = next(d for ep, d in data.episodes if "data_drift" in ep.kinds)
+    assert "captured frames" not in night.action and "Capture is off" in night.action
+    assert "[capture] enabled = true" in night.action
+    assert "<b>Capture is off</b>" in build_report(config, str(db))
+
+
 def test_since_and_until_narrow_the_report(scenario: Tuple[Path, Path]) -> None:
     cfg, db = scenario
     config = load_config(str(cfg))

@@ -45,6 +45,15 @@ class ReportData:
     thumbs: Dict[str, List[Thumb]] = field(default_factory=dict)
     features: Tuple[str, ...] = ()
     stopped: Optional[float] = None  # the agent's last stop, when nothing was recorded after
+    capture: bool = True  # whether the device keeps frames ([capture] enabled)
+
+
+def _capturing(config: Config, beats: Sequence[HeartbeatRow]) -> bool:
+    """Whether the device captures frames: its last heartbeat says (a capture queue or none),
+    else the config's [capture] enabled."""
+    if beats and isinstance(beats[-1].payload.get("queues"), dict):
+        return beats[-1].payload["queues"].get("capture") is not None
+    return bool(config.capture.enabled)
 
 
 def _stopped(events: Sequence[Event], beats: Sequence[HeartbeatRow],
@@ -200,13 +209,14 @@ def gather(config: Config, db_path: str, since: Optional[float], until: Optional
         gaps = monitoring_gaps(beats, events, t1, windows)
     end = t1  # an open episode lasts up to the last thing recorded (a replay's clock is its own)
     eps = [_with_ramp(ep, windows, facts, end) for ep in episodes(alerts, end)]
+    capture = _capturing(config, beats)
     present = {name for w in windows for name in w.summary}
     features = tuple(f for f in IMAGE_FEATURES + CONFIDENCE_FEATURES if f in present)
     return ReportData(span=(t0, t1), facts=facts, card=render_card(facts), windows=windows,
                       alerts=alerts, heartbeats=beats, gaps=gaps,
-                      episodes=[(ep, diagnose(ep, end)) for ep in eps],
+                      episodes=[(ep, diagnose(ep, end, capture)) for ep in eps],
                       thumbs=_thumbs(db_path, config, (t0, t1)), features=features,
-                      stopped=_stopped(events, beats, windows))
+                      stopped=_stopped(events, beats, windows), capture=capture)
 
 
 def drift_matrix(data: ReportData) -> Tuple[List[str], List[float], List[List[float]], str]:

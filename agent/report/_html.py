@@ -161,18 +161,20 @@ def _figure(reason: str, t: Thumb) -> str:
 def thumbnails(data: ReportData) -> str:
     """Captured frames by reason: alert and unsure frames beside normal ones, with the
     model's boxes drawn over them."""
+    off = ("<p><b>Capture is off</b> on this device ([capture] enabled = false): no frames "
+           "are kept from now on. Turn it on to see and retrain on the frames alerts fire on."
+           "</p>" if not data.capture else "")
     if not any(data.thumbs.values()):
-        return "<p>No samples captured in this period ([capture] keeps frames when alerts " \
-               "fire).</p>"
+        return off or "<p>No samples captured in this period ([capture] keeps frames when " \
+                      "alerts fire).</p>"
     out = []
     for reason in ("alert", "unsure", "normal"):
         thumbs = data.thumbs.get(reason) or []
         if thumbs:
             figs = "".join(_figure(reason, t) for t in thumbs)
             out.append(f"<h3>{escape(reason)} frames</h3><div class=\"thumbs\">{figs}</div>")
-    return ("<p>Frames of each kind, spread over the period; boxes: the model's detections."
-            "</p>"
-            + "\n".join(out))
+    return (off + "<p>Frames of each kind, spread over the period; boxes: the model's "
+            "detections.</p>" + "\n".join(out))
 
 
 #: A heartbeat key's unit suffix and how it reads.

@@ -240,8 +240,19 @@ def _action(ep: Episode, onset: str, course: str, cause: str, magnitude: str) ->
                else "") + "Otherwise collect the frames and retrain.")
 
 
-def diagnose(ep: Episode, now: float) -> Diagnosis:
-    """The episode in words (``now`` ends an open episode's span)."""
+def _without_capture(action: str) -> str:
+    """The advice for a device that keeps no frames ([capture] enabled = false)."""
+    if "captured frames" not in action and "collect the frames" not in action:
+        return action
+    return (action.replace(" (edgewatch samples export)", "")
+            .replace("the captured frames", "frames from this camera")
+            + " Capture is off on this device: set [capture] enabled = true to keep the frames "
+              "alerts fire on, or record them another way.")
+
+
+def diagnose(ep: Episode, now: float, capture: bool = True) -> Diagnosis:
+    """The episode in words (``now`` ends an open episode's span; ``capture``: whether the
+    device keeps frames to retrain on)."""
     onset, course, cause, magnitude = _classify(ep, now)
     lasted = (now if ep.end is None else ep.end) - ep.start
     tense = "still open after" if ep.end is None else "lasted"
@@ -250,8 +261,9 @@ def diagnose(ep: Episode, now: float) -> Diagnosis:
                f"{_what(ep)}.")
     if onset == "unknown":
         summary += " (Onset unknown: no summary windows around its start.)"
+    action = _action(ep, onset, course, cause, magnitude)
     return Diagnosis(onset, course, cause, magnitude, summary,
-                     _action(ep, onset, course, cause, magnitude))
+                     action if capture else _without_capture(action))
 
 
 def _span(seconds: float) -> str:
