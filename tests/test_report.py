@@ -149,6 +149,25 @@ def test_with_capture_off_the_advice_says_so(scenario: Tuple[Path, Path]) -> Non
     assert "<b>Capture is off</b>" in build_report(config, str(db))
 
 
+def test_an_altered_sample_file_is_not_shown_as_the_frame(scenario: Tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    """A JPEG changed since capture (its sha256 differs) is left out, said and counted."""
+    import shutil
+
+    cfg, db = scenario
+    snap = tmp_path / "snap.db"
+    assert main(["export", "--db", str(db), "--out", str(snap)]) == 0
+    shutil.copytree(db.parent / "samples", tmp_path / "samples")
+    config = load_config(str(cfg))
+    before = build_report(config, str(snap))
+    shown = gather(config, str(snap), None, None, now=1e10).thumbs["alert"][0].sample
+    altered = tmp_path / "samples" / shown.path
+    altered.write_bytes(altered.read_bytes() + b"edited")
+    after = build_report(config, str(snap))
+    assert after.count("<img ") == before.count("<img ") - 1
+    assert "file altered since capture" in after and "1 of them not shown" in after
+
+
 def test_since_and_until_narrow_the_report(scenario: Tuple[Path, Path]) -> None:
     cfg, db = scenario
     config = load_config(str(cfg))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..card import CardFacts, card_facts, render_card
@@ -24,10 +26,12 @@ HEATMAP_COLUMNS = 96
 
 @dataclass(frozen=True)
 class Thumb:
-    """A captured frame ready to show: its sample and its JPEG as a data: URI ("" if gone)."""
+    """A captured frame ready to show: its sample and its JPEG as a data: URI ("" when
+    missing or altered: ``problem`` says which)."""
 
     sample: Sample
     uri: str
+    problem: str = ""  # why there is no image: "file missing", "file altered ..."
 
 
 @dataclass
@@ -166,6 +170,18 @@ def _with_ramp(ep: Episode, windows: Sequence[SummaryWindow], facts: CardFacts,
     return replace(ep, ramp_s=sorted(ramps)[len(ramps) // 2], resolution_s=window_s)
 
 
+def _load(file: Path, sample: Sample) -> Thumb:
+    """The thumbnail of a sample: its JPEG as a data: URI, none when the file is missing or
+    altered since capture (its sha256 differs: not the frame the sample describes; the
+    export refuses it too)."""
+    if not file.is_file():
+        return Thumb(sample, "", "file missing")
+    data = file.read_bytes()
+    if sample.sha256 and hashlib.sha256(data).hexdigest() != sample.sha256:
+        return Thumb(sample, "", "file altered since capture (sha256 differs), not shown")
+    return Thumb(sample, "data:image/jpeg;base64," + base64.b64encode(data).decode())
+
+
 def _thumbs(db_path: str, config: Config, span: Tuple[float, float]) -> Dict[str, List[Thumb]]:
     folder = samples_dir(config) if config.store.path == db_path else samples_dir(db_path)
     kept: Dict[str, List[Thumb]] = {}
@@ -175,10 +191,7 @@ def _thumbs(db_path: str, config: Config, span: Tuple[float, float]) -> Dict[str
         shown = []
         step = max(1.0, len(thumbs) / MAX_THUMBS)
         for t in (thumbs[int(i * step)] for i in range(min(len(thumbs), MAX_THUMBS))):
-            file = folder / t.sample.path
-            uri = ("data:image/jpeg;base64," + base64.b64encode(file.read_bytes()).decode()
-                   if file.is_file() else "")
-            shown.append(Thumb(t.sample, uri))
+            shown.append(_load(folder / t.sample.path, t.sample))
         kept[reason] = shown
     return kept
 

@@ -148,7 +148,8 @@ def _boxes(t: Thumb) -> str:
 def _figure(reason: str, t: Thumb) -> str:
     s = t.sample
     if not t.uri:
-        return f"<figure><figcaption>{escape(s.path)}: file missing</figcaption></figure>"
+        return (f"<figure><figcaption>{escape(s.path)}: {escape(t.problem or 'file missing')}"
+                "</figcaption></figure>")
     top = max((float(d.get("score", 0)) for d in s.detections), default=None)
     score = "" if top is None else f", top score {top:.2f}"
     return (f'<figure><div class="frame"><img alt="{escape(reason)} sample {s.id}" '
@@ -173,8 +174,10 @@ def thumbnails(data: ReportData) -> str:
         if thumbs:
             figs = "".join(_figure(reason, t) for t in thumbs)
             out.append(f"<h3>{escape(reason)} frames</h3><div class=\"thumbs\">{figs}</div>")
+    unshown = sum(not t.uri for ts in data.thumbs.values() for t in ts)
+    note = f" {unshown} of them not shown (file missing or altered)." if unshown else ""
     return (off + "<p>Frames of each kind, spread over the period; boxes: the model's "
-            "detections.</p>" + "\n".join(out))
+            f"detections.{note}</p>" + "\n".join(out))
 
 
 #: A heartbeat key's unit suffix and how it reads.
