@@ -27,7 +27,7 @@ from agent.records import AlertTransition, Window
 from agent.report import _svg, build_report, gather
 from agent.report import diagnose as dg
 from agent.report._data import MAX_THUMBS, drift_matrix
-from agent.samplestore import read_samples
+from agent.samplestore import read_samples, samples_dir
 from agent.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,16 +152,13 @@ def test_with_capture_off_the_advice_says_so(scenario: Tuple[Path, Path]) -> Non
 def test_an_altered_sample_file_is_not_shown_as_the_frame(scenario: Tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     """A JPEG changed since capture (its sha256 differs) is left out, said and counted."""
-    import shutil
-
     cfg, db = scenario
     snap = tmp_path / "snap.db"
-    assert main(["export", "--db", str(db), "--out", str(snap)]) == 0
-    shutil.copytree(db.parent / "samples", tmp_path / "samples")
+    assert main(["export", "--db", str(db), "--out", str(snap)]) == 0  # frames come along
     config = load_config(str(cfg))
     before = build_report(config, str(snap))
     shown = gather(config, str(snap), None, None, now=1e10).thumbs["alert"][0].sample
-    altered = tmp_path / "samples" / shown.path
+    altered = samples_dir(str(snap)) / shown.path
     altered.write_bytes(altered.read_bytes() + b"edited")
     after = build_report(config, str(snap))
     assert after.count("<img ") == before.count("<img ") - 1
