@@ -64,8 +64,10 @@ def test_firing_then_resolved_read_back_from_alertmanager(
     # Resolved: its endsAt is in the past, so Alertmanager lists it no more (minutes before
     # the firing post's endsAt would have lapsed).
     wait(lambda: alertmanager.alerts(device=device) == [], what="the alert resolved")
-    status = central.status()
-    assert status["alertmanager_failed_attempts"] == 0 and status["alertmanager_posts"] >= 2
+    # Alertmanager has the post before the central has its answer: wait for the count.
+    status = wait(lambda: (lambda s: s if s["alertmanager_posts"] >= 2 else None)(central.status()),
+                  what="both posts counted")
+    assert status["alertmanager_failed_attempts"] == 0
 
 
 def test_open_alerts_are_posted_again_every_interval(
@@ -78,7 +80,7 @@ def test_open_alerts_are_posted_again_every_interval(
     again = wait(lambda: [a for a in alertmanager.alerts(device="am-cam2")
                           if a["updatedAt"] != first["updatedAt"]], what="posted again")[0]
     assert _ts(again["endsAt"]) > _ts(first["endsAt"])
-    assert central.status()["alertmanager_posts"] > posts
+    wait(lambda: central.status()["alertmanager_posts"] > posts, what="the new post counted")
 
 
 def test_an_unreachable_alertmanager_is_retried_and_counted_without_blocking_ingest(
