@@ -21,7 +21,8 @@ from .config import Config
 from .control import ControlServer, socket_path
 from .drift.reference import Reference
 from .errors import BaselineError
-from .heartbeat import Heartbeat, Heartbeats
+from .heartbeat import Heartbeat, Heartbeats, heartbeat_interval
+from .homeassistant import HomeAssistant
 from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
@@ -170,7 +171,8 @@ class Agent:
     def __init__(self, config: Config, *, model_info: Mapping[str, Any], store: Store,
                  sink: _StoreSink, alerts: AlertManager, monitor: Monitor,
                  mqtt: Optional[MqttLink], supervisor: Supervisor, heartbeats: Heartbeats,
-                 controls: Controls, control: ControlServer, camera: Dict[str, Any]) -> None:
+                 controls: Controls, control: ControlServer, camera: Dict[str, Any],
+                 homeassistant: Optional[HomeAssistant] = None) -> None:
         self.config = config
         self.model_info = model_info
         self.store = store
@@ -183,6 +185,7 @@ class Agent:
         self.controls = controls
         self.control = control
         self.camera = camera
+        self.homeassistant = homeassistant
         self._closed = False
 
     @classmethod
@@ -233,11 +236,12 @@ class Agent:
                                 supervisor=supervisor, model_info=info, camera=camera,
                                 clock=clock, live=live)
         controls = Controls(monitor, heartbeats.current, clock)
+        ha = None if mqtt is None else _home_assistant(config, info, monitor, heartbeats, mqtt)
         control = ControlServer(socket_path(config), controls, record=store.record_command,
                                 supervisor=supervisor)
         return cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
                    monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
-                   controls=controls, control=control, camera=camera)
+                   controls=controls, control=control, camera=camera, homeassistant=ha)
 
     def _start_workers(self) -> None:
         """The control socket, the MQTT link and the heartbeat, under the supervisor."""
@@ -250,6 +254,9 @@ class Agent:
                 verb, payload, controls, max_bytes=limit))
         self.supervisor.spawn("edgewatch-heartbeat", self.heartbeats.step,
                               interval_s=HEARTBEAT_TICK_S, critical=True)
+        if self.homeassistant is not None and self.homeassistant.enabled:
+            self.supervisor.spawn("edgewatch-homeassistant", self.homeassistant.step,
+                                  interval_s=HEARTBEAT_TICK_S)
 
     @property
     def fatal(self) -> Optional[str]:
@@ -275,6 +282,18 @@ class Agent:
         self.store.close()  # its writer is a worker too: it drains before the supervisor stops
         self.supervisor.stop()
         self.control.close()  # after its worker stopped: no accept() on a closed socket
+
+
+def _home_assistant(config: Config, info: Mapping[str, Any], monitor: Monitor,
+                    heartbeats: Heartbeats, link: MqttLink) -> HomeAssistant:
+    """Discovery configs on connect (their removal when ``[mqtt] homeassistant`` is off) and
+    the retained summary Home Assistant's entities read."""
+    ha = HomeAssistant(
+        config, info, summary=lambda: heartbeats.current().to_dict()["summary"],
+        open_kinds=lambda: monitor.control(lambda a: frozenset(r.kind for r in a.open_alerts())),
+        interval_s=heartbeat_interval(config))
+    ha.attach(link)
+    return ha
 
 
 def _open_store(config: Config, supervisor: Supervisor) -> Store:
