@@ -81,6 +81,7 @@ class Evaluator:
         self.expected_fps = expected_fps
         self._next_drift = -np.inf
         self._last_drift: Dict[str, float] = {}
+        self._last_scores: Dict[str, float] = {}
         self._features_off: tuple[str, ...] = ()
         self._monitoring: Optional[Dict[str, Any]] = None
 
@@ -93,6 +94,11 @@ class Evaluator:
     def last_drift(self) -> Dict[str, float]:
         """KS distance per feature at the last drift test."""
         return dict(self._last_drift)
+
+    @property
+    def last_scores(self) -> Dict[str, float]:
+        """KS distance over its threshold per feature at the last drift test (>= 1: over)."""
+        return dict(self._last_scores)
 
     def status(self) -> ReferenceStatus:
         """Where the reference stands (for snapshots and heartbeats)."""
@@ -107,12 +113,12 @@ class Evaluator:
     def set_reference(self, reference: Optional[Reference],
                       calibration_since: Optional[float] = None, model_sha256: str = "") -> None:
         """Test against this reference from now on (baseline file, warm-up or history)."""
-        self._last_drift, self._features_off = {}, ()
+        self._last_drift, self._last_scores, self._features_off = {}, {}, ()
         self.life.set_reference(reference, calibration_since, model_sha256)
 
     def restart_warmup(self, start: Optional[float]) -> None:
         """Forget the reference and learn a new one from the next frames."""
-        self._last_drift, self._features_off = {}, ()
+        self._last_drift, self._last_scores, self._features_off = {}, {}, ()
         self.life.restart_warmup(start)
 
     def evaluate(self, now: float) -> Evaluation:
@@ -159,6 +165,8 @@ class Evaluator:
         window = Window(float(ts[0]), float(ts[-1]), n)
         self._last_drift = {fd.feature: round(float(fd.ks), 4) for fd in report.features
                             if fd.evaluated}
+        self._last_scores = {fd.feature: round(float(fd.ratio), 4) for fd in report.features
+                             if fd.evaluated}
         # Off: a feature the reference or the window has data for that could not be tested.
         self._features_off = tuple(fd.feature for fd in report.features if not fd.evaluated
                                    and (fd.frames > 0 or fd.reason != "no reference data"))

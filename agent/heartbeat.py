@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from ._version import __version__
 from .config import Config
 from .health import HealthLimits, HealthReader, health_checks
 from .monitor import Monitor
 from .mqtt import MqttLink
-from .records import Observation
+from .records import KINDS, Observation
 from .store import Store
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Heartbeat", "HealthWatch", "Heartbeats", "heartbeat_interval"]
+__all__ = ["FrameRate", "Heartbeat", "HealthWatch", "Heartbeats", "heartbeat_interval",
+           "summary"]
 
-SCHEMA = 2  # 2: mqtt.refused and mqtt.last_refusal (the central accepts 1 and 2)
+# 2: mqtt.refused and mqtt.last_refusal; 3: camera.fps and camera.dropped, drift_scores and
+# summary (the central accepts 1, 2 and 3).
+SCHEMA = 3
 _HOST_KEYS = ("cpu_percent", "load", "max_temp_c", "temperatures", "throttled", "gpu_percent")
 
 
@@ -66,6 +70,10 @@ class Heartbeat:
     agent_version: str = __version__
     #: Is drift detection running: {"state", "reason", "since", "reference", "features_off"}.
     monitoring: Optional[Dict[str, Any]] = None
+    #: Distance over threshold per feature at the last drift test (>= 1: over); {} before one.
+    drift_scores: Dict[str, float] = field(default_factory=dict)
+    #: The flat block Home Assistant and the central's metrics read (see :func:`summary`).
+    summary: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (the keys heartbeats have always had, plus threads and errors)."""
@@ -77,8 +85,53 @@ class Heartbeat:
             "reference": self.reference, "warmup": self.warmup, "alerts_open": self.alerts_open,
             "host": self.host, "agent": self.agent, "queues": self.queues, "outbox": self.outbox,
             "mqtt": self.mqtt, "threads": self.threads, "errors": self.errors,
-            "monitoring": self.monitoring,
+            "monitoring": self.monitoring, "drift_scores": self.drift_scores,
+            "summary": self.summary,
         }
+
+
+def summary(fps: Optional[float], snap: Mapping[str, Any]) -> Dict[str, Any]:
+    """The heartbeat's ``summary`` from a monitor snapshot: fps, brightness, top score, the
+    worst drift score and its feature, the monitoring state, and a problem flag per alert kind."""
+    scores: Dict[str, float] = snap["drift_scores"]
+    worst = max(scores, key=lambda f: scores[f]) if scores else None
+    open_kinds = {a["kind"] for a in snap["alerts_open"]}
+    return {"fps": fps, "brightness": snap["stats"].get("brightness"),
+            "top_score": snap["confidence"].get("top_score"),
+            "worst_drift": None if worst is None else scores[worst],
+            "worst_drift_feature": worst, "monitoring": snap["monitoring"]["state"],
+            "problems": {kind: kind in open_kinds for kind in KINDS}}
+
+
+class FrameRate:
+    """Frames per second over the last ``window_s``, from counts sampled on the heartbeat tick.
+
+    >>> rate = FrameRate(2.0)
+    >>> rate.fps is None
+    True
+    >>> for t, frames in [(0.0, 0), (1.0, 30), (2.0, 60), (3.0, 75)]:
+    ...     rate.sample(t, frames)
+    >>> rate.fps  # (75 - 30) frames over the last 2 s
+    22.5
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self._window = max(window_s, 1.0)
+        self._samples: Deque[Tuple[float, int]] = deque()
+
+    def sample(self, now: float, frames: int) -> None:
+        """Note the frame count at ``now`` (monotonic seconds); keeps one window of samples."""
+        self._samples.append((now, frames))
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self._window:
+            self._samples.popleft()
+
+    @property
+    def fps(self) -> Optional[float]:
+        """The rate over the samples held; None until two samples a moment apart."""
+        if len(self._samples) < 2:
+            return None
+        (t0, f0), (t1, f1) = self._samples[0], self._samples[-1]
+        return None if t1 <= t0 else round(max(f1 - f0, 0) / (t1 - t0), 2)
 
 
 class HealthWatch:
@@ -124,6 +177,10 @@ class Heartbeats:
         self._live = live
         self.health = HealthWatch(config)
         self.interval_s = heartbeat_interval(config)
+        self.rate = FrameRate(self.interval_s)
+        #: Frames the source lost (failed reads, skipped files, lost connections); the loop
+        #: that owns the source sets it.
+        self.source_losses: Callable[[], int] = lambda: 0
         self._seq = 0
         self._started = time.time()
         now = time.monotonic()
@@ -134,6 +191,7 @@ class Heartbeats:
         """One tick: called every second by the supervisor."""
         self._supervisor.check()
         now_m = time.monotonic()
+        self.rate.sample(now_m, self._monitor.frames)
         if self._live and self._monitor.started is not None:
             self._monitor.check_stall(self._clock())
         if now_m >= self._next_health:
@@ -162,21 +220,30 @@ class Heartbeats:
             self._mqtt.publish_heartbeat(payload)
         return record
 
+    def dropped(self) -> Dict[str, int]:
+        """Frames lost so far, by reason: ``bad_frame`` (unusable or failed to observe) and
+        ``source`` (reads the source lost)."""
+        return {"bad_frame": self._monitor.bad_frames, "source": self.source_losses()}
+
+    def _camera_part(self, snap: Mapping[str, Any], now: float) -> Dict[str, Any]:
+        cam = {"name": self._config.device.camera, **self._camera, "frames": snap["frames"],
+               "fps": self.rate.fps, "dropped": sum(self.dropped().values())}
+        if snap["last_frame_ts"] is not None:
+            cam["last_frame_age_s"] = round(now - snap["last_frame_ts"], 3)
+        return cam
+
     def current(self) -> Heartbeat:
         """The heartbeat as it would be sent now."""
         snap = self._monitor.snapshot()
         now = self._clock()
         stats = self._store.stats()
-        cam = dict(self._camera)
-        if snap["last_frame_ts"] is not None:
-            cam["last_frame_age_s"] = round(now - snap["last_frame_ts"], 3)
         info = self._model_info
         return Heartbeat(
             device=self._config.device.id, seq=self._seq, ts=now, interval_s=self.interval_s,
             uptime_s=round(time.time() - self._started, 1),
             model={k: info.get(k) for k in ("path", "sha256", "runtime", "delegate")}
             | {"latency_ms": snap["latency_ms"]},
-            camera={"name": self._config.device.camera, **cam, "frames": snap["frames"]},
+            camera=self._camera_part(snap, now),
             stats=snap["stats"], confidence=snap["confidence"], drift=snap["drift"],
             reference=snap["reference"], warmup=snap["warmup"], alerts_open=snap["alerts_open"],
             host=self.health.host(), agent=self.health.last.get("process") or {},
@@ -189,4 +256,5 @@ class Heartbeats:
             mqtt=None if self._mqtt is None else self._mqtt.status(),
             threads=self._supervisor.health(),
             errors={k: snap[k] for k in ("bad_frames", "hook_errors", "last_hook_error")},
-            monitoring=snap["monitoring"])
+            monitoring=snap["monitoring"], drift_scores=snap["drift_scores"],
+            summary=summary(self.rate.fps, snap))

@@ -102,6 +102,7 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     start = time.time() if start_ts is None else start_ts
     agent = _start_or_close(source, config, model, expected_fps=fps, live=False)
     agent.camera["state"] = "replay"
+    agent.heartbeats.source_losses = lambda: source_losses(source)
     t0 = time.perf_counter()
     frames = 0
     try:
@@ -122,6 +123,11 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
                       db=config.store.path, alerts=n_alerts,
                       reference=None if reference is None else reference.origin,
                       unchecked=unchecked, monitoring=monitoring)
+
+
+def source_losses(source: Source) -> int:
+    """Frames a source lost on its own: unreadable files skipped, connections lost."""
+    return int(getattr(source, "skipped", 0)) + int(getattr(source, "reconnects", 0))
 
 
 def _start_or_close(source: Source, config: Config, model: Model, *, expected_fps: float,
@@ -237,7 +243,8 @@ class Capture:
         self._frame: Optional[Frame] = None
         self._ts = 0.0
         self._next_t = time.monotonic()
-        self.dropped = 0
+        self.dropped = 0  # replaced in the mailbox before the loop took them (it is slower)
+        self.failed = 0  # reads that raised (the supervisor retries them)
         self.done = False
         self.error: Optional[str] = None
 
@@ -251,6 +258,9 @@ class Capture:
         except SourceError as exc:
             self._end(str(exc))
             return
+        except Exception:
+            self.failed += 1  # counted here as a lost frame; the supervisor counts the failure
+            raise
         if frame is None:
             self._end(None)
             return
@@ -266,6 +276,10 @@ class Capture:
                 self.dropped += 1
             self._frame, self._ts = frame, time.time()
             self._cond.notify()
+
+    def losses(self) -> int:
+        """Frames lost reading the source: failed reads, plus what the source counts."""
+        return self.failed + source_losses(self.source)
 
     def _end(self, error: Optional[str]) -> None:
         with self._cond:
@@ -309,7 +323,7 @@ class _LiveStatus:
     def __call__(self, n: int) -> None:
         self._agent.camera.update(state=getattr(self._source, "state", "ok"),
                                   reconnects=getattr(self._source, "reconnects", 0),
-                                  dropped=self._capture.dropped)
+                                  skipped=self._capture.dropped)
         self._notifier.watchdog()
         now = time.monotonic()
         if now >= self._next_check:  # the heartbeat checks the others; this checks it too
@@ -354,6 +368,7 @@ def run(config: Config, *, model: Optional[Model] = None, notifier: Optional[Not
     expected = s.fps or source.fps or 30.0
     agent = _start_or_close(source, config, model, expected_fps=expected, live=True)
     capture = Capture(source, pace, agent.supervisor.stop_event)
+    agent.heartbeats.source_losses = capture.losses
     agent.supervisor.spawn("edgewatch-capture", capture.step, backoff_s=s.reconnect_initial_s,
                            critical=True)
     notifier.ready(f"monitoring {source.name} with {Path(config.model.path).name}")

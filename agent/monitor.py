@@ -330,6 +330,7 @@ class Monitor:
                 "confidence": _pick(CONFIDENCE_FEATURES, row[LAYOUT.confidence]),
                 "latency_ms": latency,
                 "drift": self._evaluator.last_drift,
+                "drift_scores": self._evaluator.last_scores,
                 "reference": None if status.state != "ready" else {
                     "origin": status.origin, "created": status.created, "frames": status.frames,
                     **self._evaluator.life.identity(),

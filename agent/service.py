@@ -231,7 +231,7 @@ class Agent:
                           calibration_since=calibration_since,
                           output_spec=output_spec, expected_fps=expected_fps, clock=clock)
         mqtt = MqttLink(config.mqtt, store) if config.mqtt.enabled else None
-        camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "dropped": 0}
+        camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "skipped": 0}
         heartbeats = Heartbeats(config, store=store, monitor=monitor, mqtt=mqtt,
                                 supervisor=supervisor, model_info=info, camera=camera,
                                 clock=clock, live=live)

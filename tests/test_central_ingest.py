@@ -145,8 +145,8 @@ def test_a_device_cannot_rewrite_another_devices_alert(broker, tmp_path, central
     assert texts[1].startswith("[WARNING] evil/cam0 resolved")
 
 
-@pytest.mark.parametrize("schema", [None, 1, 2])
-def test_heartbeats_of_schema_1_and_2_are_read_while_devices_upgrade(schema: Any) -> None:
+@pytest.mark.parametrize("schema", [None, 1, 2, 3])
+def test_heartbeats_of_schema_1_2_and_3_are_read_while_devices_upgrade(schema: Any) -> None:
     hb = heartbeat("cam-a", 3)
     if schema is None:
         hb.pop("schema", None)
@@ -155,12 +155,16 @@ def test_heartbeats_of_schema_1_and_2_are_read_while_devices_upgrade(schema: Any
     if schema == 2:
         hb["mqtt"] = {"connected": True, "refused": 4,
                       "last_refusal": {"code": 135, "reason": "Not authorized", "ts": 1.0}}
+    if schema == 3:
+        hb["camera"] = {**hb["camera"], "fps": 12.5, "dropped": 2}
+        hb["drift_scores"] = {"brightness": 1.4}
     record = parse(P, f"{P}/cam-a/heartbeat", json.dumps(hb).encode())
     assert isinstance(record, Heartbeat) and record.seq == 3
+    assert record.fps == (12.5 if schema == 3 else 14.5)  # schema 3: camera.fps first
 
 
 @pytest.mark.parametrize("topic,payload", [
-    ("heartbeat", {"schema": 3, "seq": 1}),
+    ("heartbeat", {"schema": 4, "seq": 1}),
     ("alerts", {**make_alert(1, device="cam-a"), "schema": 2}),
     ("heartbeat", {"schema": "2", "seq": 1}),
 ])

@@ -278,6 +278,7 @@ def test_a_failing_capture_step_is_counted_and_reported_in_the_heartbeat(
     assert capture["alive"] and capture["critical"]
     assert capture["last_error"] == "RuntimeError: driver crashed"
     assert failing[-1]["camera"]["frames"] > 0  # frames kept flowing between failures
+    assert failing[-1]["camera"]["dropped"] >= capture["failures"]  # each failed read lost one
     assert result["code"] == 0
 
 
@@ -337,7 +338,7 @@ def test_the_heartbeat_is_a_typed_record_with_the_json_keys_it_always_had(
             "camera", "stats", "confidence", "drift", "reference", "warmup", "alerts_open",
             "host", "agent", "queues", "outbox", "mqtt"}
     payload = beat.to_dict()
-    assert set(payload) == keys | {"threads", "errors", "monitoring"}
+    assert set(payload) == keys | {"threads", "errors", "monitoring", "drift_scores", "summary"}
     assert {"edgewatch-heartbeat", "edgewatch-store", "edgewatch-control"} <= set(payload["threads"])
     assert payload["errors"] == {"bad_frames": 0, "hook_errors": 0, "last_hook_error": None}
     assert json.loads(json.dumps(payload)) == payload

@@ -40,7 +40,8 @@ def fleet_rows(reader: CentralReader, now: float) -> List[Dict[str, Any]]:
         out.append({
             "device": row["device"], "online": bool(row["online"]), "since": row["since"],
             "reason": row["reason"], "heartbeat_age_s": (now - last) if last else None,
-            "fps": camera.get("fps_processed", camera.get("fps_in")),
+            "fps": next((camera[k] for k in ("fps", "fps_processed", "fps_in")
+                         if camera.get(k) is not None), None),
             "temperature_c": host.get("max_temp_c"), "open_alerts": int(row["open_alerts"]),
         })
     return out

@@ -34,8 +34,9 @@ __all__ = ["BadMessage", "REASONS", "Limits", "DEFAULT_LIMITS", "Status", "Heart
 REASONS = ("bad_topic", "too_large", "too_deep", "not_json", "not_object", "bad_field",
            "device_mismatch", "bad_status", "bad_schema")
 #: Payload schema versions this central reads. Heartbeat 2 added mqtt.refused and
-#: mqtt.last_refusal; the central keeps reading 1 while devices upgrade (central first).
-HEARTBEAT_SCHEMAS = (1, 2)
+#: mqtt.last_refusal, 3 camera.fps, camera.dropped, drift_scores and summary; the central
+#: keeps reading older ones while devices upgrade (central first).
+HEARTBEAT_SCHEMAS = (1, 2, 3)
 ALERT_SCHEMAS = (1,)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _VERB_RE = re.compile(r"^[a-z_]{1,32}$")
@@ -223,7 +224,8 @@ def _heartbeat(device: str, hb: Mapping[str, Any]) -> Heartbeat:
     camera, host = hb.get("camera"), hb.get("host")
     camera = camera if isinstance(camera, dict) else {}
     host = host if isinstance(host, dict) else {}
-    fps = camera.get("fps_processed", camera.get("fps_in"))
+    fps = camera.get("fps")  # schema 3: measured over the interval; before, the status line's
+    fps = fps if fps is not None else camera.get("fps_processed", camera.get("fps_in"))
     return Heartbeat(
         device=device, seq=_int(hb, "seq"), ts=_time(hb, "ts"),
         interval_s=_positive(hb, "interval_s"),
