@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
-from ..config import build_section, from_dict, load_config, read_toml
+from .._configparse import build_section
+from ..config import from_dict, load_config, read_toml
 from ..errors import ConfigError
 from .notify import DEFAULT_GROUP_BY, check_group_by, check_url
 
@@ -44,6 +45,8 @@ class CentralSection:
     client_id: Optional[str] = None  # fixed id: a persistent session
     password_env: Optional[str] = None  # environment variable holding the MQTT password
     password_file: Optional[str] = None  # file holding the MQTT password
+    metrics_port: Optional[int] = None  # serve the fleet's /metrics on this port (0: any free)
+    metrics_host: str = "127.0.0.1"  # the address /metrics listens on
 
     def __post_init__(self) -> None:
         if self.webhook is not None:
@@ -63,6 +66,10 @@ class CentralSection:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"central.{key}: must be > 0, got {value}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"central.metrics_port: must be 0-65535, got {self.metrics_port}")
+        if not self.metrics_host:
+            raise ConfigError("central.metrics_host: must be an address, e.g. 127.0.0.1")
         if self.password_env is not None and self.password_file is not None:
             raise ConfigError("central.password_env: give password_env or password_file, "
                               "not both")

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from ..errors import CommandError
 from ..mqtt import topics
 from ..mqttclient import ClientSettings, build_client, stop_client
+from .records import heartbeat_fps
 from .store import CentralReader
 
 __all__ = ["fleet_rows", "open_alerts", "recent_commands", "send_command", "FLEET_VERBS"]
@@ -33,15 +34,13 @@ def fleet_rows(reader: CentralReader, now: float) -> List[Dict[str, Any]]:
     out = []
     for row in reader.devices():
         hb = json.loads(row["heartbeat"]) if row["heartbeat"] else {}
-        camera, host = hb.get("camera"), hb.get("host")
-        camera = camera if isinstance(camera, dict) else {}
+        host = hb.get("host")
         host = host if isinstance(host, dict) else {}
         last = row["last_heartbeat_ts"]
         out.append({
             "device": row["device"], "online": bool(row["online"]), "since": row["since"],
             "reason": row["reason"], "heartbeat_age_s": (now - last) if last else None,
-            "fps": next((camera[k] for k in ("fps", "fps_processed", "fps_in")
-                         if camera.get(k) is not None), None),
+            "fps": heartbeat_fps(hb),
             "temperature_c": host.get("max_temp_c"), "open_alerts": int(row["open_alerts"]),
         })
     return out

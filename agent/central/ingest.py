@@ -36,10 +36,26 @@ from .store import CentralStore, DeviceChange
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Ingest"]
+__all__ = ["Ingest", "TOPICS", "topic_kind"]
+
+#: The ``topic`` label of ``edgewatch_fleet_messages_total``: what follows the device id.
+TOPICS = ("status", "heartbeat", "alerts", "alert_state", "cmd", "cmd_result", "other")
 
 _COUNTS = ("messages", "alerts", "alert_duplicates", "heartbeats", "status", "results",
            "commands", "went_offline", "came_online")
+
+
+def topic_kind(prefix: str, topic: str) -> str:
+    """The topic's kind (one of :data:`TOPICS`), a bounded label whatever a device sends."""
+    rest = topic[len(prefix) + 1:].split("/", 1)[1:] if topic.startswith(prefix + "/") else []
+    kind = rest[0] if rest else ""
+    if kind in ("status", "heartbeat", "alerts"):
+        return kind
+    if kind.startswith("alerts/state/"):
+        return "alert_state"
+    if kind == "cmd/result":
+        return "cmd_result"
+    return "cmd" if kind.startswith("cmd/") else "other"
 
 
 class Ingest:
@@ -57,6 +73,7 @@ class Ingest:
         self.counts: Dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self._work = self.counts
         self.bad: Dict[str, int] = {}
+        self.topics: Dict[str, int] = dict.fromkeys(TOPICS, 0)  # every message, kept or not
         self._bad_logged: set[str] = set()
 
     @property
@@ -67,6 +84,7 @@ class Ingest:
     def handle(self, topic: str, payload: bytes) -> int:
         """Parse and store one message; how many notifications (or device changes) it caused."""
         self.counts["messages"] += 1
+        self.topics[topic_kind(self.prefix, topic)] += 1
         try:
             record = parse(self.prefix, topic, payload, self.limits)
         except BadMessage as exc:

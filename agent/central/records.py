@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Union
 
 __all__ = ["BadMessage", "REASONS", "Limits", "DEFAULT_LIMITS", "Status", "Heartbeat",
-           "AlertTransition", "ClearedState", "CommandResult", "CommandSent", "Record", "parse", "load_json"]
+           "AlertTransition", "ClearedState", "CommandResult", "CommandSent", "Record", "parse", "load_json",
+           "heartbeat_fps"]
 
 REASONS = ("bad_topic", "too_large", "too_deep", "not_json", "not_object", "bad_field",
            "device_mismatch", "bad_status", "bad_schema")
 #: Payload schema versions this central reads. Heartbeat 2 added mqtt.refused and
-#: mqtt.last_refusal, 3 camera.fps, camera.dropped, drift_scores and summary; the central
-#: keeps reading older ones while devices upgrade (central first).
+#: mqtt.last_refusal, 3 camera.fps, camera.dropped, drift_scores and the flat ``summary``;
+#: the central keeps reading the older ones while devices upgrade (central first).
 HEARTBEAT_SCHEMAS = (1, 2, 3)
 ALERT_SCHEMAS = (1,)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -220,12 +221,25 @@ def _schema(obj: Mapping[str, Any], what: str, known: tuple[int, ...]) -> None:
                          "first, then the devices")
 
 
-def _heartbeat(device: str, hb: Mapping[str, Any]) -> Heartbeat:
-    camera, host = hb.get("camera"), hb.get("host")
+def heartbeat_fps(hb: Mapping[str, Any]) -> Any:
+    """The frames per second a heartbeat reports: ``summary.fps`` (schema 3), else ``camera``'s."""
+    summary, camera = hb.get("summary"), hb.get("camera")
+    summary = summary if isinstance(summary, dict) else {}
     camera = camera if isinstance(camera, dict) else {}
+    for value in (summary.get("fps"), camera.get("fps"), camera.get("fps_processed"),
+                  camera.get("fps_in")):
+        if value is not None:
+            return value
+    return None
+
+
+def _heartbeat(device: str, hb: Mapping[str, Any]) -> Heartbeat:
+    host, summary = hb.get("host"), hb.get("summary")
     host = host if isinstance(host, dict) else {}
-    fps = camera.get("fps")  # schema 3: measured over the interval; before, the status line's
-    fps = fps if fps is not None else camera.get("fps_processed", camera.get("fps_in"))
+    if summary is not None and not isinstance(summary, dict):
+        raise BadMessage("bad_field", f"summary must be an object, got {type(summary).__name__}")
+    _number("summary.worst_drift", (summary or {}).get("worst_drift"))
+    fps = heartbeat_fps(hb)
     return Heartbeat(
         device=device, seq=_int(hb, "seq"), ts=_time(hb, "ts"),
         interval_s=_positive(hb, "interval_s"),

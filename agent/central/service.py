@@ -12,7 +12,9 @@ reported in :meth:`Central.status` and ``edgewatch fleet``):
   after ``max_consecutive`` failures in a row the central gives up (``on_fatal``) and
   ``edgewatch central`` exits non-zero so that systemd restarts it;
 - ``edgewatch-central-webhook`` posts notifications from the database;
-- ``edgewatch-central-overdue`` marks silent devices offline and saves the status row.
+- ``edgewatch-central-overdue`` marks silent devices offline and saves the status row;
+- with ``metrics_port``, prometheus-client's server thread answers ``/metrics`` from the
+  database (:mod:`agent.central.metrics`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..errors import CommandError
 from ..mqttclient import ClientSettings, build_client, stop_client
 from ..supervise import Supervisor
 from .ingest import Ingest
+from .metrics import FleetCollector, MetricsServer
 from .notify import DEFAULT_GROUP_BY, WebhookSender, check_group_by, check_url
 from .store import CentralStore
 
@@ -81,6 +84,7 @@ class Central:
                  group_by: Sequence[str] = DEFAULT_GROUP_BY, max_consecutive: int = 10,
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
+                 metrics_port: Optional[int] = None, metrics_host: str = "127.0.0.1",
                  clock: Callable[[], float] = time.time) -> None:
         if offline_after is not None and offline_after <= 0:
             raise CommandError(f"--offline-after must be > 0 seconds, got {offline_after}")
@@ -120,6 +124,10 @@ class Central:
         self.broker_error: Optional[str] = None
         self._next_status = 0.0
         self._saved_connected = False
+        self._metrics: Optional[MetricsServer] = None
+        if metrics_port is not None:
+            self._metrics = MetricsServer(FleetCollector(db_path, self._counters, clock=clock),
+                                          metrics_host, metrics_port)
 
     def _build_client(self) -> mqtt.Client:
         if self.share and not self.settings.persistent:
@@ -152,6 +160,13 @@ class Central:
     def start(self) -> Central:
         """Open the database, start the threads, connect (retrying in the background)."""
         self._store = CentralStore(self.db_path)
+        if self._metrics is not None:
+            try:
+                self._metrics.start()
+            except BaseException:
+                self._store.close()
+                self._store = None
+                raise
         self._ingest = Ingest(self._store, self.prefix, notify=self._webhook_url is not None,
                               offline_after=self.offline_after,
                               group_wait_s=self.group_wait_s,
@@ -168,6 +183,16 @@ class Central:
         self._connect()
         return self
 
+    @property
+    def metrics_port(self) -> Optional[int]:
+        """The port ``/metrics`` is served on (the bound one when 0 was asked), or None."""
+        return None if self._metrics is None else self._metrics.port
+
+    def _counters(self) -> Dict[str, Any]:
+        ingest = self._ingest
+        return {"topics": dict(ingest.topics) if ingest is not None else {},
+                "bad": dict(ingest.bad) if ingest is not None else {}, "dropped": self.dropped}
+
     def _connect(self) -> None:
         try:
             # The first attempt in the foreground: its error says why (refused, no route,
@@ -180,6 +205,8 @@ class Central:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect, write what is queued, stop the threads."""
         self.connected.clear()  # a requested disconnect is not a lost connection
+        if self._metrics is not None:
+            self._metrics.stop()
         stop_client(self._client)
         with self._queue.all_tasks_done:
             self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks,

@@ -517,6 +517,13 @@ class CentralReader:
         """How many notifications wait for delivery."""
         return int(self.conn.execute("SELECT count(*) FROM notifications").fetchone()[0])
 
+    def open_alert_counts(self) -> List[Tuple[str, str, str, int]]:
+        """``(device, kind, severity, count)`` of firing alerts, for the fleet metrics."""
+        rows = self.conn.execute(
+            "SELECT device, COALESCE(kind, ''), COALESCE(severity, ''), count(*) FROM alerts "
+            "WHERE state='firing' GROUP BY device, kind, severity").fetchall()
+        return [(str(d), str(k), str(s), int(n)) for d, k, s, n in rows]
+
     def central_status(self) -> Optional[Dict[str, Any]]:
         """The counters the running central last wrote, or None."""
         row = self.conn.execute("SELECT value FROM meta WHERE key='status'").fetchone()

@@ -114,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "offline after this long without a heartbeat (default: 3 x its interval)")
     p.add_argument("--client-id", help="fixed MQTT client id: a persistent session, so alerts "
                    "sent while the central is down are delivered when it is back")
+    p.add_argument("--metrics-port", type=int, metavar="N", help="serve the fleet's "
+                   "Prometheus metrics from the database on http://HOST:N/metrics (HOST: "
+                   "[central] metrics_host, default 127.0.0.1)")
     p.set_defaults(func=run_central)
 
     f = sub.add_parser("fleet", help="show devices, alerts and commands from the central "
@@ -212,12 +215,17 @@ def run_central(args: argparse.Namespace) -> int:
                       offline_after=args.offline_after or c.offline_after_s,
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       group_interval_s=group_interval, group_by=c.group_by,
+                      metrics_port=c.metrics_port if args.metrics_port is None
+                      else args.metrics_port, metrics_host=c.metrics_host,
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     central.start()
     print(f"central: following {prefix}/+ on {settings.describe()} into {redact_url(db)}",
           flush=True)
+    if central.metrics_port is not None:
+        print(f"central: metrics on http://{c.metrics_host}:{central.metrics_port}/metrics",
+              flush=True)
     try:
         stop.wait()
     finally:
