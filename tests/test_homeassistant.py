@@ -135,7 +135,10 @@ def test_discovery_configs_follow_home_assistant_and_their_templates_read_real_s
         messages = ha.wait_for(problem_seen, timeout=60)
         configs = {t: json.loads(p) for t, p in _latest(messages, "homeassistant/").items()}
         assert len(configs) == len(KINDS) + 5
-        assert all(m.retain for m in messages if m.topic.startswith("homeassistant/"))
+        late = listeners(broker, ["homeassistant/#"], username="homeassistant", password="pw-ha")
+        late.wait_connected()  # Home Assistant starting later gets every config, retained
+        kept = late.wait_for(lambda ms: len(ms) == len(configs))
+        assert all(m.retain for m in kept) and {m.topic for m in kept} == set(configs)
         components = [check_config(t, c) for t, c in configs.items()]
         assert components.count("binary_sensor") == len(KINDS)
         assert len({c["unique_id"] for c in configs.values()}) == len(configs)
