@@ -187,6 +187,11 @@ class Heartbeats:
         self._next_beat = now + min(self.interval_s, 5.0)
         self._next_health = now
 
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the agent started."""
+        return round(time.time() - self._started, 1)
+
     def step(self) -> None:
         """One tick: called every second by the supervisor."""
         self._supervisor.check()
@@ -240,7 +245,7 @@ class Heartbeats:
         info = self._model_info
         return Heartbeat(
             device=self._config.device.id, seq=self._seq, ts=now, interval_s=self.interval_s,
-            uptime_s=round(time.time() - self._started, 1),
+            uptime_s=self.uptime_s,
             model={k: info.get(k) for k in ("path", "sha256", "runtime", "delegate")}
             | {"latency_ms": snap["latency_ms"]},
             camera=self._camera_part(snap, now),

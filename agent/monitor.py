@@ -183,6 +183,11 @@ class Monitor:
         return self._started
 
     @property
+    def last_arrival(self) -> Optional[float]:
+        """When the last frame arrived (``time.monotonic()``), if any."""
+        return self._arrived
+
+    @property
     def last_ts(self) -> Optional[float]:
         """Timestamp of the last frame, if any."""
         return self._observer.last_ts

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._version import __version__
 from .alerts import AlertManager, AlertTransition
@@ -20,7 +20,7 @@ from .commands import handle_command
 from .config import Config
 from .control import ControlServer, socket_path
 from .drift.reference import Reference
-from .errors import BaselineError
+from .errors import BaselineError, ConfigError
 from .heartbeat import Heartbeat, Heartbeats, heartbeat_interval
 from .homeassistant import HomeAssistant
 from .lifecycle import calibration_key
@@ -28,6 +28,9 @@ from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
 from .store import Store
 from .supervise import Supervisor
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,7 @@ class Agent:
                  sink: _StoreSink, alerts: AlertManager, monitor: Monitor,
                  mqtt: Optional[MqttLink], supervisor: Supervisor, heartbeats: Heartbeats,
                  controls: Controls, control: ControlServer, camera: Dict[str, Any],
+                 metrics: Optional[MetricsServer] = None,
                  homeassistant: Optional[HomeAssistant] = None) -> None:
         self.config = config
         self.model_info = model_info
@@ -185,6 +189,7 @@ class Agent:
         self.controls = controls
         self.control = control
         self.camera = camera
+        self.metrics = metrics
         self.homeassistant = homeassistant
         self._closed = False
 
@@ -239,12 +244,18 @@ class Agent:
         ha = None if mqtt is None else _home_assistant(config, info, monitor, heartbeats, mqtt)
         control = ControlServer(socket_path(config), controls, record=store.record_command,
                                 supervisor=supervisor)
+        metrics = _build_metrics(config, dict(
+            config=config, monitor=monitor, store=store, mqtt=mqtt, supervisor=supervisor,
+            heartbeats=heartbeats, model_info=info, camera=camera))
         return cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
                    monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
-                   controls=controls, control=control, camera=camera, homeassistant=ha)
+                   controls=controls, control=control, camera=camera, metrics=metrics,
+                   homeassistant=ha)
 
     def _start_workers(self) -> None:
-        """The control socket, the MQTT link and the heartbeat, under the supervisor."""
+        """Metrics, the control socket, the MQTT link and the heartbeat, under the supervisor."""
+        if self.metrics is not None:  # first: a port in use stops the start before MQTT
+            self.metrics.start(self.supervisor)
         self.control.start()
         self.store.advertise(control_socket=self.control.path)
         if self.mqtt is not None:
@@ -282,6 +293,23 @@ class Agent:
         self.store.close()  # its writer is a worker too: it drains before the supervisor stops
         self.supervisor.stop()
         self.control.close()  # after its worker stopped: no accept() on a closed socket
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _build_metrics(config: Config, parts: Dict[str, Any]) -> Optional[MetricsServer]:
+    """The ``[metrics]`` endpoint and/or textfile, not started; None when neither is on."""
+    m = config.metrics
+    if not (m.enabled or m.textfile):
+        return None
+    try:  # prometheus-client is an extra: only an agent with metrics on needs it
+        from .metrics import MetricsServer, Parts
+    except ImportError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise ConfigError("[metrics] needs prometheus-client: pip install 'edgewatch[metrics]' "
+                          "(or set [metrics] enabled = false and textfile = \"\")") from None
+    return MetricsServer(config, Parts(**parts), textfile_every_s=heartbeat_interval(config))
 
 
 def _home_assistant(config: Config, info: Mapping[str, Any], monitor: Monitor,

@@ -1,0 +1,296 @@
+"""The device's Prometheus metrics, scraped from a real agent over HTTP and from its textfile.
+
+The agent runs the emulated night scene through the real model with MQTT to a real
+Mosquitto and device health on: a warm-up reference is learned, night falls at 60 s of
+frame time and data drift fires. Both forms are parsed with prometheus-client's own parser
+and checked by ``promtool check metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from broker import Broker, free_port
+from helpers import wait
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from running import fast_config, feed_until
+
+from agent.confidence import CONFIDENCE_FEATURES
+from agent.errors import ConfigError
+from agent.metrics import REFERENCE_STATES
+from agent.records import MONITORING_STATES
+from agent.service import Agent
+from agent.stats import IMAGE_FEATURES
+
+NIGHT = "emulated:night?seed=4&size=320x240&onset=60&duration=200"
+Samples = Dict[str, List[Sample]]
+
+
+def parse(text: str) -> Samples:
+    """Every sample by its name (counters as ``_total``, histograms as ``_bucket`` etc.)."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The one sample of ``name`` whose labels include ``labels``."""
+    found = [s.value for s in samples.get(name, []) if labels.items() <= s.labels.items()]
+    assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
+    return float(found[0])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        return str(answer.read().decode())
+
+
+def thermal_zone(root: Path, celsius: float) -> None:
+    zone = root / "thermal_zone0"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text(f"{int(celsius * 1000)}\n")
+
+
+def drifted_with_health(agent: Agent) -> bool:
+    kinds = [a["kind"] for a in agent.monitor.snapshot()["alerts_open"]]
+    return (agent.heartbeats.rate.fps is not None and "data_drift" in kinds
+            and bool(agent.heartbeats.health.last))
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
+          broker_session: Broker) -> Iterator[Dict[str, Any]]:
+    """Scrapes of a running agent once night has raised data drift, and its heartbeat."""
+    tmp = tmp_path_factory.mktemp("metrics")
+    thermal_zone(tmp / "thermal", 52.5)
+    port = free_port()
+    textfile = tmp / "textfile" / "edgewatch.prom"
+    textfile.parent.mkdir()
+    cfg = fast_config(
+        str(tmp / "m.db"), str(model_path), device={"id": "cam-metrics"},
+        metrics={"enabled": True, "port": port, "textfile": str(textfile)},
+        health={"enabled": True, "interval_s": 1, "thermal_root": str(tmp / "thermal")},
+        mqtt={"enabled": True, "host": broker_session.host, "port": broker_session.port,
+              "heartbeat_interval_s": 1.0, "keepalive": 5})
+    fed = feed_until(cfg, NIGHT, drifted_with_health)
+    agent = fed.agent
+    try:
+        wait(lambda: agent.mqtt is not None and agent.mqtt.status()["connected"], 15,
+             "the agent connected to the broker")
+        http = scrape(port)
+        frames = f"edgewatch_frames_total {float(fed.frames)}"
+        # The metrics worker rewrites the file every heartbeat interval: wait for one made
+        # after the last frame.
+        wait(lambda: textfile.exists() and frames in textfile.read_text(), 15,
+             "a textfile written after the feed ended")
+        beat = agent.heartbeat().to_dict()
+        threads = agent.supervisor.health()
+    finally:
+        agent.close()
+    yield {"http": http, "samples": parse(http), "textfile": textfile.read_text(),
+           "folder": textfile.parent, "beat": beat, "frames": fed.frames, "port": port,
+           "sha256": fed.model.info()["sha256"], "threads": threads}
+
+
+def test_frames_fps_and_the_latency_histogram(night: Dict[str, Any]) -> None:
+    s = night["samples"]
+    assert value(s, "edgewatch_frames_total") == night["frames"] > 0
+    assert value(s, "edgewatch_fps") > 0
+    assert value(s, "edgewatch_frames_dropped_total", reason="bad_frame") == 0
+    assert value(s, "edgewatch_frames_dropped_total", reason="source") == 0
+    count = value(s, "edgewatch_inference_seconds_count")
+    assert count == night["frames"]  # every frame's latency, folded in from the ring
+    buckets = [(b.labels["le"], b.value) for b in s["edgewatch_inference_seconds_bucket"]]
+    assert buckets[-1] == ("+Inf", count)
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    total = value(s, "edgewatch_inference_seconds_sum")
+    assert 0 < total / count < 5  # a mean latency in seconds, not milliseconds
+    assert value(s, "edgewatch_uptime_seconds") > 0
+    assert 0 <= value(s, "edgewatch_last_frame_age_seconds") < 60
+
+
+def test_the_info_series_names_device_model_and_version(night: Dict[str, Any]) -> None:
+    (info,) = night["samples"]["edgewatch_info"]
+    assert info.value == 1
+    assert info.labels["device"] == "cam-metrics" and info.labels["camera"]
+    assert info.labels["model_sha256"] == night["sha256"]
+    assert info.labels["runtime"] and info.labels["version"] == night["beat"]["agent_version"]
+
+
+def test_every_image_statistic_with_its_reference_band_and_confidence(
+        night: Dict[str, Any]) -> None:
+    s = night["samples"]
+    stats = {x.labels["feature"]: x.value for x in s["edgewatch_image_stat"]}
+    assert set(stats) == set(IMAGE_FEATURES)
+    assert stats["brightness"] == pytest.approx(night["beat"]["stats"]["brightness"], abs=1e-3)
+    for feature in IMAGE_FEATURES:
+        band = [value(s, "edgewatch_image_stat_reference", feature=feature, quantile=q)
+                for q in ("0.05", "0.5", "0.95")]
+        assert band == sorted(band), feature
+    # Night: the frame is darker than the reference's 5th percentile.
+    assert stats["brightness"] < value(s, "edgewatch_image_stat_reference",
+                                       feature="brightness", quantile="0.05")
+    conf = {x.labels["feature"] for x in s["edgewatch_confidence"]}
+    assert conf == set(CONFIDENCE_FEATURES)
+
+
+def test_drift_scores_and_distances_after_a_drift_test(night: Dict[str, Any]) -> None:
+    s, beat = night["samples"], night["beat"]
+    scores = {x.labels["feature"]: x.value for x in s["edgewatch_drift_score"]}
+    distances = {x.labels["feature"]: x.value for x in s["edgewatch_drift_distance"]}
+    assert scores == beat["drift_scores"] and distances == beat["drift"]
+    assert max(scores.values()) >= 1  # night: over a threshold
+
+
+def test_open_alerts_are_shaped_like_prometheus_alerts(night: Dict[str, Any]) -> None:
+    series = night["samples"]["edgewatch_alerts"]
+    got = {(x.labels["kind"], x.labels["feature"], x.labels["severity"]) for x in series}
+    expected = {(a["kind"], a["feature"], a["severity"]) for a in night["beat"]["alerts_open"]}
+    assert got == expected and ("data_drift", "image") in {(k, f) for k, f, _ in got}
+    assert all(x.value == 1 and x.labels["alertstate"] == "firing" for x in series)
+
+
+def test_monitoring_and_reference_states_are_one_hot(night: Dict[str, Any]) -> None:
+    s = night["samples"]
+    monitoring = {x.labels["state"]: x.value for x in s["edgewatch_monitoring_state"]}
+    reference = {x.labels["state"]: x.value for x in s["edgewatch_reference_state"]}
+    assert set(monitoring) == set(MONITORING_STATES) and set(reference) == set(REFERENCE_STATES)
+    assert [k for k, v in monitoring.items() if v == 1] == ["active"]
+    assert sum(monitoring.values()) == 1
+    assert [k for k, v in reference.items() if v == 1] == ["learned"]
+    assert sum(reference.values()) == 1
+
+
+def test_queues_outbox_mqtt_and_threads(night: Dict[str, Any]) -> None:
+    s = night["samples"]
+    assert value(s, "edgewatch_store_queue_depth") >= 0
+    assert value(s, "edgewatch_store_dropped_total") == 0
+    assert value(s, "edgewatch_store_write_errors_total") == 0
+    assert value(s, "edgewatch_outbox_depth") >= 0
+    assert value(s, "edgewatch_outbox_oldest_age_seconds") >= 0
+    assert value(s, "edgewatch_mqtt_connected") == 1
+    assert value(s, "edgewatch_mqtt_refused_total") == 0
+    threads = {x.labels["thread"]: x.value for x in s["edgewatch_thread_failures_total"]}
+    assert {"edgewatch-heartbeat", "edgewatch-store", "edgewatch-metrics",
+            "edgewatch-metrics-http"} <= set(threads)
+    assert threads == {name: h["failures"] for name, h in night["threads"].items()}
+
+
+def test_device_health(night: Dict[str, Any]) -> None:
+    s = night["samples"]
+    assert value(s, "edgewatch_temperature_celsius") == 52.5  # the thermal zone written
+    assert 0 <= value(s, "edgewatch_cpu_ratio") <= 1
+    assert 0 < value(s, "edgewatch_memory_ratio") < 1
+    assert value(s, "edgewatch_disk_free_bytes") > 0
+    assert "edgewatch_throttled" not in s  # no vcgencmd here: no reading, no series
+
+
+def test_the_textfile_holds_the_same_series_and_no_temporary_file(
+        night: Dict[str, Any]) -> None:
+    from_file = parse(night["textfile"])
+    assert set(from_file) == set(night["samples"])
+    assert value(from_file, "edgewatch_frames_total") == night["frames"]
+    assert [p.name for p in night["folder"].iterdir()] == ["edgewatch.prom"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("form", ["http", "textfile"])
+def test_promtool_check_metrics_passes_without_lint_complaints(night: Dict[str, Any],
+                                                                form: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not installed: run `make stack` (apt-get install prometheus)")
+    done = subprocess.run([promtool, "check", "metrics"], input=night[form], text=True,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
+        done.stdout + done.stderr)
+
+
+def test_the_port_is_closed_with_the_agent(night: Dict[str, Any]) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", night["port"]), timeout=5).close()
+
+
+def test_metrics_off_opens_no_port_and_starts_no_thread(tmp_path: Path, model_path: Path) -> None:
+    port = free_port()
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      metrics={"enabled": False, "port": port})
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+    try:
+        assert agent.metrics is None
+        assert not any(name.startswith("edgewatch-metrics") for name in agent.supervisor.health())
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        agent.close()
+
+
+def test_a_port_in_use_stops_the_start_with_one_line_naming_the_setting(
+        tmp_path: Path, model_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                          metrics={"enabled": True, "port": port})
+        with pytest.raises(ConfigError) as err:
+            Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"[metrics] port {port} is in use" in message and "set [metrics] port" in message
+    # What the failed start opened was released: the same database opens again at once.
+    again = Agent.start(fast_config(str(tmp_path / "m.db"), str(model_path)),
+                        model_info={"path": str(model_path), "sha256": ""})
+    again.close()
+
+
+def test_the_cli_says_so_in_one_line_and_exits_with_the_config_code(
+        tmp_path: Path, write_config: Any, capsys: Any) -> None:
+    from agent.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "m.toml", metrics={"enabled": True, "port": port})
+        code = main(["replay", "emulated:stationary?duration=1", "--config", str(config),
+                     "--db", str(tmp_path / "m.db")])
+    assert code == ConfigError.exit_code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"edgewatch: error: [metrics] port {port} is in use") and "\n" not in err
+
+
+def test_a_textfile_in_a_missing_folder_is_refused_naming_the_setting(
+        tmp_path: Path, model_path: Path) -> None:
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      metrics={"textfile": str(tmp_path / "nowhere" / "edgewatch.prom")})
+    with pytest.raises(ConfigError, match=r"\[metrics\] textfile .* does not exist"):
+        Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+
+
+def test_the_textfile_alone_needs_no_port(tmp_path: Path, model_path: Path) -> None:
+    textfile = tmp_path / "edgewatch.prom"
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      metrics={"enabled": False, "textfile": str(textfile)})
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+    try:
+        assert agent.metrics is not None and agent.metrics.port is None
+        samples = parse(textfile.read_text())  # written at start
+    finally:
+        agent.close()
+    assert value(samples, "edgewatch_frames_total") == 0
+    assert json.dumps(sorted(samples))  # a parseable file with its series
+    assert "edgewatch_inference_seconds_count" in samples
