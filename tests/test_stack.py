@@ -7,11 +7,16 @@ scores, reference bands and an open ``camera_fault`` alert all exist), ``edgewat
 --metrics-port``, and Debian's Prometheus scraping both every second. Grafana itself is in
 neither Debian nor PyPI: its dashboards are checked here through their queries, with the
 template variables substituted as Grafana would.
+
+Only the hardware a device has and this machine lacks is stood in for: a thermal zone in a
+tmp folder (``[health] thermal_root``) and a ``vcgencmd`` on the agent's PATH answering
+``get_throttled`` as a Raspberry Pi does, so the temperature and throttling panels have data.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -105,19 +110,27 @@ def stack(broker: Broker, tmp_path: Path, write_config: Any,
           prometheus_server: Prometheus) -> Iterator[Dict[str, str]]:  # noqa: F811
     """An agent and a central, both scraped by the session's Prometheus."""
     agent_port, central_port = free_port(), free_port()
+    zone, bin_dir = tmp_path / "thermal" / "thermal_zone0", tmp_path / "bin"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("48312\n")  # millidegrees, as sysfs has it
+    bin_dir.mkdir()
+    (bin_dir / "vcgencmd").write_text("#!/bin/sh\necho throttled=0x50000\n")  # throttled before
+    (bin_dir / "vcgencmd").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     cfg = write_config(
         tmp_path / "agent.toml", device={"id": DEVICE, "camera": "door"},
         # A stationary scene long enough to learn the reference, then the lens goes black.
         source={"uri": "emulated:black?seed=3&size=160x120&onset=30", "fps": 15},
         store={"path": tmp_path / "agent.db", "flush_interval_s": 0.2},
-        drift={"warmup_s": 10.0, "eval_interval_s": 0.5},
-        rules={"black_for_s": 0.5, "window_s": 1.0}, health={"enabled": True},
+        drift={"warmup_s": 10.0, "window_frames": 64, "eval_interval_s": 0.5},
+        rules={"black_for_s": 0.5, "window_s": 1.0}, health={"enabled": True, "thermal_root": str(zone.parent)},
         metrics={"enabled": True, "host": "127.0.0.1", "port": agent_port},
         mqtt={"enabled": True, "host": broker.host, "port": broker.port, "device_id": DEVICE,
               "heartbeat_interval_s": 2.0})
     procs = [
         subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env),
         subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--broker", broker.host,
                           "--port", str(broker.port), "--db", str(tmp_path / "central.db"),
                           "--metrics-port", str(central_port)],
@@ -170,6 +183,8 @@ def test_prometheus_scrapes_the_agent_and_the_central_and_every_panel_has_data(
     assert one(prom, f'sum(edgewatch_monitoring_state{{{agent}}})') == 1
     assert one(prom, f'edgewatch_mqtt_connected{{{agent}}}') == 1
     assert 0 <= one(prom, f'edgewatch_cpu_ratio{{{agent}}}') <= 1
+    assert one(prom, f'edgewatch_temperature_celsius{{{agent}}}') == pytest.approx(48.3, abs=0.05)
+    assert one(prom, f'edgewatch_throttled{{{agent}}}') == 0  # throttled since boot, not now
     assert one(prom, f'edgewatch_image_stat{{{agent}, feature="brightness"}}') < 10  # black
     low = one(prom, f'edgewatch_image_stat_reference{{{agent}, feature="brightness", '
                     'quantile="0.05"}')
