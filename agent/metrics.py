@@ -15,13 +15,15 @@ counters), and the output passes ``promtool check metrics``.
 
 ``[metrics] enabled`` serves ``http://host:port/metrics`` (prometheus-client's WSGI app on a
 supervised thread); ``[metrics] textfile`` writes the same metrics to a ``.prom`` file every
-heartbeat interval, replaced atomically (for node_exporter's textfile collector), with or
-without the endpoint. A port already in use stops the agent from starting, with a one-line
-error naming ``[metrics] port``: nothing switches itself off silently.
+heartbeat interval, replaced atomically and readable by node_exporter's user (for its
+textfile collector), with or without the endpoint. A port already in use stops the agent
+from starting, with a one-line error naming ``[metrics] port``: nothing switches itself off
+silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -36,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
-from prometheus_client import CollectorRegistry, make_wsgi_app, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -414,8 +416,21 @@ class MetricsServer:
             self.write_textfile()
 
     def write_textfile(self) -> None:
-        """Write the metrics to ``[metrics] textfile`` (a temporary file, then renamed)."""
-        write_to_textfile(self._config.textfile, self.registry)
+        """Write the metrics to ``[metrics] textfile``: a temporary file, then renamed over it,
+        so node_exporter never reads half a file. Readable by all (node_exporter runs as its
+        own user; the service's umask would hide the file from it)."""
+        path = self._config.textfile
+        tmp = f"{path}.{os.getpid()}.tmp"  # node_exporter reads only *.prom
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), 0o644)
+                out.write(generate_latest(self.registry))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def close(self) -> None:
         """Close the listening socket (once its thread has stopped); idempotent."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import central_helpers
 import pytest
@@ -113,8 +114,21 @@ def test_fleet_metrics_from_the_database(broker, listeners, central_factory,
     assert value("edgewatch_fleet_notifications_pending") == 0
 
 
+def readme_fleet_table() -> Dict[str, Tuple[str, Set[str]]]:
+    """The README's fleet metrics: name -> (type, label names)."""
+    rows: Dict[str, Tuple[str, Set[str]]] = {}
+    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`(edgewatch_fleet_\w+)`", cells[0]) if len(cells) == 5 else None
+        if m:
+            names = re.sub(r"\([^)]*\)", "", cells[3])  # "(values)" are the label's values
+            rows[m.group(1)] = (cells[1], set(re.findall(r"`([a-z0-9_]+)`", names)))
+    return rows
+
+
 @pytest.mark.integration
-def test_promtool_accepts_the_output(broker, listeners, central_factory, tmp_path) -> None:
+def test_promtool_accepts_the_output_and_the_readme_lists_it(broker, listeners,
+                                                              central_factory) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not installed (make stack installs it)")
@@ -123,7 +137,12 @@ def test_promtool_accepts_the_output(broker, listeners, central_factory, tmp_pat
     text = scrape(central.metrics_port or 0)
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
+        done.stdout + done.stderr)
+    scraped = {family.name + ("_total" if family.type == "counter" else ""):
+               (family.type, {k for s in family.samples for k in s.labels})
+               for family in text_string_to_metric_families(text)}
+    assert scraped == readme_fleet_table()
 
 
 def test_a_second_worker_serves_the_whole_fleet(broker, listeners, central_factory,

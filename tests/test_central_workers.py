@@ -132,11 +132,12 @@ def test_a_storm_of_devices_going_dark_is_one_call_per_group_window(
     wait(lambda: central.status()["webhook_sent"] == 1, what="the first call recorded")
     assert first["group"] == "device/offline"
     listed: Set[str] = set(first["devices"])
+    # The call is counted just before the commit that records it: wait for that commit.
+    sent_at = wait(lambda: central_db.query("SELECT last_sent FROM notify_groups WHERE grp=?",
+                                            "device/offline"), what="the call committed")[0][0]
     # Whatever missed the first call waits out the group interval: one call per window.
     waiting = central_db.query("SELECT device, next_at FROM notifications")
     assert listed | {d for d, _ in waiting} == set(devices)
-    sent_at = central_db.query("SELECT last_sent FROM notify_groups WHERE grp=?",
-                               "device/offline")[0][0]
     assert all(next_at >= sent_at + 600.0 for _, next_at in waiting)
     assert central.status()["webhook_sent"] == 1
     assert first["text"].startswith(f"[OFFLINE] {len(listed)} devices: cam-000")

@@ -9,16 +9,17 @@ and checked by ``promtool check metrics``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 from broker import Broker, free_port
-from helpers import wait
+from helpers import REPO, wait
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from running import fast_config, feed_until
@@ -101,6 +102,7 @@ def night(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
     finally:
         agent.close()
     yield {"http": http, "samples": parse(http), "textfile": textfile.read_text(),
+           "textfile_mode": textfile.stat().st_mode & 0o777,
            "folder": textfile.parent, "beat": beat, "frames": fed.frames, "port": port,
            "sha256": fed.model.info()["sha256"], "threads": threads}
 
@@ -204,6 +206,35 @@ def test_the_textfile_holds_the_same_series_and_no_temporary_file(
     assert set(from_file) == set(night["samples"])
     assert value(from_file, "edgewatch_frames_total") == night["frames"]
     assert [p.name for p in night["folder"].iterdir()] == ["edgewatch.prom"]
+    assert night["textfile_mode"] == 0o644  # node_exporter runs as another user
+
+
+def readme_table() -> Dict[str, Tuple[str, Set[str]]]:
+    """The README's device metrics: name -> (type, label names)."""
+    rows: Dict[str, Tuple[str, Set[str]]] = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`(edgewatch_\w+)`", cells[0]) if len(cells) == 5 else None
+        if m and not m.group(1).startswith("edgewatch_fleet_"):
+            names = re.sub(r"\([^)]*\)", "", cells[3])  # "(values)" are the label's values
+            rows[m.group(1)] = (cells[1], set(re.findall(r"`([a-z0-9_]+)`", names)))
+    return rows
+
+
+def test_the_readme_table_lists_every_metric_with_its_type_and_labels(
+        night: Dict[str, Any]) -> None:
+    table = readme_table()
+    scraped: Dict[str, Tuple[str, Set[str]]] = {}
+    for family in text_string_to_metric_families(night["http"]):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        scraped[name] = (family.type, {k for s in family.samples for k in s.labels})
+    for name, (kind, labels) in scraped.items():
+        assert name in table, f"{name} is missing from the README's metrics table"
+        assert table[name][0] == kind, f"{name}: README says {table[name][0]}, it is a {kind}"
+        if labels or kind != "gauge":  # a labelled gauge with no series shows none
+            assert table[name][1] == labels, f"{name}: README labels {table[name][1]} vs {labels}"
+    # Only what this machine cannot show is listed without being scraped here.
+    assert set(table) - set(scraped) == {"edgewatch_throttled"}
 
 
 @pytest.mark.integration

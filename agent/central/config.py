@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Tuple
 from .._configparse import build_section
 from ..config import from_dict, load_config, read_toml
 from ..errors import ConfigError
-from .notify import DEFAULT_GROUP_BY, check_group_by, check_url
+from .notify import DEFAULT_GROUP_BY, check_group_by, check_url, webhook_targets
 
 __all__ = ["CentralSection", "CentralConfig", "load_central_config",
            "central_config_from_dict"]
@@ -34,7 +34,8 @@ class CentralSection:
     """The ``[central]`` section."""
 
     db: str = "edgewatch-central.db"  # a SQLite file or a postgresql:// URL
-    webhook: Optional[str] = None  # http(s) URL for alert and device notifications
+    webhook: Optional[str] = None  # [FORMAT=]URL for alert and device notifications
+    webhooks: Tuple[str, ...] = ()  # more webhooks, each [FORMAT=]URL (json, slack, generic)
     webhook_expire_s: float = 86400.0  # give up on a notification undelivered this long
     group_wait_s: float = 5.0  # hold notifications so a storm leaves as one call per group
     group_interval_s: float = 30.0  # after a group went out, hold its next ones this long
@@ -47,14 +48,14 @@ class CentralSection:
     password_file: Optional[str] = None  # file holding the MQTT password
     metrics_port: Optional[int] = None  # serve the fleet's /metrics on this port (0: any free)
     metrics_host: str = "127.0.0.1"  # the address /metrics listens on
+    alertmanager: Optional[str] = None  # Alertmanager base URL: alerts posted to its v2 API
+    alertmanager_interval_s: float = 60.0  # open alerts posted again this often
 
     def __post_init__(self) -> None:
-        if self.webhook is not None:
-            try:
-                check_url(self.webhook)
-            except ConfigError as exc:
-                raise ConfigError(f"central.webhook: {str(exc).replace('--webhook ', '')}"
-                                  ) from None
+        webhook_targets([*([self.webhook] if self.webhook is not None else []),
+                         *self.webhooks], "central.webhook:")
+        if self.alertmanager is not None:
+            check_url(self.alertmanager, "central.alertmanager:")
         for key in ("group_wait_s", "group_interval_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"central.{key}: must be >= 0, got {getattr(self, key)}")
@@ -62,7 +63,8 @@ class CentralSection:
             object.__setattr__(self, "group_by", check_group_by(list(self.group_by)))
         except ConfigError as exc:
             raise ConfigError(f"central.{exc}") from None
-        for key in ("webhook_expire_s", "keep_history_days", "offline_after_s"):
+        for key in ("webhook_expire_s", "keep_history_days", "offline_after_s",
+                    "alertmanager_interval_s"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"central.{key}: must be > 0, got {value}")

@@ -64,12 +64,12 @@ class Ingest:
     def __init__(self, store: CentralStore, prefix: str, *, notify: bool,
                  offline_after: Optional[float] = None, limits: Limits = DEFAULT_LIMITS,
                  group_wait_s: float = 0.0, group_interval_s: float = 0.0,
-                 group_by: Sequence[str] = DEFAULT_GROUP_BY,
+                 group_by: Sequence[str] = DEFAULT_GROUP_BY, targets: Sequence[str] = ("",),
                  clock: Callable[[], float]) -> None:
         self.store, self.prefix, self.notify = store, prefix, notify
         self.offline_after, self.limits, self._clock = offline_after, limits, clock
         self.group_wait_s, self.group_interval_s = group_wait_s, group_interval_s
-        self.group_by = tuple(group_by)
+        self.group_by, self.targets = tuple(group_by), tuple(targets)  # one row per webhook
         self.counts: Dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self._work = self.counts
         self.bad: Dict[str, int] = {}
@@ -127,7 +127,7 @@ class Ingest:
                 if self.notify:
                     self.store.enqueue("alert", alert_group(record, self.group_by),
                                        record.device, alert_body(record), now,
-                                       self.group_wait_s, self.group_interval_s)
+                                       self.group_wait_s, self.group_interval_s, self.targets)
                     queued += 1
             else:
                 self._work["alert_duplicates"] += 1
@@ -149,7 +149,7 @@ class Ingest:
             if self.notify:
                 group = f"device/{'online' if change.online else 'offline'}"
                 self.store.enqueue("device", group, change.device, device_body(change), now,
-                                   self.group_wait_s, self.group_interval_s)
+                                   self.group_wait_s, self.group_interval_s, self.targets)
         return len(changes)
 
     def check_overdue(self) -> int:

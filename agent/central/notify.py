@@ -28,26 +28,33 @@ agent.errors.ConfigError: --webhook must be an http:// or https:// URL ..., got 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
+from .formats import generic_body, slack_body
 from .records import AlertTransition
 from .store import CentralReader, CentralStore, DeviceChange, Notification
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUP_LABELS", "check_url", "redact", "webhook_body", "alert_body", "device_body",
+__all__ = ["FORMATS", "WebhookTarget", "parse_webhook", "webhook_targets", "DbSender",
+           "GROUP_LABELS", "POST_ERRORS", "HttpStatus", "post_json", "describe_error",
+           "check_url", "redact", "webhook_body", "alert_body", "device_body",
            "alert_group", "check_group_by", "group_body", "WebhookSender"]
 
 # What alert notifications can be grouped by (Alertmanager's group_by).
 GROUP_LABELS = ("transition", "kind", "severity", "feature", "camera", "device")
 DEFAULT_GROUP_BY = ("transition", "kind")
+#: Webhook body formats (``--webhook FORMAT=URL``): the stored JSON, Slack's, a flat one.
+FORMATS = ("json", "slack", "generic")
 
 StoreOp = Callable[[CentralStore], Any]
 RunInWriter = Callable[[StoreOp], Any]
@@ -64,7 +71,7 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/…"
 
 
-def check_url(url: str) -> str:
+def check_url(url: str, flag: str = "--webhook") -> str:
     """``url`` when it is an http(s) URL with a host; a one-line :class:`ConfigError` if not."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -74,7 +81,7 @@ def check_url(url: str) -> str:
         ok = False
     if not ok:
         shown = redact(url) if "://" in url else url.split("/", 1)[0][:60]
-        raise ConfigError(f"--webhook must be an http:// or https:// URL with a host, got "
+        raise ConfigError(f"{flag} must be an http:// or https:// URL with a host, got "
                           f"{shown!r} (check the URL)")
     return url
 
@@ -144,29 +151,70 @@ def group_body(group: str, items: List[Tuple[str, Dict[str, Any]]], *,
             "devices": devices, "notifications": [body for _, body in items]}
 
 
-class WebhookSender:
-    """Posts due notifications from the database; its ``step`` runs under the supervisor."""
+@dataclass(frozen=True)
+class WebhookTarget:
+    """One webhook: its URL and the format of the bodies it is sent (:data:`FORMATS`)."""
 
-    def __init__(self, url: str, db_path: str, run_in_writer: RunInWriter, *,
-                 timeout_s: float = 5.0, backoff_s: float = 1.0, max_backoff_s: float = 300.0,
-                 expire_s: float = 86400.0, poll_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
-        if expire_s <= 0 or backoff_s <= 0 or max_backoff_s < backoff_s:
-            raise ConfigError("webhook expiry and backoff must be > 0 and max >= backoff")
-        self.url = check_url(url)
+    url: str
+    format: str = "json"
+
+    @property
+    def key(self) -> str:
+        """The ``target`` of its notifications in the database: a hash, never the URL
+        (often a secret token)."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+
+def parse_webhook(text: str, flag: str = "--webhook") -> WebhookTarget:
+    """``[FORMAT=]URL`` as a :class:`WebhookTarget`; a one-line :class:`ConfigError` if bad.
+
+    >>> parse_webhook("slack=https://hooks.slack.com/services/T/B/X").format
+    'slack'
+    >>> parse_webhook("https://example.com/hook?a=b").format
+    'json'
+    """
+    head, sep, rest = text.partition("=")
+    if sep and "/" not in head and ":" not in head:
+        if head not in FORMATS:
+            raise ConfigError(f"{flag} has an unknown format {head[:20]!r} in FORMAT=URL (valid: "
+                              f"{', '.join(FORMATS)})")
+        return WebhookTarget(check_url(rest, flag), head)
+    return WebhookTarget(check_url(text, flag))
+
+
+def webhook_targets(texts: Sequence[str], flag: str = "--webhook") -> Tuple[WebhookTarget, ...]:
+    """Each ``[FORMAT=]URL`` parsed; a URL given twice is refused."""
+    targets = tuple(parse_webhook(t, flag) for t in texts)
+    urls = [t.url for t in targets]
+    for url in urls:
+        if urls.count(url) > 1:
+            raise ConfigError(f"{flag} gives the same URL {redact(url)} twice (one format "
+                              "per webhook)")
+    return targets
+
+
+class DbSender:
+    """What a sender thread shares: a lazily opened read connection and a wake-up event."""
+
+    def __init__(self, db_path: str) -> None:
         self._db_path = db_path
         self._reader: Optional[CentralReader] = None
-        self._run = run_in_writer
-        self.timeout_s, self.backoff_s, self.max_backoff_s = timeout_s, backoff_s, max_backoff_s
-        self.expire_s, self.poll_s, self._clock = expire_s, poll_s, clock
         self._wake = threading.Event()
-        self._failing = False
-        # sent: webhook calls that went through; notifications_sent: what they carried.
-        self.counts = {"sent": 0, "notifications_sent": 0, "failed_attempts": 0, "expired": 0}
+
+    def reader(self) -> CentralReader:
+        """The read connection (opened on first use, in the sender's thread)."""
+        if self._reader is None:
+            self._reader = CentralReader(self._db_path)
+        return self._reader
 
     def wake(self) -> None:
-        """Look for due notifications now (a new one was committed)."""
+        """Look at the database now (something new was committed)."""
         self._wake.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when woken."""
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def close(self) -> None:
         """Close the read connection."""
@@ -175,14 +223,40 @@ class WebhookSender:
             self._reader.close()
             self._reader = None
 
+
+class WebhookSender(DbSender):
+    """Posts due notifications from the database; its ``step`` runs under the supervisor.
+
+    ``keys`` are the database ``target`` values it delivers (its own, and ``''`` for the
+    first webhook: notifications queued before there were several).
+    """
+
+    def __init__(self, url: str, db_path: str, run_in_writer: RunInWriter, *,
+                 fmt: str = "json", keys: Sequence[str] = ("",),
+                 timeout_s: float = 5.0, backoff_s: float = 1.0, max_backoff_s: float = 300.0,
+                 expire_s: float = 86400.0, poll_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if expire_s <= 0 or backoff_s <= 0 or max_backoff_s < backoff_s:
+            raise ConfigError("webhook expiry and backoff must be > 0 and max >= backoff")
+        if fmt not in FORMATS:
+            raise ConfigError(f"webhook format {fmt!r}: one of {', '.join(FORMATS)}")
+        super().__init__(db_path)
+        self.url, self.format, self.keys = check_url(url), fmt, tuple(keys)
+        self._run = run_in_writer
+        self.timeout_s, self.backoff_s, self.max_backoff_s = timeout_s, backoff_s, max_backoff_s
+        self.expire_s, self.poll_s, self._clock = expire_s, poll_s, clock
+        self._failing = False
+        # sent: webhook calls that went through; notifications_sent: what they carried.
+        self.counts = {"sent": 0, "notifications_sent": 0, "failed_attempts": 0, "expired": 0}
+
     def status(self) -> Dict[str, Any]:
         """Counters and whether the webhook is failing now."""
-        return {**self.counts, "failing": self._failing, "url": redact(self.url)}
+        return {**self.counts, "failing": self._failing, "url": redact(self.url),
+                "format": self.format}
 
     def step(self) -> None:
         """Deliver what is due, expire what is too old, then wait for more (or ``poll_s``)."""
-        if self._reader is None:
-            self._reader = CentralReader(self._db_path)
+        reader = self.reader()
         now = self._clock()
         expired = int(self._run(lambda s: s.expire(now - self.expire_s)) or 0)
         if expired:
@@ -190,14 +264,24 @@ class WebhookSender:
             log.warning("webhook %s: %d notification(s) undelivered for %.0f s expired",
                         redact(self.url), expired, self.expire_s)
         groups: Dict[str, List[Notification]] = {}
-        for note in self._reader.due_notifications(now):
+        for note in reader.due_notifications(now, targets=self.keys):
             groups.setdefault(note.group, []).append(note)
         for notes in groups.values():
             self._deliver(notes)
-        due = self._reader.next_due()
-        wait = self.poll_s if due is None else min(self.poll_s, max(0.0, due - self._clock()))
-        self._wake.wait(wait)
-        self._wake.clear()
+        due = reader.next_due(self.keys)
+        self.sleep(self.poll_s if due is None else min(self.poll_s, max(0.0, due - self._clock())))
+
+    def _body(self, group: str, notes: List[Notification]) -> str:
+        """The body in this webhook's format (stored bodies are the ``json`` format)."""
+        if self.format == "json":
+            return notes[0].body if len(notes) == 1 else json.dumps(
+                group_body(group, [(n.device, json.loads(n.body)) for n in notes]))
+        bodies = [json.loads(n.body) for n in notes]
+        if self.format == "generic":
+            return json.dumps(generic_body(group, bodies))
+        head = None if len(notes) == 1 else group_body(
+            group, [(n.device, b) for n, b in zip(notes, bodies)])["text"].split("\n")[0]
+        return json.dumps(slack_body(head, bodies))
 
     def _deliver(self, notes: List[Notification]) -> None:
         # Several workers may see the same due notifications: each posts only what it claimed.
@@ -206,15 +290,14 @@ class WebhookSender:
         if not notes:
             return
         ids, group = [n.id for n in notes], notes[0].group
-        body = notes[0].body if len(notes) == 1 else json.dumps(
-            group_body(group, [(n.device, json.loads(n.body)) for n in notes]))
+        body = self._body(group, notes)
         try:
             self._post(body.encode())
-        except (OSError, ValueError, http.client.HTTPException, _HttpStatus) as exc:
+        except POST_ERRORS as exc:
             self.counts["failed_attempts"] += 1
             tries = max(n.attempts for n in notes)
             delay = min(self.backoff_s * 2.0 ** min(tries, 30), self.max_backoff_s)
-            error = _describe(exc)
+            error = describe_error(exc)
             self._run(lambda s: s.retry_later(ids, self._clock() + delay, error))
             if not self._failing:
                 self._failing = True
@@ -231,31 +314,42 @@ class WebhookSender:
             log.info("webhook %s delivering again", redact(self.url))
 
     def _post(self, data: bytes) -> None:
-        # http.client, not urllib: the connection is closed on every path (urllib leaves the
-        # socket of a timed-out or refused response to the garbage collector).
-        parts = urllib.parse.urlsplit(self.url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname or "", parts.port, timeout=self.timeout_s)
-        try:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            resp.read()
-            if not 200 <= resp.status < 300:
-                raise _HttpStatus(resp.status, resp.reason)
-        finally:
-            conn.close()
+        post_json(self.url, data, self.timeout_s)
 
 
-class _HttpStatus(Exception):
-    """The webhook answered, but not with 2xx."""
+class HttpStatus(Exception):
+    """The server answered, but not with 2xx."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"HTTP {status} {reason}")
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(f"HTTP {status} {reason}" + (f": {detail}" if detail else ""))
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _HttpStatus):
+#: What a failed POST raises: retried, never fatal.
+POST_ERRORS = (OSError, ValueError, http.client.HTTPException, HttpStatus)
+
+
+def post_json(url: str, data: bytes, timeout_s: float) -> None:
+    """POST JSON to ``url``; :data:`POST_ERRORS` unless the answer is 2xx."""
+    # http.client, not urllib: the connection is closed on every path (urllib leaves the
+    # socket of a timed-out or refused response to the garbage collector).
+    parts = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout_s)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = resp.read(300)
+        if not 200 <= resp.status < 300:
+            detail = answer.decode("utf-8", "replace").strip().splitlines()
+            raise HttpStatus(resp.status, resp.reason, detail[0][:200] if detail else "")
+    finally:
+        conn.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """A failed POST's reason in a few words."""
+    if isinstance(exc, HttpStatus):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

@@ -12,6 +12,8 @@ reported in :meth:`Central.status` and ``edgewatch fleet``):
   after ``max_consecutive`` failures in a row the central gives up (``on_fatal``) and
   ``edgewatch central`` exits non-zero so that systemd restarts it;
 - ``edgewatch-central-webhook`` posts notifications from the database;
+- ``edgewatch-central-alertmanager`` posts open and resolved alerts to Alertmanager
+  (:mod:`agent.central.alertmanager`), every interval and on each change;
 - ``edgewatch-central-overdue`` marks silent devices offline and saves the status row;
 - with ``metrics_port``, prometheus-client's server thread answers ``/metrics`` from the
   database (:mod:`agent.central.metrics`).
@@ -32,9 +34,10 @@ import paho.mqtt.client as mqtt
 from ..errors import CommandError
 from ..mqttclient import ClientSettings, build_client, stop_client
 from ..supervise import Supervisor
+from .alertmanager import AlertmanagerSender
 from .ingest import Ingest
 from .metrics import FleetCollector, MetricsServer
-from .notify import DEFAULT_GROUP_BY, WebhookSender, check_group_by, check_url
+from .notify import DEFAULT_GROUP_BY, WebhookSender, check_group_by, webhook_targets
 from .store import CentralStore
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ class Central:
 
     def __init__(self, host: str, port: int = 1883, db_path: str = "edgewatch-central.db", *,
                  prefix: str = "edgewatch/v1", webhook: Optional[str] = None,
-                 share: Optional[str] = None, username: Optional[str] = None,
+                 webhooks: Sequence[str] = (), share: Optional[str] = None, username: Optional[str] = None,
                  password: Optional[str] = None, tls_ca: Optional[str] = None,
                  cert_file: Optional[str] = None, key_file: Optional[str] = None,
                  protocol: str = "5", offline_after: Optional[float] = None,
@@ -85,15 +88,17 @@ class Central:
                  on_fatal: Optional[Callable[[str], None]] = None,
                  settings: Optional[ClientSettings] = None,
                  metrics_port: Optional[int] = None, metrics_host: str = "127.0.0.1",
+                 alertmanager: Optional[str] = None, alertmanager_interval_s: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
         if offline_after is not None and offline_after <= 0:
             raise CommandError(f"--offline-after must be > 0 seconds, got {offline_after}")
-        if webhook is not None:
-            check_url(webhook)
+        # Each "[FORMAT=]URL"; ``webhook`` first, so that it keeps the notifications queued
+        # before there were several.
+        self.webhooks = webhook_targets([*([webhook] if webhook is not None else []),
+                                         *webhooks])
         self.db_path, self.prefix = db_path, prefix
         self.share, self.offline_after, self._clock = share, offline_after, clock
-        self._webhook_url, self._notify_expire_s = webhook, notify_expire_s
-        self._webhook_backoff_s = webhook_backoff_s
+        self._notify_expire_s, self._webhook_backoff_s = notify_expire_s, webhook_backoff_s
         if keep_history_s <= 0:
             raise CommandError(f"history retention must be > 0 seconds, got {keep_history_s}")
         self.keep_history_s = keep_history_s
@@ -117,17 +122,17 @@ class Central:
         self._supervisor = Supervisor(max_consecutive=max_consecutive, on_fatal=on_fatal)
         self._store: Optional[CentralStore] = None
         self._ingest: Optional[Ingest] = None
-        self._sender: Optional[WebhookSender] = None
+        self._senders: List[WebhookSender] = []
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker has acknowledged the subscriptions
         self.dropped = 0
         self.broker_error: Optional[str] = None
-        self._next_status = 0.0
-        self._saved_connected = False
-        self._metrics: Optional[MetricsServer] = None
-        if metrics_port is not None:
-            self._metrics = MetricsServer(FleetCollector(db_path, self._counters, clock=clock),
-                                          metrics_host, metrics_port)
+        self._next_status, self._saved_connected = 0.0, False
+        # Both checked here (URL, port range): a bad flag fails before anything starts.
+        self._alertmanager = None if alertmanager is None else AlertmanagerSender(
+            alertmanager, db_path, interval_s=alertmanager_interval_s, clock=clock)
+        self._metrics = None if metrics_port is None else MetricsServer(
+            FleetCollector(db_path, self._counters, clock=clock), metrics_host, metrics_port)
 
     def _build_client(self) -> mqtt.Client:
         if self.share and not self.settings.persistent:
@@ -167,7 +172,8 @@ class Central:
                 self._store.close()
                 self._store = None
                 raise
-        self._ingest = Ingest(self._store, self.prefix, notify=self._webhook_url is not None,
+        self._ingest = Ingest(self._store, self.prefix, notify=bool(self.webhooks),
+                              targets=[t.key for t in self.webhooks],
                               offline_after=self.offline_after,
                               group_wait_s=self.group_wait_s,
                               group_interval_s=self.group_interval_s, group_by=self.group_by,
@@ -175,11 +181,16 @@ class Central:
         sup = self._supervisor
         sup.spawn("edgewatch-central-db", self._write_step, critical=True, backoff_s=0.5)
         sup.spawn("edgewatch-central-overdue", self._periodic, interval_s=_CHECK_S)
-        if self._webhook_url is not None:
-            self._sender = WebhookSender(self._webhook_url, self.db_path, self.run_in_writer,
-                                         expire_s=self._notify_expire_s,
-                                         backoff_s=self._webhook_backoff_s, clock=self._clock)
-            sup.spawn("edgewatch-central-webhook", self._sender.step, backoff_s=1.0)
+        for i, target in enumerate(self.webhooks):
+            sender = WebhookSender(target.url, self.db_path, self.run_in_writer,
+                                   fmt=target.format, keys=(target.key, "") if i == 0
+                                   else (target.key,), expire_s=self._notify_expire_s,
+                                   backoff_s=self._webhook_backoff_s, clock=self._clock)
+            self._senders.append(sender)
+            sup.spawn("edgewatch-central-webhook" + (f"-{i + 1}" if i else ""), sender.step,
+                      backoff_s=1.0)
+        if self._alertmanager is not None:
+            sup.spawn("edgewatch-central-alertmanager", self._alertmanager.step, backoff_s=1.0)
         self._connect()
         return self
 
@@ -211,11 +222,14 @@ class Central:
         with self._queue.all_tasks_done:
             self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks,
                                                 timeout)
-        if self._sender is not None:
-            self._sender.wake()
+        self._supervisor.stop_event.set()  # then woken, the senders' steps do not wait again
+        for sender in (*self._senders, self._alertmanager):
+            if sender is not None:
+                sender.wake()
         self._supervisor.stop(timeout)
-        if self._sender is not None:
-            self._sender.close()
+        for sender in (*self._senders, self._alertmanager):
+            if sender is not None:
+                sender.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -242,8 +256,11 @@ class Central:
             bad_messages=ingest.bad_total if ingest is not None else 0,
             threads=self._supervisor.health(), thread_failures=self._supervisor.failures(),
             fatal=self._supervisor.fatal, ts=self._clock())
-        if self._sender is not None:
-            out.update({f"webhook_{k}": v for k, v in self._sender.status().items()})
+        if self._senders:  # the first webhook's as before; every one's under "webhooks"
+            out.update({f"webhook_{k}": v for k, v in self._senders[0].status().items()})
+            out["webhooks"] = [sender.status() for sender in self._senders]
+        if self._alertmanager is not None:
+            out.update({f"alertmanager_{k}": v for k, v in self._alertmanager.status().items()})
         return out
 
     # -- network thread ---------------------------------------------------------------------
@@ -323,8 +340,10 @@ class Central:
             else:
                 # Kept until applied: a failure (disk full, say) retries it after a backoff.
                 self._pending = item
-                if self._ingest.handle(item.topic, item.payload) and self._sender is not None:
-                    self._sender.wake()
+                if self._ingest.handle(item.topic, item.payload):
+                    self._wake_senders()
+                if self._alertmanager is not None and "/alerts" in item.topic:
+                    self._alertmanager.wake()
                 self._pending = None
                 self._ack(item)
         finally:
@@ -365,8 +384,12 @@ class Central:
                              pruned, self.keep_history_s / 86400)
             return changed
 
-        if self.run_in_writer(check) and self._sender is not None:
-            self._sender.wake()
+        if self.run_in_writer(check):
+            self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        for sender in self._senders:
+            sender.wake()
 
     def check_overdue(self) -> int:
         """Mark online devices whose heartbeat is overdue offline now; how many changed."""

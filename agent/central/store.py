@@ -18,7 +18,9 @@ workers starting together migrate once:
 1. the first schema (devices, alerts keyed by id, alert events, heartbeats, command results);
 2. alerts, alert events and command results keyed by device; snooze state; commands sent;
    the durable notification queue; the central's status row;
-3. when each notification group last went out (``group_interval``).
+3. when each notification group last went out (``group_interval``);
+4. each notification addressed to one webhook (``target``; several webhooks, each with its
+   format, each delivered and retried on its own).
 
 Between workers on one PostgreSQL, primary keys and conditional updates are the gates: an
 alert transition's ``(device, id, seq)``, a device's online flag, a notification's claim.
@@ -96,7 +98,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
 _V3 = """
 CREATE TABLE notify_groups (grp TEXT PRIMARY KEY, last_sent REAL NOT NULL)
 """
-MIGRATIONS: Tuple[str, ...] = (_V1, _V2, _V3)
+_V4 = """
+ALTER TABLE notifications ADD COLUMN target TEXT NOT NULL DEFAULT ''
+"""
+MIGRATIONS: Tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 _ALERT_COLUMNS = ("device", "id", "fingerprint", "seq", "state", "transition", "kind",
                   "severity", "feature", "camera", "message", "ts", "starts_at", "ends_at",
@@ -349,9 +354,9 @@ class CentralStore:
 
     def resolve_cleared(self, device: str, fingerprint: str, now: float) -> None:
         """A cleared retained state: the device's firing alert with that fingerprint resolved."""
-        self.conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?) "
-                          "WHERE device=? AND fingerprint=? AND state='firing'",
-                          (now, device, fingerprint))
+        self.conn.execute("UPDATE alerts SET state='resolved', ends_at=COALESCE(ends_at,?), "
+                          "received=? WHERE device=? AND fingerprint=? AND state='firing'",
+                          (now, now, device, fingerprint))
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -376,8 +381,9 @@ class CentralStore:
     # -- notifications -----------------------------------------------------------------------
 
     def enqueue(self, kind: str, group: str, device: str, body: Dict[str, Any], now: float,
-                wait_s: float = 0.0, interval_s: float = 0.0) -> None:
-        """Keep a webhook body until it is delivered or expires.
+                wait_s: float = 0.0, interval_s: float = 0.0,
+                targets: Sequence[str] = ("",)) -> None:
+        """Keep a webhook body, once per webhook ``targets``, until delivered or expired.
 
         Due after ``wait_s`` (Alertmanager's group_wait), and not before ``interval_s`` after
         its group last went out (group_interval): a storm that lasts longer than the wait
@@ -389,9 +395,10 @@ class CentralStore:
                                     (group,)).fetchone()
             if row is not None and row[0] + interval_s > now:
                 due = max(due, float(row[0]) + interval_s)
-        self.conn.execute("INSERT INTO notifications (kind, grp, device, body, created, next_at)"
-                          " VALUES (?,?,?,?,?,?)",
-                          (kind, group, device, json.dumps(body), now, due))
+        text = json.dumps(body)
+        self.conn.executemany("INSERT INTO notifications (kind, grp, device, body, created, "
+                              "next_at, target) VALUES (?,?,?,?,?,?,?)",
+                              [(kind, group, device, text, now, due, t) for t in targets])
 
     def claim(self, notes: Sequence[Notification], until: float) -> List[Notification]:
         """The notifications this worker may post: those no other worker claimed meanwhile.
@@ -495,22 +502,26 @@ class CentralReader:
             "r.received AS answered FROM commands c LEFT JOIN command_results r "
             "ON r.device=c.device AND r.id=c.id ORDER BY c.received DESC, c.id DESC LIMIT ?", (limit,))
 
-    def due_notifications(self, now: float, limit: int = 1000) -> List[Notification]:
-        """Notifications due now, oldest first, with the fresh ones of the same groups.
+    def due_notifications(self, now: float, limit: int = 1000,
+                          targets: Sequence[str] = ("",)) -> List[Notification]:
+        """Notifications for ``targets`` due now, oldest first, with the fresh ones of the
+        same groups.
 
         A group is due when its oldest notification is; notifications of that group that
         are still waiting out their group wait (never tried) join it, as in Alertmanager.
         """
+        marks = ",".join("?" * len(targets))
         rows = self.conn.execute(
             "SELECT id, kind, grp, device, body, created, attempts, next_at FROM notifications "
-            "WHERE grp IN (SELECT grp FROM notifications WHERE next_at <= ?) "
-            "AND (next_at <= ? OR attempts = 0) ORDER BY id LIMIT ?",
-            (now, now, limit)).fetchall()
+            f"WHERE target IN ({marks}) AND grp IN (SELECT grp FROM notifications WHERE "
+            f"next_at <= ? AND target IN ({marks})) AND (next_at <= ? OR attempts = 0) "
+            "ORDER BY id LIMIT ?", (*targets, now, *targets, now, limit)).fetchall()
         return [Notification(*row) for row in rows]
 
-    def next_due(self) -> Optional[float]:
-        """When the next waiting notification is due, or None when none waits."""
-        row = self.conn.execute("SELECT min(next_at) FROM notifications").fetchone()
+    def next_due(self, targets: Sequence[str] = ("",)) -> Optional[float]:
+        """When the next notification for ``targets`` is due, or None when none waits."""
+        row = self.conn.execute("SELECT min(next_at) FROM notifications WHERE target IN "
+                                f"({','.join('?' * len(targets))})", tuple(targets)).fetchone()
         return None if row[0] is None else float(row[0])
 
     def pending_notifications(self) -> int:
@@ -523,6 +534,15 @@ class CentralReader:
             "SELECT device, COALESCE(kind, ''), COALESCE(severity, ''), count(*) FROM alerts "
             "WHERE state='firing' GROUP BY device, kind, severity").fetchall()
         return [(str(d), str(k), str(s), int(n)) for d, k, s, n in rows]
+
+    def alerts_changed(self, since: float, resolved_after: float) -> List[Dict[str, Any]]:
+        """Alerts received since ``since`` that are firing, or resolved after
+        ``resolved_after``, oldest received first (what Alertmanager is told)."""
+        return self._dicts(
+            "SELECT device, id, state, kind, severity, feature, camera, message, ts, starts_at, "
+            "ends_at, received, payload FROM alerts WHERE received >= ? AND "
+            "(state='firing' OR received >= ?) ORDER BY received, device, id",
+            (since, resolved_after))
 
     def central_status(self) -> Optional[Dict[str, Any]]:
         """The counters the running central last wrote, or None."""

@@ -96,8 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _broker_args(p)
     p.add_argument("--db", help=f"central database: a SQLite file or a postgresql:// URL "
                    f"(default: {DEFAULT_DB})")
-    p.add_argument("--webhook", metavar="URL", help="POST each alert transition and device "
-                   "offline/online change here as JSON (Slack-compatible 'text' field)")
+    p.add_argument("--webhook", metavar="[FORMAT=]URL", action="append", help="POST each "
+                   "alert transition and device offline/online change here; FORMAT: json (the "
+                   "default: 'text' and the record), slack (a readable message) or generic (flat "
+                   "JSON); repeat for several webhooks")
     p.add_argument("--webhook-expire", metavar="DURATION", help="give up on a notification "
                    "the webhook has not taken for this long (default: 1d)")
     p.add_argument("--group-wait", metavar="DURATION", help="hold each notification this long "
@@ -114,6 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "offline after this long without a heartbeat (default: 3 x its interval)")
     p.add_argument("--client-id", help="fixed MQTT client id: a persistent session, so alerts "
                    "sent while the central is down are delivered when it is back")
+    p.add_argument("--alertmanager", metavar="URL", help="post alerts to this Alertmanager "
+                   "(its v2 API, e.g. http://127.0.0.1:9093): firing and resolved, open ones "
+                   "again every --alertmanager-interval")
+    p.add_argument("--alertmanager-interval", metavar="DURATION", help="post open alerts to "
+                   "Alertmanager again this often (default: 60s; it resolves alerts that stop "
+                   "coming after 4 intervals)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve the fleet's "
                    "Prometheus metrics from the database on http://HOST:N/metrics (HOST: "
                    "[central] metrics_host, default 127.0.0.1)")
@@ -211,12 +219,17 @@ def run_central(args: argparse.Namespace) -> int:
                       else _seconds(args.group_interval))
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
-                      webhook=args.webhook or c.webhook, share=args.share or c.share,
+                      webhooks=args.webhook or [*([c.webhook] if c.webhook else []),
+                                                *c.webhooks], share=args.share or c.share,
                       offline_after=args.offline_after or c.offline_after_s,
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       group_interval_s=group_interval, group_by=c.group_by,
                       metrics_port=c.metrics_port if args.metrics_port is None
                       else args.metrics_port, metrics_host=c.metrics_host,
+                      alertmanager=args.alertmanager or c.alertmanager,
+                      alertmanager_interval_s=c.alertmanager_interval_s
+                      if args.alertmanager_interval is None
+                      else parse_duration(args.alertmanager_interval),
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
