@@ -1,6 +1,7 @@
 """A real Prometheus for tests: Debian's ``prometheus`` on a free port, storage in tmp.
 
-``prometheus_server`` (session-scoped) starts one with no targets; a test points it at its
+``prometheus_server`` (session-scoped) starts one with no targets, evaluating the example
+alerting rules of configs/prometheus/ every second; a test points it at its
 endpoints with :meth:`Prometheus.scrape` (rewrites the config, reloads it through the
 lifecycle API, waits until every target has been scraped up) and asks it questions with
 :meth:`Prometheus.query`. The process is stopped at the end of the session, even on failure.
@@ -19,10 +20,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 from broker import free_port
+
+RULES = Path(__file__).resolve().parent.parent / "configs" / "prometheus" / "edgewatch.rules.yml"
 
 
 def require_tool(name: str) -> str:
@@ -42,13 +45,15 @@ class Prometheus:
 
     host = "127.0.0.1"
 
-    def __init__(self, exe: str, workdir: Path, scrape_interval_s: float = 1.0) -> None:
+    def __init__(self, exe: str, workdir: Path, scrape_interval_s: float = 1.0,
+                 rule_files: Sequence[Path] = ()) -> None:
         self.exe = exe
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://{self.host}:{self.port}"
         self.config = workdir / "prometheus.yml"
         self.interval = f"{scrape_interval_s:g}s"
+        self.rule_files = [str(p) for p in rule_files]
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.log_path = workdir / "prometheus.log"
         self._write({})
@@ -58,7 +63,7 @@ class Prometheus:
                   for job, targets in jobs.items()]
         config = {"global": {"scrape_interval": self.interval,
                              "evaluation_interval": self.interval},
-                  "scrape_configs": scrape}
+                  "rule_files": self.rule_files, "scrape_configs": scrape}
         self.config.write_text(json.dumps(config, indent=1))  # JSON is YAML
 
     def start(self, timeout: float = 60.0) -> None:
@@ -130,6 +135,12 @@ class Prometheus:
         except urllib.error.HTTPError as exc:  # a bad query answers 400 with its error
             return dict(json.loads(exc.read()))
 
+    def rules(self) -> List[Dict[str, Any]]:
+        """Every alerting rule with its ``health`` (ok, err, unknown) and ``lastError``."""
+        body = self._get("/api/v1/rules?type=alert")
+        assert body is not None, "prometheus: /api/v1/rules did not answer"
+        return [r for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
+
     def values(self, expr: str) -> List[Dict[str, Any]]:
         """The result vector of an instant query (AssertionError when the query fails)."""
         answer = self.query(expr)
@@ -140,7 +151,8 @@ class Prometheus:
 @pytest.fixture(scope="session")
 def prometheus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """One running Prometheus for the session (scraping nothing until a test says what)."""
-    server = Prometheus(require_tool("prometheus"), tmp_path_factory.mktemp("prometheus"))
+    server = Prometheus(require_tool("prometheus"), tmp_path_factory.mktemp("prometheus"),
+                        rule_files=[RULES])
     try:
         server.start()
         yield server

@@ -214,3 +214,23 @@ def test_prometheus_scrapes_the_agent_and_the_central_and_every_panel_has_data(
             elif not answer["data"]["result"]:
                 failed.append(f"{name} / {title}: {expr}: no data")
     assert not failed, "\n".join(failed)
+
+    # The example alerting rules evaluate without error on the real series (label matching
+    # of the joins included). The black scene is data drift too (brightness left its band):
+    # both drift rules are pending (for: 1m) or firing, naming the device; the device is
+    # online and its outbox drains, so those rules stay inactive.
+    wait(lambda: prom.values(f'edgewatch_alerts{{{agent}, kind="data_drift"}}'), timeout=60,
+         what="data_drift open in the device's metrics")
+    drift_rules = {"EdgewatchDriftFiring", "EdgewatchDeviceDriftFiring"}
+
+    def evaluated() -> List[Dict[str, Any]]:
+        rules = prom.rules()
+        done = rules and all(r["health"] != "unknown" for r in rules)
+        active = {r["name"] for r in rules if r["state"] != "inactive"}
+        return rules if done and drift_rules <= active else []
+    rules = wait(evaluated, timeout=30, what="every rule evaluated, the drift rules active")
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    assert {r["name"] for r in rules if r["state"] != "inactive"} == drift_rules
+    for rule in rules:
+        for alert in rule["alerts"]:
+            assert alert["labels"]["device"] == DEVICE, alert
