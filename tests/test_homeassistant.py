@@ -15,16 +15,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import jinja2
 import pytest
 from broker import Broker, make_password_file
+from helpers import wait
 
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.homeassistant import entities
+from agent.homeassistant import HomeAssistant, entities
+from agent.mqtt import MqttLink
 from agent.records import KINDS, MONITORING_STATES
+from agent.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +202,49 @@ def test_home_assistant_refuses_a_device_id_with_a_dot() -> None:
         load_config({"mqtt": {"device_id": "gate.1", "homeassistant": True}})
     assert load_config({"mqtt": {"device_id": "gate.1"}}).mqtt.device_id == "gate.1"
     assert len(entities()) == len({e.object_id for e in entities()})
+
+
+def test_configs_come_back_after_a_broker_restart_and_a_problem_is_published_at_once(
+        broker_factory, listeners, tmp_path) -> None:
+    """The agent's own link and publisher: configs on every (re)connect (a broker without
+    persistence forgets retained messages), the summary again as soon as a kind opens."""
+    broker = broker_factory(persistence=False)
+    config = load_config({"device": {"id": DEVICE}, "mqtt": {
+        "enabled": True, "host": broker.host, "port": broker.port, "homeassistant": True,
+        "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive": 5}})
+    kinds: Set[str] = set()
+    summaries: List[Dict[str, Any]] = []
+
+    def summary() -> Dict[str, Any]:
+        summaries.append({"fps": 15.0, "problems": {k: k in kinds for k in KINDS}})
+        return summaries[-1]
+
+    store = Store(str(tmp_path / "agent.db"), flush_interval_s=0.2).start()
+    link = MqttLink(config.mqtt, store)
+    ha = HomeAssistant(config, {"path": "m.tflite"}, summary=summary,
+                       open_kinds=lambda: frozenset(kinds), interval_s=3600.0)
+    ha.attach(link)
+    link.start()
+    try:
+        wait(lambda: link.connected, what="link connected")
+        ha.step()
+        ha.step()  # nothing changed: nothing published
+        assert ha.published == 1
+        kinds.add("data_drift")
+        ha.step()
+        assert ha.published == 2 and summaries[-1]["problems"]["data_drift"] is True
+
+        broker.restart()  # retained messages gone with it
+        wait(lambda: link.status()["connects"] >= 2, timeout=20, what="reconnected")
+        wait(lambda: (ha.step(), ha.published >= 3)[1], what="summary after the reconnect")
+        # The broker has the summary (published after the configs): a late subscriber now
+        # gets everything retained.
+        broker.wait_log(rf"Received PUBLISH from {DEVICE} .*'edgewatch/v1/{DEVICE}/summary'",
+                        count=3)
+        late = listeners(broker, ["homeassistant/#", f"edgewatch/v1/{DEVICE}/summary"])
+        late.wait_connected()
+        got = late.wait_for(lambda ms: len({m.topic for m in ms}) == len(entities()) + 1)
+        assert all(m.retain for m in got)
+    finally:
+        link.close()
+        store.close()
