@@ -197,9 +197,11 @@ def test_the_acl_keeps_each_device_to_its_own_discovery_node(broker_factory, lis
     assert not ha.on(other)
 
 
-def test_home_assistant_refuses_a_device_id_with_a_dot() -> None:
+def test_home_assistant_needs_mqtt_and_refuses_a_device_id_with_a_dot() -> None:
     with pytest.raises(ConfigError, match=r"mqtt\.homeassistant: .*'gate\.1'"):
-        load_config({"mqtt": {"device_id": "gate.1", "homeassistant": True}})
+        load_config({"mqtt": {"enabled": True, "device_id": "gate.1", "homeassistant": True}})
+    with pytest.raises(ConfigError, match=r"mqtt\.homeassistant: publishes over MQTT"):
+        load_config({"mqtt": {"homeassistant": True}})
     assert load_config({"mqtt": {"device_id": "gate.1"}}).mqtt.device_id == "gate.1"
     assert len(entities()) == len({e.object_id for e in entities()})
 
