@@ -7,7 +7,7 @@ MODEL  := models/face_detection_short_range.tflite
 CONFIG ?= configs/emulated.toml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench install-service clean broker postgres stack
+.PHONY: install run test lint bench install-service clean broker postgres stack report-demo
 
 install: $(STAMP) $(MODEL)
 
@@ -60,6 +60,11 @@ lint: install
 
 bench: install broker postgres
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# A sample report (night falls, then the lens blurs; the real model) and its screenshot.
+report-demo: install stack $(MODEL)
+	$(BIN)/python scripts/report_demo.py --out docs/report-demo.html \
+		--card docs/report-demo-card.md --screenshot docs/report-demo.png
 
 install-service:
 	$(SUDO) scripts/install.sh

@@ -59,6 +59,11 @@ class OfflineControls:
         """Only the running agent has a live status."""
         raise CommandError("status needs the running agent (see edgewatch status)")
 
+    def samples(self, alert: str, want: Optional[Any], chunk_kb: int) -> Dict[str, Any]:
+        """Only the running agent sends samples (over MQTT); locally, use edgewatch samples."""
+        raise CommandError("samples go over MQTT from the running agent (on the device, "
+                           "use 'edgewatch samples export')")
+
 
 def apply_offline(config: Config, verb: str, payload: Dict[str, Any]) -> Dict[str, Any]:
     """Run one command against the database of ``config`` with no agent running.

@@ -10,6 +10,8 @@ A command is a JSON object with a request ``id`` and the verb's fields::
     rebaseline     {"id"}
     ping           {"id"}
     status         {"id"}
+    samples        {"id", "alert", "want"?, "chunk_kb"?}   an alert's captured frames
+                   (agent.remotesamples; only with [capture] remote = true)
 
 Every answer is ``{"id", "verb", "ok", "result" | "error", "ts"}``; a malformed command gets
 an error naming the problem and never reaches the :class:`ControlAPI`. ``by`` names who asked
@@ -62,6 +64,9 @@ class ControlAPI(Protocol):
     def status(self) -> Dict[str, Any]:
         """The agent's current status summary."""
 
+    def samples(self, alert: str, want: Optional[Any], chunk_kb: int) -> Dict[str, Any]:
+        """An alert's samples list, or publish the ``want``-ed chunks of their files."""
+
 
 def parse_duration(value: Any) -> float:
     """Seconds from ``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``, ``"45"`` or a number (> 0)."""
@@ -89,6 +94,7 @@ _FIELDS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
     "rebaseline": ((), ()),
     "ping": ((), ()),
     "status": ((), ()),
+    "samples": (("alert",), ("want", "chunk_kb")),
 }
 VERBS = tuple(_FIELDS)
 
@@ -150,6 +156,9 @@ def _dispatch(verb: str, request: Mapping[str, Any], api: ControlAPI,
         return api.rebaseline()
     if verb == "ping":
         return {"pong": True}
+    if verb == "samples":
+        return api.samples(_text(request, "alert"), request.get("want"),
+                           request.get("chunk_kb", 32))
     return api.status()
 
 

@@ -293,6 +293,7 @@ class CaptureConfig:
     enabled: bool = True
     kinds: Tuple[str, ...] = CAPTURE_KINDS  # alert kinds whose episodes capture frames
     per_episode: int = 10  # frames spread over one alert episode
+    first_gap_s: float = 2.0  # an episode's frames at 0, 1, 3, 7, 15... x this after it fired
     per_hour: int = 60  # all captures together, per hour
     unsure_per_hour: float = 6.0  # low-confidence frames per hour (0 = none)
     normal_frames: int = 10  # frames from the reference period, for contrast
@@ -305,6 +306,7 @@ class CaptureConfig:
         bad = [k for k in self.kinds if k not in CAPTURE_KINDS]
         _check(not bad, "kinds", f"alert kinds from {', '.join(CAPTURE_KINDS)}, got {bad}")
         _range(self, "per_episode", 0, 10_000, "frames")
+        _range(self, "first_gap_s", 0.01, 86400, "seconds")
         _range(self, "per_hour", 0, 100_000, "frames")
         _range(self, "unsure_per_hour", 0, 3600, "frames per hour")
         _range(self, "normal_frames", 0, 10_000, "frames")
@@ -425,6 +427,11 @@ class Config:
     origin: str = "<defaults>"
 
     def __post_init__(self) -> None:
+        if self.capture.remote and not (self.mqtt.enabled and self.mqtt.tls):
+            raise ConfigError(
+                f"{self.origin}: capture.remote = true sends captured frames (which may show "
+                "people) over MQTT, so it needs TLS (set [mqtt] enabled = true and tls = true, "
+                "or capture.remote = false)")
         if self.drift.window_frames > self.stats.capacity:
             raise ConfigError(
                 f"{self.origin}: drift.window_frames ({self.drift.window_frames}) is larger "

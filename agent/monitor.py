@@ -34,7 +34,7 @@ from .stats import IMAGE_FEATURES, ImageStats
 from .warmup import WARMUP_MAX_FRAMES, Warmup
 
 __all__ = ["FEATURES", "FEATURES_VERSION", "KNOWN_FEATURES", "NOT_DRIFT_TESTED",
-           "PERF_FEATURES", "WARMUP_MAX_FRAMES", "Monitor", "MonitorSink", "NullSink",
+           "PERF_FEATURES", "WARMUP_MAX_FRAMES", "FrameTap", "Monitor", "MonitorSink", "NullSink",
            "drift_features", "summarise"]
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,17 @@ class MonitorSink(Protocol):
 
     def calibration_started(self, key: str, ts: float) -> None:
         """A training reference's calibration began (kept so a restart keeps its clock)."""
+
+
+class FrameTap(Protocol):
+    """Sees every frame after its row is written (capture: must not block or allocate)."""
+
+    def offer(self, frame: Optional[Frame], outputs: Optional[Sequence[npt.NDArray[Any]]],
+              row: npt.NDArray[np.float32], ts: float) -> None:
+        """Look at one frame and its row (a reused buffer)."""
+
+    def stats(self) -> Dict[str, int]:
+        """Counters for the heartbeat (captured, dropped, ...)."""
 
 
 class NullSink:
@@ -112,8 +123,10 @@ class Monitor:
         output_spec: Optional[Sequence[Any]] = None,
         expected_fps: Optional[float] = None,
         clock: Callable[[], float] = time.time,
+        tap: Optional[FrameTap] = None,
     ) -> None:
         self.config = config
+        self.tap = tap
         self.alerts = alerts
         self.model_info = dict(model_info)
         self.sink: MonitorSink = sink or NullSink()
@@ -193,6 +206,11 @@ class Monitor:
         return self._observer.last_ts
 
     @property
+    def decoder(self) -> Optional[Decoder]:
+        """The decoder of the model's outputs, once known."""
+        return self._observer.decoder
+
+    @property
     def reference(self) -> Optional[Reference]:
         """The drift reference in use, if any yet."""
         return self._evaluator.reference
@@ -219,6 +237,8 @@ class Monitor:
         if ts >= self._next_window:
             self._close_window(ts)  # this frame opens the next window
         self._observer.observe(frame, outputs, latency_s, ts)
+        if self.tap is not None:
+            self.tap.offer(frame, outputs, self._observer.row, ts)
         self._window_frames += 1
         if self._started is None:
             self._start(ts)

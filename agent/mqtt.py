@@ -85,6 +85,10 @@ class Topics:
         """The topic a command verb is sent to (used by the operator side)."""
         return f"{self.base}/cmd/{verb}"
 
+    def sample_chunk(self, sample_id: int, chunk: int) -> str:
+        """Where chunk ``chunk`` of a captured sample's JPEG goes (``fleet samples``)."""
+        return f"{self.base}/samples/{sample_id}/{chunk}"
+
 
 def topics(prefix: str, device_id: str) -> Topics:
     """All topics of ``device_id`` under ``prefix`` (``edgewatch/v1/<device>/...``)."""
@@ -289,10 +293,16 @@ class MqttLink:
 
     def publish_retained(self, topic: str, payload: str) -> bool:
         """Publish a retained QoS 1 message if connected (False when not)."""
+        return self.publish_bytes(topic, payload.encode(), retain=True)
+
+    def publish_bytes(self, topic: str, payload: bytes, qos: int = 1,
+                      retain: bool = False) -> bool:
+        """Queue raw bytes (a sample's chunk) with paho; False when not connected."""
         client = self._client
         if client is None or not self._connected:
             return False
-        return client.publish(topic, payload, qos=1, retain=True).rc == mqtt.MQTT_ERR_SUCCESS
+        return bool(client.publish(topic, payload, qos=qos, retain=retain).rc
+                    == mqtt.MQTT_ERR_SUCCESS)
 
     def wake(self) -> None:
         """Ask the outbox pump to look for new rows now."""

@@ -79,6 +79,16 @@ class FrameObserver:
         """Timestamp of the last frame observed, if any."""
         return self._last_ts
 
+    @property
+    def row(self) -> npt.NDArray[np.float32]:
+        """The last frame's row (a buffer reused for every frame: copy what you keep)."""
+        return self._row
+
+    @property
+    def decoder(self) -> Optional[Decoder]:
+        """The decoder of the model's outputs (None until the first outputs or a spec)."""
+        return self._decoder
+
     def observe(self, frame: Optional[Frame], outputs: Optional[Sequence[npt.NDArray[Any]]],
                 latency_s: Optional[float], ts: float) -> None:
         """Write one frame's row into the ring (and the warm-up buffer while collecting)."""

@@ -27,6 +27,8 @@ __all__ = [
     "FeatureLayout",
     "Observation",
     "ReferenceStatus",
+    "SAMPLE_REASONS",
+    "Sample",
     "Window",
 ]
 
@@ -37,6 +39,8 @@ TRANSITIONS = ("firing", "repeat", "resolved")
 REFERENCE_STATES = ("disabled", "warming_up", "calibrating", "ready", "failed")
 #: The heartbeat's ``monitoring.state``: is drift detection running, and if not, why.
 MONITORING_STATES = ("active", "warming_up", "calibrating", "degraded", "off")
+#: Why a frame was captured: an alert episode, an unsure model, or a normal frame for contrast.
+SAMPLE_REASONS = ("alert", "unsure", "normal")
 #: Version of the alert JSON record.
 SCHEMA = 1
 
@@ -265,3 +269,32 @@ class FeatureLayout:
             return self.names.index(name)
         except ValueError:
             raise KeyError(f"unknown feature {name!r} (valid: {', '.join(self.names)})") from None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One captured frame: a row of the ``samples`` table with its JSON columns decoded.
+
+    ``path`` is relative to the samples folder; ``detections`` are the model's own
+    ``{"box": [x0, y0, x1, y1] (0..1), "score": s, "class": c}`` where the decoder yields boxes.
+    """
+
+    id: int
+    ts: float
+    camera: str
+    reason: str
+    alert_id: Optional[str]
+    kind: Optional[str]
+    feature: Optional[str]
+    path: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    stats: Mapping[str, Optional[float]] = field(default_factory=dict)
+    confidence: Mapping[str, Optional[float]] = field(default_factory=dict)
+    detections: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.reason not in SAMPLE_REASONS:
+            raise ValueError(f"sample reason {self.reason!r}: one of {', '.join(SAMPLE_REASONS)}")

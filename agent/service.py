@@ -16,16 +16,20 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 from ._version import __version__
 from .alerts import AlertManager, AlertTransition
+from .capture import Capture
 from .commands import handle_command
 from .config import Config
 from .control import ControlServer, socket_path
 from .drift.reference import Reference
-from .errors import BaselineError, ConfigError
+from .errors import BaselineError, CommandError, ConfigError
 from .heartbeat import Heartbeat, Heartbeats, heartbeat_interval
 from .homeassistant import HomeAssistant
 from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
+from .observe import LAYOUT
+from .remotesamples import SampleServer
+from .samplestore import SampleWriter, samples_dir
 from .store import Store
 from .supervise import Supervisor
 
@@ -90,8 +94,9 @@ def restore_alerts(store: Store, alerts: AlertManager, now: float) -> None:
 class _AlertOutput:
     """Where alert transitions go: one log line, SQLite and the MQTT outbox in one transaction."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, capture: Optional[Capture]) -> None:
         self._store = store
+        self._capture = capture
         mqtt = config.mqtt
         self._topics = topics(mqtt.topic_prefix, mqtt.device_id) if mqtt.enabled else None
 
@@ -105,6 +110,8 @@ class _AlertOutput:
         if notify and self._topics is not None:
             messages = alert_outbox_messages(self._topics, record)
         self._store.put_alert(record, messages)
+        if self._capture is not None:
+            self._capture.alert(transition)
 
     def update(self, transition: AlertTransition) -> None:
         """A firing alert changed by an operator: store it and republish its retained state."""
@@ -128,6 +135,7 @@ class Controls:
         self._monitor = monitor
         self._status = status
         self._clock = clock
+        self.sample_server: Optional[SampleServer] = None  # [capture] remote over MQTT
 
     def ack(self, alert: str, by: Optional[str] = None) -> Dict[str, Any]:
         """Acknowledge a firing alert."""
@@ -162,6 +170,13 @@ class Controls:
     def status(self) -> Dict[str, Any]:
         """A short status of the running agent (the heartbeat as it would be sent now)."""
         return self._status().to_dict()
+
+    def samples(self, alert: str, want: Optional[Any], chunk_kb: int) -> Dict[str, Any]:
+        """An alert's captured frames for the central (``fleet samples``), when allowed."""
+        if self.sample_server is None:
+            raise CommandError("remote samples are off on this device (set [capture] remote "
+                               "= true, with MQTT over TLS, to allow 'fleet samples')")
+        return self.sample_server.answer(alert, want, chunk_kb)
 
 
 class Agent:
@@ -230,17 +245,25 @@ class Agent:
                   live: bool) -> Agent:
         """Every part, in data-flow order, none of them running yet."""
         reference, calibration_since = _load_reference(config, store, info.get("sha256") or "")
-        alerts = _build_alerts(config, store, info, clock)
+        capture = _build_capture(config, store)
+        alerts = _build_alerts(config, store, info, clock, capture)
         sink = _StoreSink(store, info.get("sha256") or "")
         monitor = Monitor(config, alerts, model_info=info, sink=sink, reference=reference,
-                          calibration_since=calibration_since,
-                          output_spec=output_spec, expected_fps=expected_fps, clock=clock)
+                          calibration_since=calibration_since, output_spec=output_spec,
+                          expected_fps=expected_fps, clock=clock, tap=capture)
+        if capture is not None:
+            capture.decoder_of = lambda: monitor.decoder
         mqtt = MqttLink(config.mqtt, store) if config.mqtt.enabled else None
         camera: Dict[str, Any] = {"state": "starting", "reconnects": 0, "skipped": 0}
         heartbeats = Heartbeats(config, store=store, monitor=monitor, mqtt=mqtt,
                                 supervisor=supervisor, model_info=info, camera=camera,
                                 clock=clock, live=live)
         controls = Controls(monitor, heartbeats.current, clock)
+        if mqtt is not None and config.capture.remote:
+            link, t = mqtt, topics(config.mqtt.topic_prefix, config.mqtt.device_id)
+            controls.sample_server = SampleServer(
+                config.store.path, samples_dir(config),
+                lambda sid, k, data: link.publish_bytes(t.sample_chunk(sid, k), data))
         ha = None if mqtt is None else _home_assistant(config, info, monitor, heartbeats, mqtt)
         control = ControlServer(socket_path(config), controls, record=store.record_command,
                                 supervisor=supervisor)
@@ -394,10 +417,24 @@ def _previous_model_reference(store: Store, sha: str) -> Optional[Reference]:
 
 
 def _build_alerts(config: Config, store: Store, model_info: Dict[str, Any],
-                  clock: Callable[[], float]) -> AlertManager:
-    output = _AlertOutput(config, store)
+                  clock: Callable[[], float], capture: Optional[Capture]) -> AlertManager:
+    output = _AlertOutput(config, store, capture)
     alerts = AlertManager(device=config.device.id, camera=config.device.camera, model=model_info,
                           emit=output.emit, repeat_interval_s=config.alerts.repeat_interval_s,
                           persist_control=output.persist_control, update=output.update)
     restore_alerts(store, alerts, clock())
+    if capture is not None:  # an episode open before a restart goes on being captured
+        for alert in alerts.open_alerts():
+            capture.alert(alert)
     return alerts
+
+
+def _build_capture(config: Config, store: Store) -> Optional[Capture]:
+    """Frame capture for retraining (None when ``[capture] enabled`` is false)."""
+    c = config.capture
+    if not c.enabled:
+        return None
+    writer = SampleWriter(samples_dir(config), max_mb=c.max_mb, normal_frames=c.normal_frames,
+                          disk_free_mb=config.health.disk_free_mb)
+    return Capture(c, store, writer, camera=config.device.camera, layout=LAYOUT,
+                   score_threshold=config.model.score_threshold)

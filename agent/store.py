@@ -38,6 +38,7 @@ from ._sqlite import (
 )
 from ._writer import AlertItem, Row, Writer, sql_value, to_json
 from .errors import StoreError
+from .samplestore import SAMPLES_SCHEMA
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ MIGRATIONS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         ALTER TABLE reference ADD COLUMN features_version INTEGER NOT NULL DEFAULT 1;
         """,
     ),
+    ((), SAMPLES_SCHEMA),  # its SQL is agent.samplestore's
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -310,8 +312,7 @@ class Reader:
         """The newest heartbeat as ``{"seq", "ts", "payload"}`` (payload decoded), or None."""
         rows = self._query("SELECT seq, ts, payload FROM heartbeats ORDER BY ts DESC, seq DESC "
                            "LIMIT 1")
-        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])} if rows \
-            else None
+        return {"seq": rows[0][0], "ts": rows[0][1], "payload": _decode(rows[0][2])} if rows else None
 
     def last_event(self) -> Optional[Dict[str, Any]]:
         """The newest event as ``{"ts", "kind", "message"}``, or None."""
@@ -492,8 +493,7 @@ class Store(Reader):
             "INSERT INTO commands (ts, verb, payload, result, done_ts) VALUES (?, ?, ?, ?, ?)",
             row))
 
-    def enforce_retention(self, now: Optional[float] = None,
-                          timeout: float = 60.0) -> Dict[str, int]:
+    def enforce_retention(self, now: Optional[float] = None, timeout: float = 60.0) -> Dict[str, int]:
         """Apply retention, the size cap and the outbox bound now; return rows deleted."""
         stamp = self._clock() if now is None else now
         deleted: Dict[str, int] = self.submit(lambda db: self._retention(db, stamp)).result(timeout)

@@ -16,8 +16,8 @@ from agent.alerts import AlertManager
 from agent.config import Config, load_config
 from agent.inference import Model, Tensor
 from agent.monitor import Monitor, NullSink
-from agent.testdata import blazeface_model_path
 from agent.sources import open_source
+from agent.testdata import blazeface_model_path
 
 FPS = 30.0
 Frame = npt.NDArray[np.uint8]

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.buffers import RingBuffer  # noqa: E402
 from agent.confidence import CONFIDENCE_FEATURES, make_decoder  # noqa: E402
 from agent.inference import Tensor, TensorDetails, load_runtime  # noqa: E402
-from agent.testdata import blazeface_model_path, photo_path  # noqa: E402
 from agent.stats import IMAGE_FEATURES, Image, ImageStats, naive_stats, to_gray  # noqa: E402
+from agent.testdata import blazeface_model_path, photo_path  # noqa: E402
 
 Frame = Image
 

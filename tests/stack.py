@@ -47,6 +47,10 @@ def alertmanager_path() -> Optional[str]:
     return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
+class PortTaken(RuntimeError):
+    """The port was taken before Alertmanager could bind it."""
+
+
 class Alertmanager:
     """One Alertmanager process on 127.0.0.1, its config, data and log in ``workdir``."""
 
@@ -57,8 +61,21 @@ class Alertmanager:
         self.log_path = workdir / "alertmanager.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start it and wait until ``/-/ready`` answers 200."""
+    def start(self, timeout: float = 30.0, tries: int = 3) -> None:
+        """Start it and wait until ``/-/ready`` answers 200.
+
+        Other processes on the machine pick free ports too: when the port was taken between
+        choosing it and binding it, start again on another.
+        """
+        for _ in range(tries - 1):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+                self.url = f"http://{self.host}:{self.port}"
+        self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         config = self.workdir / "alertmanager.yml"
         config.write_text(_CONFIG)
         (self.workdir / "data").mkdir(exist_ok=True)
@@ -71,7 +88,10 @@ class Alertmanager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited at start:\n{self.log()[-2000:]}")
+                log = self.log()[-2000:]
+                if "address already in use" in log:
+                    raise PortTaken(log)
+                raise RuntimeError(f"alertmanager exited at start:\n{log}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
                     if resp.status == 200:

@@ -10,7 +10,7 @@ import central_helpers
 import pytest
 import stack
 from broker import free_port
-from central_helpers import heartbeat
+from central_helpers import CentralDb, heartbeat
 from helpers import make_alert, wait
 from stack import Alertmanager
 
@@ -20,6 +20,7 @@ from agent.cli import main
 from agent.errors import ConfigError
 
 central_factory = central_helpers.central_factory
+central_db = central_helpers.central_db
 alertmanager = stack.alertmanager
 
 pytestmark = pytest.mark.integration
@@ -37,15 +38,17 @@ def _publish(broker: Any, listeners: Any, device: str, records: List[Dict[str, A
 
 
 def test_firing_then_resolved_read_back_from_alertmanager(
-        broker, listeners, central_factory, alertmanager: Alertmanager) -> None:
-    central = central_factory(broker, alertmanager=alertmanager.url)
-    firing = make_alert(1, device="am-cam1")
-    _publish(broker, listeners, "am-cam1", [firing])
-    got = wait(lambda: alertmanager.alerts(device="am-cam1"), what="the alert in Alertmanager")
+        broker, listeners, central_factory, central_db: CentralDb,
+        alertmanager: Alertmanager) -> None:
+    device = f"am-cam1-{central_db.kind}"
+    central = central_factory(broker, db=central_db.target, alertmanager=alertmanager.url)
+    firing = make_alert(1, device=device)
+    _publish(broker, listeners, device, [firing])
+    got = wait(lambda: alertmanager.alerts(device=device), what="the alert in Alertmanager")
     assert len(got) == 1
     alert = got[0]
     assert alert["status"]["state"] == "active"
-    assert alert["labels"] == {"alertname": "edgewatch_data_drift", "device": "am-cam1",
+    assert alert["labels"] == {"alertname": "edgewatch_data_drift", "device": device,
                                "camera": "cam0", "kind": "data_drift", "severity": "warning",
                                "feature": "brightness"}
     assert alert["annotations"]["summary"] == "brightness drifted #1"
@@ -56,11 +59,11 @@ def test_firing_then_resolved_read_back_from_alertmanager(
     # Firing: it ends four intervals ahead unless posted again (as Prometheus sends them).
     assert _ts(alert["endsAt"]) > dt.datetime.now(dt.timezone.utc).timestamp() + 200
 
-    _publish(broker, listeners, "am-cam1",
-             [make_alert(2, device="am-cam1", state="resolved", alert_id="a0001")])
+    _publish(broker, listeners, device,
+             [make_alert(2, device=device, state="resolved", alert_id="a0001")])
     # Resolved: its endsAt is in the past, so Alertmanager lists it no more (minutes before
     # the firing post's endsAt would have lapsed).
-    wait(lambda: alertmanager.alerts(device="am-cam1") == [], what="the alert resolved")
+    wait(lambda: alertmanager.alerts(device=device) == [], what="the alert resolved")
     status = central.status()
     assert status["alertmanager_failed_attempts"] == 0 and status["alertmanager_posts"] >= 2
 
@@ -97,6 +100,14 @@ def test_a_bad_url_is_one_line_naming_the_flag(url: str, tmp_path) -> None:
     with pytest.raises(ConfigError, match="^--alertmanager must be an http:// or https:// URL"):
         Central("127.0.0.1", 1, str(tmp_path / "c.db"), alertmanager=url)
     assert main(["central", "--db", str(tmp_path / "c.db"), "--alertmanager", url]) != 0
+
+
+def test_a_bad_interval_is_one_line_naming_its_flag(tmp_path, capsys) -> None:
+    assert main(["central", "--broker", "127.0.0.1", "--db", str(tmp_path / "c.db"),
+                 "--alertmanager", "http://127.0.0.1:9093", "--alertmanager-interval",
+                 "soon"]) != 0
+    assert capsys.readouterr().err == ("edgewatch: error: --alertmanager-interval: duration "
+                                       "must be like '30m', '1h' or seconds, got 'soon'\n")
 
 
 def test_a_resolved_alert_never_ends_before_it_started_nor_in_the_future() -> None:

@@ -19,7 +19,7 @@ from helpers import make_alert, wait
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.central import Central
-from agent.central.metrics import device_values
+from agent.central.records import BadMessage, Heartbeat, parse
 from agent.cli import main
 from agent.errors import CommandError
 from agent.records import KINDS
@@ -100,6 +100,8 @@ def test_fleet_metrics_from_the_database(broker, listeners, central_factory,
     assert value("edgewatch_fleet_drift_score_max", device="cam-warm") == 0
     assert value("edgewatch_fleet_outbox_depth", device="cam-new") == 3
     assert value("edgewatch_fleet_outbox_oldest_age_seconds", device="cam-new") == 4
+    assert value("edgewatch_fleet_outbox_oldest_age_seconds", device="cam-warm") == 0  # empty
+    assert ("edgewatch_fleet_outbox_depth", (("device", "cam-old"),)) not in got  # not sent
     assert value("edgewatch_fleet_alerts", device="cam-new", kind="data_drift",
                  severity="warning") == 1
     assert value("edgewatch_fleet_alerts", device="cam-new", kind="camera_fault",
@@ -167,16 +169,23 @@ def test_port_in_use_is_one_clear_error(broker, central_factory, tmp_path) -> No
                 metrics_port=first.metrics_port).start()
 
 
-@pytest.mark.parametrize("payload, expected", [
-    ('{"summary": {"fps": 9, "worst_drift": 0.4}}', (9.0, 0.4)),
-    ('{"camera": {"fps_processed": 14.5}}', (14.5, 0.0)),
-    ('{"camera": "broken", "summary": []}', (None, 0.0)),
-    ("not json", (None, 0.0)),
-    (None, (None, 0.0)),
+@pytest.mark.parametrize("hb, expected", [
+    ({"summary": {"fps": 9, "worst_drift": 0.4}, "outbox": {"depth": 2}}, (9.0, 0.4, 2.0)),
+    ({"camera": {"fps_processed": 14.5}}, (14.5, None, None)),
+    ({"camera": "broken", "summary": None}, (None, None, None)),
 ])
-def test_device_values_read_any_heartbeat(payload: Any, expected: Tuple[Any, Any]) -> None:
-    values = device_values(payload)
-    assert (values["fps"], values["drift"]) == expected
+def test_the_figures_metrics_need_are_read_from_any_heartbeat_schema(
+        hb: Dict[str, Any], expected: Tuple[Any, Any, Any]) -> None:
+    record = parse("edgewatch/v1", "edgewatch/v1/cam-a/heartbeat", json.dumps(hb).encode())
+    assert isinstance(record, Heartbeat)
+    assert (record.fps, record.worst_drift, record.outbox_depth) == expected
+
+
+@pytest.mark.parametrize("hb", [{"summary": []}, {"outbox": {"depth": "many"}},
+                                {"summary": {"worst_drift": "high"}}])
+def test_a_malformed_summary_or_outbox_is_refused(hb: Dict[str, Any]) -> None:
+    with pytest.raises(BadMessage, match="bad_field"):
+        parse("edgewatch/v1", "edgewatch/v1/cam-a/heartbeat", json.dumps(hb).encode())
 
 
 @pytest.mark.integration
@@ -193,7 +202,7 @@ def test_cli_flag_and_config_file(broker, tmp_path: Path) -> None:
     lines: List[str] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "central", "--config", str(config), "--metrics-port",
-         "0"], stdout=subprocess.PIPE, text=True)
+         "0", "--metrics-host", "127.0.0.1"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30

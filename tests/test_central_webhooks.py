@@ -5,17 +5,19 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import central_helpers
 import pytest
-from helpers import make_alert
+from helpers import make_alert, wait
 
 from agent.central import Central
 from agent.central.config import load_central_config
 from agent.central.formats import GENERIC_KEYS, generic_body, slack_body
 from agent.central.notify import parse_webhook, webhook_targets
+from agent.central.store import CentralStore
 from agent.cli import main
 from agent.errors import ConfigError
 
@@ -174,3 +176,38 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
     assert main(["central", "--db", str(tmp_path / "c.db"), "--webhook", "xml=http://h/"]) != 0
     with pytest.raises(ConfigError, match="unknown format"):
         Central("127.0.0.1", 1, str(tmp_path / "c.db"), webhooks=["xml=http://h/"])
+
+
+def test_fleet_shows_each_output_and_which_is_failing(broker, listeners, central_factory,
+                                                      receivers, tmp_path: Path, capsys) -> None:
+    good = receivers()
+    central_factory(broker, webhooks=[f"slack={good.url}"], alertmanager="http://127.0.0.1:9/",
+                    alertmanager_interval_s=0.2)
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/cam-7/alerts", json.dumps(_alert(1)))
+    good.wait_for(1)
+
+    def shown() -> str:
+        assert main(["fleet", "--db", str(tmp_path / "central.db")]) == 0
+        return str(capsys.readouterr().out)
+
+    # The running central saves its status every few seconds: wait for one after a failure.
+    out = wait(lambda: next((o for o in [shown()] if "FAILING" in o), ""), timeout=20,
+               what="the saved status shows the failing Alertmanager")
+    port = good.url.split(":")[2].split("/")[0]
+    assert f"  webhook http://127.0.0.1:{port}/… (slack): 1 sent\n" in out
+    assert "  alertmanager http://127.0.0.1:9/…: 0 sent, FAILING (" in out
+
+
+def test_a_notification_queued_before_several_webhooks_goes_to_the_first(
+        broker, central_factory, receivers, tmp_path: Path) -> None:
+    store = CentralStore(str(tmp_path / "central.db"))
+    with store.transaction():  # as an older central queued it: no target
+        store.enqueue("device", "device/offline", "cam-1", {"text": "[OFFLINE] cam-1: x"},
+                      time.time())
+    store.close()
+    first, second = receivers(), receivers()
+    central_factory(broker, webhooks=[first.url, f"generic={second.url}"])
+    assert first.wait_for(1) == [{"text": "[OFFLINE] cam-1: x"}]
+    assert second.bodies == []

@@ -108,3 +108,13 @@ def test_alerts_list_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0
     assert err == b""
+
+
+def test_status_shows_the_fps_a_schema_3_heartbeat_measured(tmp_path: Path, capsys: Any) -> None:
+    now = time.time()
+    payload = heartbeat(now)
+    payload["camera"].update(fps=24.5, dropped=3)
+    with Store(str(tmp_path / "h.db")) as st:
+        st.put("heartbeats", {"seq": 1, "ts": now - 5, "payload": payload})
+    assert main(["status", "--db", str(tmp_path / "h.db")]) == 0
+    assert "fps 24.5, dropped 3" in capsys.readouterr().out

@@ -297,5 +297,7 @@ def test_new_sections_check_their_values() -> None:
         load_config({"metrics": {"port": 0}})
     with pytest.raises(ConfigError, match=r"capture\.kinds: alert kinds from data_drift"):
         load_config({"capture": {"kinds": ["night"]}})
+    with pytest.raises(ConfigError, match=r"capture\.first_gap_s: 0\.01 to 86400 seconds"):
+        load_config({"capture": {"first_gap_s": 0}})
     with pytest.raises(ConfigError, match=r"mqtt\.homeassistant_prefix: must be a topic"):
         load_config({"mqtt": {"homeassistant_prefix": "ha/#"}})

@@ -285,6 +285,27 @@ def test_pull_logs_copies_the_export_and_cleans_up(fake_remote, tmp_path):
     assert not Path(remote_tmp).exists()
 
 
+def test_pull_logs_brings_the_samples_along(fake_remote, tmp_path):
+    from agent.samplestore import samples_dir
+
+    env, _ = fake_remote
+    device = tmp_path / "device-samples"
+    (device / "20231114").mkdir(parents=True)
+    jpeg = device / "20231114" / "1700000000000-alert-abc.jpg"
+    jpeg.write_bytes(b"\xff\xd8 a frame")
+    jpeg.chmod(0o640)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts/pull-logs.sh"), "pi@cam", str(tmp_path / "pulled")],
+        capture_output=True, text=True, timeout=60, env={**env, "EDGEWATCH_SAMPLES": str(device)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    db = Path(proc.stdout.strip())
+    pulled = samples_dir(db) / "20231114" / jpeg.name
+    assert samples_dir(db) == db.with_name(db.stem + "-samples")
+    assert pulled.read_bytes() == jpeg.read_bytes() and pulled.stat().st_mode & 0o777 == 0o640
+    assert f"samples in {samples_dir(db)}" in proc.stderr
+
+
 def test_pull_logs_fails_cleanly_when_export_fails(fake_remote, tmp_path):
     env, log = fake_remote
     env = {**env, "EDGEWATCH_DB": "/missing.db"}

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Set, Tuple
@@ -26,9 +27,11 @@ from running import fast_config, feed_until
 
 from agent.confidence import CONFIDENCE_FEATURES
 from agent.errors import ConfigError
+from agent.loop import run
 from agent.metrics import REFERENCE_STATES
 from agent.records import MONITORING_STATES
 from agent.service import Agent
+from agent.sources import open_source
 from agent.stats import IMAGE_FEATURES
 
 NIGHT = "emulated:night?seed=4&size=320x240&onset=60&duration=200"
@@ -325,3 +328,33 @@ def test_the_textfile_alone_needs_no_port(tmp_path: Path, model_path: Path) -> N
     assert value(samples, "edgewatch_frames_total") == 0
     assert json.dumps(sorted(samples))  # a parseable file with its series
     assert "edgewatch_inference_seconds_count" in samples
+
+
+def test_a_live_run_serves_its_metrics_while_frames_flow(tmp_path: Path, model_path: Path) -> None:
+    port = free_port()
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      metrics={"enabled": True, "port": port})
+    stop = threading.Event()
+    done: Dict[str, int] = {}
+    t = threading.Thread(target=lambda: done.setdefault("code", run(
+        cfg, stop=stop, source=open_source("emulated:stationary?seed=2&size=320x240"))))
+    t.start()
+
+    def flowing() -> Samples:
+        try:
+            s = parse(scrape(port))
+        except OSError:  # not listening yet
+            return {}
+        return s if s.get("edgewatch_fps") and value(s, "edgewatch_fps") > 0 else {}
+
+    try:
+        s = wait(flowing, 60, "a scrape showing frames flowing")
+    finally:
+        stop.set()
+        t.join(30)
+    assert done["code"] == 0
+    assert value(s, "edgewatch_frames_total") > 0
+    assert value(s, "edgewatch_frames_skipped_total") >= 0  # the live mailbox's count
+    assert value(s, "edgewatch_frames_dropped_total", reason="source") == 0
+    assert 0 <= value(s, "edgewatch_last_frame_age_seconds") < 10
+    assert value(s, "edgewatch_reference_state", state="warming_up") == 1

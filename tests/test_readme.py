@@ -178,5 +178,10 @@ def test_readme_block_runs_as_written(checkout: Checkout, block: Block) -> None:
         # a new user who copies it sees the alert in the log, not silence
         assert "WARNING agent.service: alert firing [data_drift/" in out, out[-3000:]
         _night_alerted_and_nothing_before(checkout.path / "edgewatch.db")
+    elif block.name == "report":
+        card = (checkout.path / "MODEL_CARD.md").read_text()
+        assert "# Model card: doorbell faces 1.2" in card and "| owner | home-ops |" in card
+        html = (checkout.path / "report.html").read_text()
+        assert "Model card: doorbell faces" in html and '<svg class="chart"' in html
     elif block.name == "install dry run":
         assert "dry run finished, nothing was changed" in out

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import stats
-from agent.testdata import photo_path
 from agent.stats import IMAGE_FEATURES, STAT_SPECS, ImageStats, naive_stats
+from agent.testdata import photo_path
 
 IDX = {n: i for i, n in enumerate(IMAGE_FEATURES)}
 # Independent per-channel noise of sigma 10 gives luma noise of 10 * |BT.601 weights|.

@@ -69,7 +69,7 @@ def test_migrations_set_user_version_and_are_idempotent(tmp_path):
     path = tmp_path / "h.db"
     db = open_db(str(path))
     conn = db.conn
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     assert set(db.table_names()) >= {"windows", "events", "alerts", "controls", "heartbeats",

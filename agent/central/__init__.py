@@ -7,6 +7,10 @@ Nothing on the device path imports this package. Its parts, one concern each:
 - :mod:`~agent.central.store`: the central's database, all its SQL, numbered migrations;
 - :mod:`~agent.central.ingest`: a message to rows and the notifications it causes;
 - :mod:`~agent.central.notify`: webhook URLs, bodies and durable delivery with backoff;
+- :mod:`~agent.central.formats`: what an alert says to people (Slack and generic bodies,
+  Alertmanager's description);
+- :mod:`~agent.central.alertmanager`: alerts posted to Alertmanager's v2 API;
+- :mod:`~agent.central.metrics`: the fleet's Prometheus ``/metrics``, from the database;
 - :mod:`~agent.central.service`: :class:`Central`, the MQTT client and supervised threads;
 - :mod:`~agent.central.fleet`: what ``edgewatch fleet`` shows and sends.
 """

@@ -123,6 +123,8 @@ class AlertmanagerSender(DbSender):
         self.sleep(wait)
 
     def _post(self, rows: List[Dict[str, Any]], now: float) -> bool:
+        if not rows:
+            return True  # nothing to tell (as Prometheus, which posts nothing then)
         hold = 4 * self.interval_s
         alerts = [alertmanager_alert(r, now, hold) for r in rows]
         try:

@@ -16,7 +16,10 @@ is grouped. Several workers on one database each post only the notifications the
 Failures are logged once per change of state (failing, delivering again), with the URL
 redacted: a webhook URL often is a secret token.
 
-The body is JSON with a Slack-compatible ``text``:
+Each webhook has a format (``--webhook [FORMAT=]URL``, :data:`FORMATS`) and its own rows in
+the ``notifications`` table (``target``: a hash of its URL), so one that fails holds up no
+other. The stored body is the ``json`` format, with a Slack-compatible ``text``; ``slack``
+and ``generic`` bodies are made from it when it is posted (:mod:`agent.central.formats`):
 
 >>> redact("https://hooks.slack.com/services/T000/B000/XXXX")
 'https://hooks.slack.com/…'

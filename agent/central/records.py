@@ -83,6 +83,9 @@ class Heartbeat:
     fps: Optional[float]
     temperature_c: Optional[float]
     payload: str
+    worst_drift: Optional[float] = None  # summary.worst_drift (schema 3)
+    outbox_depth: Optional[float] = None
+    outbox_age_s: Optional[float] = None  # the oldest unsent message's age
 
 
 @dataclass(frozen=True)
@@ -233,19 +236,28 @@ def heartbeat_fps(hb: Mapping[str, Any]) -> Any:
     return None
 
 
+def _section(hb: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``hb[key]``: an object, or {} when absent (anything else is refused)."""
+    value = hb.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadMessage("bad_field", f"{key} must be an object, got {type(value).__name__}")
+    return value
+
+
 def _heartbeat(device: str, hb: Mapping[str, Any]) -> Heartbeat:
-    host, summary = hb.get("host"), hb.get("summary")
+    host = hb.get("host")
     host = host if isinstance(host, dict) else {}
-    if summary is not None and not isinstance(summary, dict):
-        raise BadMessage("bad_field", f"summary must be an object, got {type(summary).__name__}")
-    _number("summary.worst_drift", (summary or {}).get("worst_drift"))
-    fps = heartbeat_fps(hb)
+    summary, outbox = _section(hb, "summary"), _section(hb, "outbox")
     return Heartbeat(
         device=device, seq=_int(hb, "seq"), ts=_time(hb, "ts"),
         interval_s=_positive(hb, "interval_s"),
-        fps=_number("camera.fps", fps), temperature_c=_number("host.max_temp_c",
-                                                             host.get("max_temp_c")),
-        payload=_dump(hb))
+        fps=_number("camera.fps", heartbeat_fps(hb)),
+        temperature_c=_number("host.max_temp_c", host.get("max_temp_c")),
+        payload=_dump(hb), worst_drift=_number("summary.worst_drift", summary.get("worst_drift")),
+        outbox_depth=_number("outbox.depth", outbox.get("depth")),
+        outbox_age_s=_number("outbox.oldest_age_s", outbox.get("oldest_age_s")))
 
 
 def _alert(device: str, rec: Mapping[str, Any], limits: Limits) -> AlertTransition:

@@ -20,7 +20,9 @@ workers starting together migrate once:
    the durable notification queue; the central's status row;
 3. when each notification group last went out (``group_interval``);
 4. each notification addressed to one webhook (``target``; several webhooks, each with its
-   format, each delivered and retried on its own).
+   format, each delivered and retried on its own); each device's last fps, worst drift score
+   and outbox (the fleet metrics, read without parsing heartbeats); alerts indexed by when
+   they were received (what Alertmanager is told).
 
 Between workers on one PostgreSQL, primary keys and conditional updates are the gates: an
 alert transition's ``(device, id, seq)``, a device's online flag, a notification's claim.
@@ -99,7 +101,12 @@ _V3 = """
 CREATE TABLE notify_groups (grp TEXT PRIMARY KEY, last_sent REAL NOT NULL)
 """
 _V4 = """
-ALTER TABLE notifications ADD COLUMN target TEXT NOT NULL DEFAULT ''
+ALTER TABLE notifications ADD COLUMN target TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN fps REAL;
+ALTER TABLE devices ADD COLUMN worst_drift REAL;
+ALTER TABLE devices ADD COLUMN outbox_depth REAL;
+ALTER TABLE devices ADD COLUMN outbox_age_s REAL;
+CREATE INDEX idx_alerts_received ON alerts (received)
 """
 MIGRATIONS: Tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -309,8 +316,11 @@ class CentralStore:
                           (hb.device, hb.seq, hb.ts if hb.ts is not None else now, now,
                            hb.payload))
         change = self.set_online(hb.device, True, "heartbeat", now)
-        self.conn.execute("UPDATE devices SET last_heartbeat_ts=?, interval_s=?, heartbeat=? "
-                          "WHERE device_id=?", (now, hb.interval_s, hb.payload, hb.device))
+        self.conn.execute("UPDATE devices SET last_heartbeat_ts=?, interval_s=?, heartbeat=?, "
+                          "fps=?, worst_drift=?, outbox_depth=?, outbox_age_s=? "
+                          "WHERE device_id=?", (now, hb.interval_s, hb.payload, hb.fps,
+                                                hb.worst_drift, hb.outbox_depth,
+                                                hb.outbox_age_s, hb.device))
         return change
 
     def online_devices(self) -> List[Tuple[str, float, Optional[float], Optional[float]]]:
@@ -527,6 +537,12 @@ class CentralReader:
     def pending_notifications(self) -> int:
         """How many notifications wait for delivery."""
         return int(self.conn.execute("SELECT count(*) FROM notifications").fetchone()[0])
+
+    def fleet_devices(self) -> List[Dict[str, Any]]:
+        """Every device's state and last heartbeat's figures, for the fleet metrics."""
+        return self._dicts(
+            "SELECT device_id AS device, online, last_heartbeat_ts, fps, worst_drift, "
+            "outbox_depth, outbox_age_s FROM devices ORDER BY device_id")
 
     def open_alert_counts(self) -> List[Tuple[str, str, str, int]]:
         """``(device, kind, severity, count)`` of firing alerts, for the fleet metrics."""

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from ..errors import AgentError
 
 # Command-group modules, registered in this order (help lists them so).
-_GROUPS = ("_run", "_baseline", "_alerts", "_status", "_export", "_central")
+_GROUPS = ("_run", "_baseline", "_alerts", "_status", "_export", "_samples", "_report", "_central")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

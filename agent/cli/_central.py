@@ -123,8 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "Alertmanager again this often (default: 60s; it resolves alerts that stop "
                    "coming after 4 intervals)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve the fleet's "
-                   "Prometheus metrics from the database on http://HOST:N/metrics (HOST: "
-                   "[central] metrics_host, default 127.0.0.1)")
+                   "Prometheus metrics from the database on http://HOST:N/metrics")
+    p.add_argument("--metrics-host", metavar="HOST", help="the address /metrics listens on "
+                   "(default: 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
     p.set_defaults(func=run_central)
 
     f = sub.add_parser("fleet", help="show devices, alerts and commands from the central "
@@ -141,6 +142,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
     c.set_defaults(func=run_fleet_commands)
     _command_parsers(fsub)
+    _samples_parser(fsub)
+
+
+def _samples_parser(fsub: Any) -> None:
+    """``fleet samples DEVICE ALERT``: fetch an alert's captured frames over MQTT."""
+    s = fsub.add_parser("samples", help="fetch an alert's captured frames from a device",
+                        description="Fetch an alert's captured frames from a device over MQTT "
+                        "in chunks (the device needs [capture] remote = true and TLS); a "
+                        "transfer cut short resumes when run again.")
+    s.add_argument("device", help="device id")
+    s.add_argument("alert", help="alert id (or a prefix of it)")
+    s.add_argument("--out", required=True, help="folder for the JPEGs and samples.jsonl")
+    s.add_argument("--chunk-kb", type=int, default=32, help="chunk size in KB (default: 32)")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for each window of chunks (default: 30)")
+    _broker_args(s)
+    s.set_defaults(func=run_fleet_samples)
+
+
+def run_fleet_samples(args: argparse.Namespace) -> int:
+    """Handle ``edgewatch fleet samples``: fetch, then one summary line."""
+    from pathlib import Path
+
+    from ..central.samples import fetch_samples
+
+    if args.timeout <= 0 or not 1 <= args.chunk_kb <= 256:
+        raise UsageError("--timeout must be > 0 and --chunk-kb from 1 to 256")
+    settings, prefix = _settings(args, _config(args), f"edgewatch-cli-{uuid.uuid4().hex[:8]}")
+    got = fetch_samples(settings, args.device, args.alert, Path(args.out), prefix=prefix,
+                        chunk_kb=args.chunk_kb, timeout=args.timeout)
+    failed = f"; {len(got['failed'])} not fetched (ids {got['failed'][:10]})" \
+        if got["failed"] else ""
+    print(f"{safe_text(args.device)}: {got['fetched']} of {got['samples']} samples fetched, "
+          f"{got['already']} already here, in {got['out']}{failed}")
+    return 1 if got["failed"] else 0
 
 
 _FLEET_HELP = {
@@ -197,8 +233,16 @@ def _view_args(p: argparse.ArgumentParser, sub_command: bool) -> None:
 
 # -- central ------------------------------------------------------------------------------------
 
-def _seconds(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+def _duration(flag: str, text: Optional[str], default: float, *, zero: bool = False) -> float:
+    """A duration flag's seconds (``default`` when not given); its error names the flag."""
+    if text is None:
+        return default
+    if zero and text.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return parse_duration(text)
+    except CommandError as exc:
+        raise CommandError(f"{flag}: {exc}") from None
 
 
 def run_central(args: argparse.Namespace) -> int:
@@ -212,11 +256,11 @@ def run_central(args: argparse.Namespace) -> int:
     settings, prefix = _settings(args, cfg, client_id or f"edgewatch-central-{uuid.uuid4().hex[:8]}",
                                  persistent=client_id is not None)
     db = args.db or c.db
-    expire = parse_duration(args.webhook_expire) if args.webhook_expire else c.webhook_expire_s
-    keep = parse_duration(args.keep_history) if args.keep_history else c.keep_history_days * 86400
-    group_wait = c.group_wait_s if args.group_wait is None else _seconds(args.group_wait)
-    group_interval = (c.group_interval_s if args.group_interval is None
-                      else _seconds(args.group_interval))
+    expire = _duration("--webhook-expire", args.webhook_expire, c.webhook_expire_s)
+    keep = _duration("--keep-history", args.keep_history, c.keep_history_days * 86400)
+    group_wait = _duration("--group-wait", args.group_wait, c.group_wait_s, zero=True)
+    group_interval = _duration("--group-interval", args.group_interval, c.group_interval_s,
+                               zero=True)
     stop = threading.Event()
     central = Central(settings.host, settings.port, db, settings=settings, prefix=prefix,
                       webhooks=args.webhook or [*([c.webhook] if c.webhook else []),
@@ -225,11 +269,11 @@ def run_central(args: argparse.Namespace) -> int:
                       notify_expire_s=expire, keep_history_s=keep, group_wait_s=group_wait,
                       group_interval_s=group_interval, group_by=c.group_by,
                       metrics_port=c.metrics_port if args.metrics_port is None
-                      else args.metrics_port, metrics_host=c.metrics_host,
+                      else args.metrics_port, metrics_host=args.metrics_host or c.metrics_host,
                       alertmanager=args.alertmanager or c.alertmanager,
-                      alertmanager_interval_s=c.alertmanager_interval_s
-                      if args.alertmanager_interval is None
-                      else parse_duration(args.alertmanager_interval),
+                      alertmanager_interval_s=_duration("--alertmanager-interval",
+                                                        args.alertmanager_interval,
+                                                        c.alertmanager_interval_s),
                       on_fatal=lambda _reason: stop.set())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -237,7 +281,8 @@ def run_central(args: argparse.Namespace) -> int:
     print(f"central: following {prefix}/+ on {settings.describe()} into {redact_url(db)}",
           flush=True)
     if central.metrics_port is not None:
-        print(f"central: metrics on http://{c.metrics_host}:{central.metrics_port}/metrics",
+        print(f"central: metrics on http://{args.metrics_host or c.metrics_host}:"
+              f"{central.metrics_port}/metrics",
               flush=True)
     try:
         stop.wait()
@@ -298,7 +343,21 @@ def _central_lines(status: Optional[Dict[str, Any]], pending: int, now: float) -
         if h.get("failures") or not h.get("alive"):
             lines.append(f"  thread {name}: {'alive' if h.get('alive') else 'DEAD'}, "
                          f"{h.get('failures')} failures, last: {safe_text(h.get('last_error'))}")
-    return lines
+    return lines + _output_lines(status)
+
+
+def _output_lines(status: Dict[str, Any]) -> List[str]:
+    """A line for each webhook and the Alertmanager: where, how many went out, failing."""
+    outputs = [(f"webhook {w.get('url')} ({w.get('format')})", w.get("sent"), w.get("failing"),
+                w.get("failed_attempts")) for w in status.get("webhooks") or []
+               if isinstance(w, dict)]
+    if status.get("alertmanager_url"):
+        outputs.append((f"alertmanager {status['alertmanager_url']}",
+                        status.get("alertmanager_posts"), status.get("alertmanager_failing"),
+                        status.get("alertmanager_failed_attempts")))
+    return [f"  {safe_text(what)}: {sent or 0} sent"
+            + (f", FAILING ({failed} failed attempts)" if failing else "")
+            for what, sent, failing, failed in outputs]
 
 
 def _ago(seconds: Optional[float]) -> str:

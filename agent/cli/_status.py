@@ -78,7 +78,7 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
         f"model:     {_num(model.get('path'))}, sha256 {sha}, runtime "
         f"{_num(model.get('runtime'))}, latency {_pairs(model.get('latency_ms'), ' ms')}",
         f"camera:    {_num(cam.get('name'))}, {_num(cam.get('state'))}, frames "
-        f"{_num(cam.get('frames'))}, fps {_num(cam.get('fps_processed'))}, dropped "
+        f"{_num(cam.get('frames'))}, fps {_num(_first(cam, 'fps', 'fps_processed'))}, dropped "
         f"{_num(cam.get('dropped'))}, reconnects {_num(cam.get('reconnects'))}",
         f"host:      cpu {_num(host.get('cpu_percent'), '%')}, memory "
         f"{_num(host.get('memory_percent'), '%')}, disk free {_num(host.get('disk_free_mb'), ' MB')}"
@@ -92,6 +92,11 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
         f"{st['retention_days']:g} days",
         f"alerts:    {len(st['alerts_open'])} firing",
     ]
+
+
+def _first(values: Mapping[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` with a value (heartbeat 3's ``fps``, else an older agent's)."""
+    return next((values[k] for k in keys if values.get(k) is not None), None)
 
 
 def _drift_line(mon: Optional[Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
