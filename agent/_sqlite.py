@@ -87,8 +87,11 @@ def check_writable(path: str) -> None:
 def connect_readonly(path: str) -> sqlite3.Connection:
     """A read-only connection (rows as sqlite3.Row); StoreError when the file is missing."""
     if not os.path.exists(path):
-        raise StoreError(f"database not found: {path} (check --db or [store] path; "
-                         "the agent creates it on its first run)")
+        raise StoreError(f"database not found: {path} (point at it with --db FILE, or --config "
+                         "FILE for its [store] path; the agent creates it on its first run)")
+    if os.path.isdir(path):
+        raise StoreError(f"{path} is a folder, not a database file (name the file, e.g. "
+                         f"--db {os.path.join(path, 'edgewatch.db')})")
     uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
     if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and \
             not os.path.exists(path + "-shm"):
@@ -100,6 +103,25 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open database: {path}: {exc} (check permissions)") from exc
     conn.row_factory = sqlite3.Row
+    return conn
+
+
+def connect_edgewatch(path: str, newest: Optional[int] = None) -> sqlite3.Connection:
+    """:func:`connect_readonly` to an edgewatch database (schema 1, up to ``newest`` when
+    given); StoreError "not an edgewatch database" for any other file."""
+    conn = connect_readonly(path)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"not an edgewatch database: {path}: {exc} "
+                         "(check --db or [store] path)") from None
+    if version < 1 or (newest is not None and version > newest):
+        conn.close()
+        why = "no edgewatch tables" if version < 1 else f"schema {version} is newer than " \
+            f"this edgewatch ({newest}; upgrade edgewatch)"
+        raise StoreError(f"not an edgewatch database: {path} ({why}; check --db or "
+                         "[store] path)")
     return conn
 
 

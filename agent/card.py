@@ -13,10 +13,12 @@ text is embedded in the report (:mod:`agent.report`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .config import CARD_KEYS, Config
 from .errors import AgentError
@@ -49,6 +51,21 @@ def when(ts: Optional[float]) -> str:
     return "-" if ts is None else time.strftime(_UTC, time.gmtime(ts))
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (where the TFLite runtime logs) for the block; the CLI's
+    own errors come as exceptions, so nothing a person needs is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _model_file(config: Config) -> Dict[str, Any]:
     """The model file's own facts: hash, input, outputs, decoder (when it can be opened here)."""
     from .confidence import detect_kind, output_infos
@@ -59,7 +76,8 @@ def _model_file(config: Config) -> Dict[str, Any]:
         return {}
     out: Dict[str, Any] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     try:
-        model = Model.from_config(config.model)
+        with _quiet_stderr():  # the runtime's "INFO: Created ... delegate" is no news here
+            model = Model.from_config(config.model)
     except AgentError as exc:
         out["load_error"] = str(exc)
         return out
@@ -158,7 +176,8 @@ def _owner_section(owner: Mapping[str, Any]) -> List[str]:
         value = owner.get(key)
         if isinstance(value, Mapping):
             lines += [f"### {key.replace('_', ' ').capitalize()}", ""]
-            lines += _table([(k, v) for k, v in value.items()], ("", "value"))
+            head = "metric" if key == "evaluation" else "item"
+            lines += _table([(k, v) for k, v in value.items()], (head, "value"))
     return lines
 
 

@@ -19,13 +19,14 @@ frozen records; nothing here writes.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._sqlite import classify
 from .errors import BaselineError, StoreError
-from .records import AlertTransition
+from .records import FILE_REFERENCE, AlertTransition
 from .store import connect_history
 
 __all__ = ["Event", "Gap", "HeartbeatRow", "History", "ReferenceRow", "SummaryWindow",
@@ -138,14 +139,19 @@ class History:
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         return where, [v for v in (since, until) if v is not None]
 
-    def span(self) -> Tuple[Optional[float], Optional[float]]:
-        """First and last time monitored data was recorded (windows, heartbeats, alerts; events
-        carry the writer's wall clock, which a replay's frame times need not match)."""
-        row = self._query(
-            "SELECT min(t0), max(t1) FROM (SELECT min(ts_start) t0, max(ts_end) t1 FROM windows "
-            "UNION ALL SELECT min(ts), max(ts) FROM heartbeats "
-            "UNION ALL SELECT min(starts_at), max(ts) FROM alerts)")[0]
-        return row[0], row[1]
+    def span(self, since: Optional[float] = None,
+             until: Optional[float] = None) -> Tuple[Optional[float], Optional[float]]:
+        """First and last time anything was recorded in [since, until] (windows, heartbeats,
+        alerts, events), clamped to it; (None, None) when nothing was."""
+        lo, hi = -math.inf if since is None else since, math.inf if until is None else until
+        parts = " UNION ALL ".join(
+            f"SELECT min({a}) t0, max({b}) t1 FROM {table} WHERE {b} >= ? AND {a} <= ?"
+            for table, a, b in (("windows", "ts_start", "ts_end"), ("heartbeats", "ts", "ts"),
+                                ("alerts", "starts_at", "ts"), ("events", "ts", "ts")))
+        row = self._query(f"SELECT min(t0), max(t1) FROM ({parts})", (lo, hi) * 4)[0]
+        if row[0] is None:
+            return None, None
+        return max(float(row[0]), lo), min(float(row[1]), hi)
 
     def windows(self, since: Optional[float] = None,
                 until: Optional[float] = None) -> List[SummaryWindow]:
@@ -251,17 +257,19 @@ def monitoring_gaps(heartbeats: Sequence[HeartbeatRow], events: Sequence[Event],
 
 def current_reference(history: History, model_sha256: str,
                       baseline: str = "") -> Tuple[Optional[Any], Optional[ReferenceRow]]:
-    """The reference drift was tested against: the newest learned one stored for the model,
-    else the baseline file of ``[drift] reference``; and the stored row it came from.
+    """The reference drift was tested against: the newest stored for the model (learned, a
+    calibration, or the baseline file a run or replay used), else the baseline file of
+    ``[drift] reference``; and the stored row it came from.
 
     Returns ``(Reference or None, ReferenceRow or None)``; a baseline that cannot be read is
     None (the report says "no reference" rather than failing).
     """
     from .drift.reference import Reference
 
+    mine = {model_sha256, FILE_REFERENCE + model_sha256}
     for row in reversed(history.references()):
         if not row.blob or (row.origin != "calibration" and model_sha256
-                            and row.model_sha256 != model_sha256):
+                            and row.model_sha256 not in mine):
             continue
         try:
             return Reference.from_bytes(row.blob, where=f"{history.path} reference {row.id}"), row

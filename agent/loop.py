@@ -100,7 +100,8 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
     model = model or Model.from_config(config.model)
     fps = fps or source.fps or 30.0
     start = time.time() if start_ts is None else start_ts
-    agent = _start_or_close(source, config, model, expected_fps=fps, live=False)
+    agent = _start_or_close(source, config, model, expected_fps=fps, live=False,
+                            replay_start=start)
     agent.camera["state"] = "replay"
     agent.heartbeats.source_losses = lambda: source_losses(source)
     t0 = time.perf_counter()
@@ -131,11 +132,11 @@ def source_losses(source: Source) -> int:
 
 
 def _start_or_close(source: Source, config: Config, model: Model, *, expected_fps: float,
-                    live: bool) -> Agent:
+                    live: bool, replay_start: Optional[float] = None) -> Agent:
     """A started agent for ``model``; the source is closed if the agent cannot start."""
     try:
         return Agent.start(config, model_info=model.info(), output_spec=model.output_details,
-                           expected_fps=expected_fps, live=live)
+                           expected_fps=expected_fps, live=live, replay_start=replay_start)
     except BaseException:
         source.close()
         raise

@@ -280,6 +280,13 @@ class Monitor:
         self._window_frames = 0
         self.sink.window(row)
 
+    def flush(self) -> None:
+        """Close the partial window at the last frame (the loop stopped: replay end, run stop,
+        close); nothing when no frame arrived since the last window closed."""
+        last = self.last_ts
+        if self._window_frames and last is not None:
+            self._close_window(max(last, self._window_start))
+
     def set_reference(self, reference: Reference) -> None:
         """Compare with this reference from now on (a baseline file, warm-up or history)."""
         with self._lock:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 __all__ = [
+    "FILE_REFERENCE",
     "KINDS",
     "MONITORING_STATES",
     "REFERENCE_STATES",
@@ -41,6 +42,8 @@ REFERENCE_STATES = ("disabled", "warming_up", "calibrating", "ready", "failed")
 MONITORING_STATES = ("active", "warming_up", "calibrating", "degraded", "off")
 #: Why a frame was captured: an alert episode, an unsure model, or a normal frame for contrast.
 SAMPLE_REASONS = ("alert", "unsure", "normal")
+#: Key prefix (+ model sha256) of a baseline file's reference kept in a device's database.
+FILE_REFERENCE = "file:"
 #: Version of the alert JSON record.
 SCHEMA = 1
 

@@ -30,6 +30,7 @@ from .samplestore import write_private
 __all__ = ["FORMATS", "export_samples"]
 
 FORMATS = ("coco", "yolo", "jsonl")
+_MANIFESTS = ("annotations.json", "classes.txt", "samples.jsonl")
 
 
 def _class_names(samples: Sequence[Sample], names: Optional[Sequence[str]]) -> List[str]:
@@ -62,15 +63,23 @@ def _record(sample: Sample) -> Dict[str, Any]:
 
 
 def export_samples(samples: Sequence[Sample], folder: Path, out: Path, fmt: str, *,
-                   class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                   class_names: Optional[Sequence[str]] = None,
+                   force: bool = False) -> Dict[str, Any]:
     """Write ``samples`` (files in ``folder``) to ``out`` as ``fmt``.
 
-    Returns {"format", "manifest", "images", "skipped": [sample ids], "annotations"}.
+    ``out`` must be missing or empty; with ``force`` an earlier export's files there go
+    first (see :func:`clear_export`). Returns {"format", "manifest", "images",
+    "skipped": [sample ids], "annotations"}.
     """
     if fmt not in FORMATS:
         raise CommandError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file (name a folder)")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise CommandError(f"--out {out} is not empty (name a new folder, or pass --force "
+                               "to replace an earlier export there)")
+        clear_export(out)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     copied: List[Tuple[Sample, str]] = []
@@ -86,6 +95,23 @@ def export_samples(samples: Sequence[Sample], folder: Path, out: Path, fmt: str,
     manifest, annotations = writer(copied, out, names)
     return {"format": fmt, "manifest": str(manifest), "images": len(copied),
             "skipped": skipped, "annotations": annotations}
+
+
+def clear_export(out: Path) -> None:
+    """Delete an earlier export in ``out`` (its manifests, ``images/*.jpg``, ``labels/*.txt``
+    and those folders); CommandError, deleting nothing, when ``out`` holds anything else."""
+    owned = {out / m for m in _MANIFESTS} | {out / "images", out / "labels"}
+    owned |= {*out.glob("images/*.jpg"), *out.glob("labels/*.txt")}
+    foreign = [p for p in (*out.iterdir(), *out.glob("images/*"), *out.glob("labels/*"))
+               if p not in owned or p.is_symlink()]
+    if foreign:
+        raise CommandError(f"--out {out} holds {foreign[0].relative_to(out)}, which no export "
+                           "wrote (--force replaces only an earlier export; name a new folder)")
+    for path in sorted(owned, key=lambda p: -len(p.parts)):  # files before their folders
+        if path.is_dir():
+            path.rmdir()
+        elif path.exists():
+            path.unlink()
 
 
 def _coco(copied: Sequence[Tuple[Sample, str]], out: Path,

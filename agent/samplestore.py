@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ._sqlite import connect_readonly
+from ._sqlite import connect_edgewatch
 from ._writer import sql_value
 from .errors import StoreError
 from .records import SAMPLE_REASONS, Sample
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from .config import Config
     from .store import Store
 
-__all__ = ["SAMPLES_SCHEMA", "SampleWriter", "read_samples", "samples_dir"]
+__all__ = ["SAMPLES_SCHEMA", "SampleWriter", "copy_samples", "find_samples_dir", "read_samples",
+           "sample_alert_ids", "samples_dir", "snapshot_samples_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,48 @@ def samples_dir(config_or_db_path: Union[Config, str, os.PathLike[str]]) -> Path
     return pulled if pulled.is_dir() else db.parent / "samples"
 
 
+def find_samples_dir(config: Config, db: Optional[str], folder: Optional[str]) -> Path:
+    """The samples folder a command reads: ``--samples``, else the one of ``--db``, else the
+    config's."""
+    if folder:
+        return Path(folder)
+    return samples_dir(db) if db else samples_dir(config)
+
+
+def snapshot_samples_dir(snapshot: Union[str, os.PathLike[str]]) -> Path:
+    """Where a snapshot's samples go: ``<name>-samples/`` beside it (:func:`samples_dir`
+    finds them there, as it finds those of ``scripts/pull-logs.sh``)."""
+    path = Path(os.fspath(snapshot))
+    return path.with_name(path.stem + "-samples")
+
+
+def copy_samples(db_path: Union[str, os.PathLike[str]], source: Path,
+                 dest: Path) -> Tuple[int, List[int]]:
+    """Copy the file of every sample in ``db_path`` from ``source`` into ``dest`` (0640,
+    the same relative paths); (files copied, ids of samples whose file is missing)."""
+    copied, missing = 0, []
+    for sample in read_samples(db_path):
+        src, target = source / sample.path, dest / sample.path
+        if target.is_file() and target.stat().st_size == sample.bytes:
+            copied += 1  # an earlier export's copy
+            continue
+        try:
+            data = src.read_bytes()
+        except FileNotFoundError:
+            missing.append(sample.id)
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot read sample {src}: {exc} (run as the agent's user, or "
+                             "pass --no-samples)") from None
+        try:
+            write_private(target, data)
+        except OSError as exc:
+            raise StoreError(f"cannot copy samples to {dest}: {exc} (free space or name "
+                             "another --out, or pass --no-samples)") from None
+        copied += 1
+    return copied, missing
+
+
 def _decode(text: Optional[str], empty: Any) -> Any:
     try:
         return json.loads(text) if text else empty
@@ -95,19 +138,30 @@ def read_samples(db_path: Union[str, os.PathLike[str]], *, since: Optional[float
                  limit: Optional[int] = None) -> List[Sample]:
     """Samples in [since, until] (of one alert when ``alert_id``: its id or a prefix), oldest
     first; [] for a database from before samples were kept."""
-    path = os.fspath(db_path)
-    if not os.path.exists(path):
-        raise StoreError(f"database not found: {path} (check --db or [store] path)")
     clauses, params = _conditions(since, until, alert_id)
     sql = "SELECT * FROM samples" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
     sql += " ORDER BY ts, id" + ("" if limit is None else f" LIMIT {int(limit)}")
-    conn = connect_readonly(path)
+    return [_sample(r) for r in _query(db_path, sql, params)]
+
+
+def sample_alert_ids(db_path: Union[str, os.PathLike[str]]) -> List[str]:
+    """Ids of the alerts that have samples in ``db_path``, newest first."""
+    rows = _query(db_path, "SELECT alert_id FROM samples WHERE alert_id IS NOT NULL "
+                  "GROUP BY alert_id ORDER BY max(ts) DESC", [])
+    return [str(r["alert_id"]) for r in rows]
+
+
+def _query(db_path: Union[str, os.PathLike[str]], sql: str,
+           params: Sequence[Any]) -> List[sqlite3.Row]:
+    """Rows of a query on the samples table; [] for a database from before it existed."""
+    path = os.fspath(db_path)
+    conn = connect_edgewatch(path)  # else StoreError
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                         "name = 'samples'").fetchone() is None:
             return []
         conn.row_factory = sqlite3.Row
-        return [_sample(r) for r in conn.execute(sql, params)]
+        return list(conn.execute(sql, params))
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot read samples: {path}: {exc} (check --db)") from None
     finally:

@@ -28,6 +28,7 @@ from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
 from .observe import LAYOUT
+from .records import FILE_REFERENCE
 from .remotesamples import SampleServer
 from .samplestore import SampleWriter, samples_dir
 from .store import Store
@@ -49,6 +50,9 @@ class _StoreSink:
     def __init__(self, store: Store, model_sha256: str) -> None:
         self.store = store
         self.sha = model_sha256
+        # A replay's events are stamped on its own clock (its frames' times), so a report
+        # places its start and stop with its data; None: the store's wall clock.
+        self.stamp: Callable[[], Optional[float]] = lambda: None
 
     def window(self, row: Dict[str, Any]) -> None:
         """Queue a summary window (never blocks; overflow is counted by the store)."""
@@ -57,7 +61,8 @@ class _StoreSink:
     def event(self, kind: str, message: str, data: Optional[Dict[str, Any]] = None) -> None:
         """Queue an event and log it, one line."""
         log.info("%s: %s", kind, message)
-        self.store.put("events", {"kind": kind, "message": message, "data": data or {}})
+        self.store.put("events", {"ts": self.stamp(), "kind": kind, "message": message,
+                                  "data": data or {}})
 
     def reference_learned(self, reference: Reference) -> None:
         """Persist a warm-up reference (or a training one's calibration) for a restart."""
@@ -212,11 +217,13 @@ class Agent:
     def start(cls, config: Config, *, model_info: Mapping[str, Any],
               output_spec: Optional[Sequence[Any]] = None, expected_fps: Optional[float] = None,
               clock: Callable[[], float] = time.time, live: bool = True,
-              on_fatal: Optional[Callable[[str], None]] = None) -> Agent:
+              on_fatal: Optional[Callable[[str], None]] = None,
+              replay_start: Optional[float] = None) -> Agent:
         """Open storage, restore state, build the monitor, then start MQTT, control, heartbeats.
 
         A part that fails to start (a bad baseline file, a control socket that cannot be
-        bound) closes what was already started before the error propagates.
+        bound) closes what was already started before the error propagates. A replay gives
+        its first frame's time (``replay_start``): its events are stamped on its clock.
         """
         info = dict(model_info)
         supervisor = Supervisor(on_fatal=on_fatal)
@@ -233,6 +240,9 @@ class Agent:
         except BaseException:
             agent.close()
             raise
+        if replay_start is not None:
+            monitor = agent.monitor
+            agent.sink.stamp = lambda: replay_start if monitor.last_ts is None else monitor.last_ts
         reference = agent.monitor.reference
         agent.event("start", f"edgewatch {__version__} started (model {info.get('path')}, "
                     f"reference: {'none, warm-up' if reference is None else reference.origin})")
@@ -310,6 +320,7 @@ class Agent:
         if self._closed:
             return
         self._closed = True
+        self.monitor.flush()  # the last, partial summary window
         self.event("stop", f"edgewatch stopped after {self.monitor.frames} frames")
         if self.mqtt is not None:
             self.mqtt.close()
@@ -369,6 +380,7 @@ def _load_reference(config: Config, store: Store,
         from_file = Reference.load(drift.reference)
         log.info("reference: %s (%s, %s view, %d frames)", drift.reference, from_file.origin,
                  from_file.view_kind, from_file.frames)
+        record_file_reference(store, from_file, sha)
         return _with_calibrations(from_file, store, config.store.path)
     stored = load_stored_reference(store, sha) or _previous_model_reference(store, sha)
     if stored is not None:
@@ -377,6 +389,16 @@ def _load_reference(config: Config, store: Store,
     else:
         log.info("no reference: learning one from the first %.0f s (warm-up)", drift.warmup_s)
     return stored, None
+
+
+def record_file_reference(store: Store, reference: Reference, sha: str) -> None:
+    """Keep the baseline file's reference in the database (once; origin ``file``, under
+    ``file:<model sha256>``, which no start loads as its own): a pulled snapshot's report and
+    card show what drift was tested against without the device's config."""
+    key, blob = f"{FILE_REFERENCE}{sha}", reference.to_bytes()
+    if store.load_reference(key, FEATURES_VERSION) != blob:
+        store.save_reference(ts=reference.created, model_sha256=key, origin="file", blob=blob,
+                             features_version=FEATURES_VERSION)
 
 
 def _with_calibrations(reference: Reference, store: Store,

@@ -33,6 +33,7 @@ from ._sqlite import (
     DbLock,
     check_writable,
     classify,
+    connect_edgewatch,
     connect_readonly,
     connect_writer,
 )
@@ -157,20 +158,7 @@ def open_db(path: str) -> sqlite_utils.Database:
 
 def connect_history(path: str) -> sqlite3.Connection:
     """A read-only connection to an edgewatch database of a schema this version knows."""
-    conn = connect_readonly(path)
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise StoreError(f"not an edgewatch database: {path}: {exc} "
-                         "(check --db or [store] path)") from None
-    if not 1 <= version <= SCHEMA_VERSION:
-        conn.close()
-        why = "no edgewatch tables" if version == 0 else f"schema {version} is newer than " \
-            f"this edgewatch ({SCHEMA_VERSION}; upgrade edgewatch)"
-        raise StoreError(f"not an edgewatch database: {path} ({why}; check --db or "
-                         "[store] path)")
-    return conn
+    return connect_edgewatch(path, SCHEMA_VERSION)
 
 
 def _time_condition(table: str, since: Optional[float],

@@ -59,7 +59,7 @@ cleanup() {
 }
 
 trap cleanup EXIT
-remote ${SUDO[@]+"${SUDO[@]}"} "$EDGEWATCH_BIN" export --db "$EDGEWATCH_DB" --out "$REMOTE_TMP" \
+remote ${SUDO[@]+"${SUDO[@]}"} "$EDGEWATCH_BIN" export --db "$EDGEWATCH_DB" --out "$REMOTE_TMP" --no-samples \
     || die "edgewatch export failed on $TARGET (is the agent installed at $EDGEWATCH_BIN?)"
 "${SCP_CMD[@]}" -q "$TARGET:$REMOTE_TMP" "$OUT" || die "copy from $TARGET:$REMOTE_TMP failed"
 [ -s "$OUT" ] || die "copied file is empty: $OUT"

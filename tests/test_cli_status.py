@@ -19,7 +19,8 @@ from agent.store import Store
 
 def heartbeat(now: float, threads: bool = True) -> Dict[str, Any]:
     payload: Dict[str, Any] = {
-        "interval_s": 30, "host": {"cpu_percent": 12.5, "memory_percent": None},
+        "interval_s": 30, "host": {"cpu_percent": 12.5, "memory_percent": None,
+                                           "disk_free_mb": 76970.0},
         "model": {"path": "m.tflite", "sha256": None, "runtime": "ai_edge_litert",
                   "latency_ms": {"p50": 3.518, "p95": 4.2}},
         "camera": {"name": "cam0", "state": "ok", "frames": 100, "fps_processed": None},
@@ -54,6 +55,7 @@ def test_status_is_for_people(tmp_path: Path, capsys: Any) -> None:
     assert "None" not in out and "{'" not in out and "\x1b" not in out  # no reprs, no escapes
     assert re.search(rf"last heartbeat 2m 3[0-2]s ago \({local_time(now - 150)}\)", out)
     assert "latency p50 3.518 ms, p95 4.2 ms" in out and "fps -" in out
+    assert "disk free 75.2 GB," in out  # not 7.697e+04 MB
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("THREAD"))
     assert lines[header].split() == ["THREAD", "ALIVE", "CRITICAL", "FAILURES", "IN", "A", "ROW",

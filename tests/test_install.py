@@ -230,8 +230,9 @@ FAKE_EDGEWATCH = """#!{python}
 import argparse, sqlite3
 p = argparse.ArgumentParser()
 p.add_argument("cmd"); p.add_argument("--db"); p.add_argument("--out")
+p.add_argument("--no-samples", action="store_true")  # the script copies them itself
 a = p.parse_args()
-assert a.cmd == "export", a.cmd
+assert a.cmd == "export" and a.no_samples, a
 if a.db == "/missing.db":
     raise SystemExit("database not found: " + a.db)
 con = sqlite3.connect(a.out)

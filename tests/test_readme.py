@@ -178,6 +178,12 @@ def test_readme_block_runs_as_written(checkout: Checkout, block: Block) -> None:
         # a new user who copies it sees the alert in the log, not silence
         assert "WARNING agent.service: alert firing [data_drift/" in out, out[-3000:]
         _night_alerted_and_nothing_before(checkout.path / "edgewatch.db")
+    elif block.name == "samples":
+        assert "alert" in out and "data_drift" in out, out[-3000:]
+        doc = json.loads((checkout.path / "to-label" / "annotations.json").read_text())
+        assert doc["images"] and [c["name"] for c in doc["categories"]] == ["face"]
+        yolo = checkout.path / "yolo"
+        assert len(list((yolo / "images").glob("*.jpg"))) == len(doc["images"])
     elif block.name == "report":
         card = (checkout.path / "MODEL_CARD.md").read_text()
         assert "# Model card: doorbell faces 1.2" in card and "| owner | home-ops |" in card

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -23,10 +24,10 @@ from agent.cli import main
 from agent.config import load_config
 from agent.history import Event, HeartbeatRow, History, SummaryWindow, monitoring_gaps
 from agent.records import AlertTransition, Window
-from agent.report import build_report, gather
+from agent.report import _svg, build_report, gather
 from agent.report import diagnose as dg
 from agent.report._data import MAX_THUMBS, drift_matrix
-from agent.samplestore import read_samples
+from agent.samplestore import read_samples, samples_dir
 from agent.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,23 +65,29 @@ def test_the_replay_gives_the_report_what_it_shows(scenario: Tuple[Path, Path]) 
     night = next(d for ep, d in data.episodes if "data_drift" in ep.kinds)
     blur = next(d for ep, d in data.episodes if ep.camera_faults)
     assert night.cause == "scene change" and night.onset == "sudden" and "retrain" in night.action
-    assert "brightness" in night.summary or "entropy" in night.summary
+    assert "drastic: the scene got darker (brightness down" in night.summary, night.summary
     assert blur.cause == "camera fault" and "Fix the camera" in blur.action
     assert "brightness" in data.features and "top_score" in data.features
 
 
 def test_dusk_is_diagnosed_gradual(scenario: Tuple[Path, Path], tmp_path: Path) -> None:
-    """The light fades over two minutes (a real replay against the scenario's baseline)."""
+    """The light fades over two minutes (a real replay against the scenario's baseline, with
+    the default one-minute windows: brightness 125 -> 98 -> 46 -> 19): one gradual episode,
+    its size over the whole fade, the model's outputs lagging behind in the same episode."""
     cfg = tmp_path / "dusk.toml"
     cfg.write_text(scenario[0].read_text().replace(
         'reference = "baseline.npz"', f'reference = "{scenario[0].parent / "baseline.npz"}"')
-        .replace("window_s = 2.0", "window_s = 5.0"))
-    assert main(["replay", "emulated:dusk?seed=4&size=320x240&fps=15&onset=30&duration=200",
+        .replace("window_s = 2.0", "window_s = 60.0"))
+    assert main(["replay", "emulated:dusk?seed=2&size=320x240&fps=15&onset=60&duration=300",
                  "--config", str(cfg)]) == 0
     data = gather(load_config(str(cfg)), str(tmp_path / "history.db"), None, None, now=0.0)
-    drift = [d for ep, d in data.episodes if "data_drift" in ep.kinds]
-    assert drift and drift[0].onset == "gradual", [d.summary for d in drift]
-    assert "incrementally" in drift[0].action
+    assert {"data_drift", "prediction_drift"} <= {a.kind for a in data.alerts}
+    assert len(data.episodes) == 1, [d.summary for _, d in data.episodes]
+    ep, dusk = data.episodes[0]
+    assert {"data_drift", "prediction_drift"} <= set(ep.kinds)
+    assert (dusk.onset, dusk.magnitude) == ("gradual", "drastic"), dusk.summary
+    assert "incrementally" in dusk.action
+    assert "the scene got darker (brightness down" in dusk.summary
 
 
 def test_the_report_is_one_offline_file_of_a_few_mb(report_file: Path,
@@ -98,6 +105,64 @@ def test_the_report_is_one_offline_file_of_a_few_mb(report_file: Path,
     assert {"alert", "normal"} <= reasons  # the agent's capture kept both
     shown = sum(min(MAX_THUMBS, sum(s.reason == r for s in samples)) for r in reasons)
     assert html.count("<img ") == shown > 0
+
+
+def test_the_windows_cover_every_replayed_frame(scenario: Tuple[Path, Path]) -> None:
+    """The last, partial summary window is written when a replay ends (it was lost, so a
+    replay shorter than two windows showed no drift in its report)."""
+    with History(str(scenario[1])) as history:
+        windows = history.windows()
+        stops = [e for e in history.events() if e.kind == "stop"]
+    replayed = [int(m.group(1)) for e in stops
+                for m in [re.search(r"after (\d+) frames", e.message)] if m]
+    assert len(replayed) == 2 and sum(replayed) > 0
+    assert sum(w.frames for w in windows) == sum(replayed)
+
+
+def test_the_period_runs_from_the_first_to_the_last_thing_recorded(
+        scenario: Tuple[Path, Path]) -> None:
+    """Samples, the stop event and open episodes end where the data ends, not at the last
+    window; ``--since 2h`` starts the charts and heatmap at the first data, not 2 h back."""
+    cfg, db = scenario
+    with History(str(db)) as history:
+        stops = [e.ts for e in history.events() if e.kind == "stop"]
+        first = min(w.ts_start for w in history.windows())
+    taken = [s.ts for s in read_samples(db)]
+    data = gather(load_config(str(cfg)), str(db), first - 7200, None, now=1e10)
+    assert data.span[0] == first
+    assert data.span[1] >= max(taken) and data.span[1] >= max(stops)
+    assert data.span[1] - first < 400  # a replay's start and stop are on its own clock
+    assert data.stopped == max(stops)
+    assert "stopped at" in build_report(load_config(str(cfg)), str(db))
+    kept = sum(len(t) for t in data.thumbs.values())
+    assert kept == sum(min(MAX_THUMBS, sum(s.reason == r for s in read_samples(db)))
+                       for r in {s.reason for s in read_samples(db)})
+
+
+def test_with_capture_off_the_advice_says_so(scenario: Tuple[Path, Path]) -> None:
+    cfg, db = scenario
+    config = load_config(str(cfg)).with_values(capture__enabled=False)
+    data = gather(config, str(db), None, None, now=1e10)
+    night = next(d for ep, d in data.episodes if "data_drift" in ep.kinds)
+    assert "captured frames" not in night.action and "Capture is off" in night.action
+    assert "[capture] enabled = true" in night.action
+    assert "<b>Capture is off</b>" in build_report(config, str(db))
+
+
+def test_an_altered_sample_file_is_not_shown_as_the_frame(scenario: Tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    """A JPEG changed since capture (its sha256 differs) is left out, said and counted."""
+    cfg, db = scenario
+    snap = tmp_path / "snap.db"
+    assert main(["export", "--db", str(db), "--out", str(snap)]) == 0  # frames come along
+    config = load_config(str(cfg))
+    before = build_report(config, str(snap))
+    shown = gather(config, str(snap), None, None, now=1e10).thumbs["alert"][0].sample
+    altered = samples_dir(str(snap)) / shown.path
+    altered.write_bytes(altered.read_bytes() + b"edited")
+    after = build_report(config, str(snap))
+    assert after.count("<img ") == before.count("<img ") - 1
+    assert "file altered since capture" in after and "1 of them not shown" in after
 
 
 def test_since_and_until_narrow_the_report(scenario: Tuple[Path, Path]) -> None:
@@ -170,6 +235,40 @@ def _check_markdown(text: str) -> None:
             assert j == len(lines) or lines[j] == "", f"table not followed by a blank line: {j}"
 
 
+def test_a_pulled_snapshot_shows_its_reference_without_the_config(
+        scenario: Tuple[Path, Path], tmp_path: Path) -> None:
+    """The replay kept the baseline file's reference in the database, once."""
+    db = scenario[1]
+    with History(str(db)) as history:
+        kept = [r for r in history.references() if r.origin == "file"]
+    assert len(kept) == 1  # two replays, one baseline: recorded once
+    out = tmp_path / "card.md"
+    assert main(["card", "--db", str(db), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "No reference yet" not in text and "baseline file" in text
+    assert "emulated:stationary?seed=1" in text
+    html = build_report(load_config({}), str(db))
+    assert "<b>reference</b><br>none" not in html and 'class="band"' in html
+
+
+@pytest.mark.integration
+def test_card_and_report_print_no_runtime_noise(scenario: Tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    """A fresh process (the runtime logs its delegate once per process): stderr stays quiet."""
+    import os
+    import subprocess
+
+    cfg, db = scenario
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command, out in (("card", "c.md"), ("report", "r.html")):
+        proc = subprocess.run([sys.executable, "-m", "agent.cli", command, "--config", str(cfg),
+                               "--out", str(tmp_path / out)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0 and "XNNPACK" not in proc.stderr, proc.stderr
+    card = (tmp_path / "c.md").read_text()
+    assert "| metric | value |" in card and "|  | value |" not in card
+
+
 def test_card_from_config_alone_says_what_is_missing(tmp_path: Path) -> None:
     text = model_card(load_config({"model": {"path": str(demo.blazeface_model_path())}}))
     assert "Not given: write `[model.card]`" in text and "No reference yet" in text
@@ -181,6 +280,46 @@ def test_report_of_a_missing_database_is_one_line(tmp_path: Path, capsys: Any) -
     code = main(["report", "--db", str(tmp_path / "nope.db"), "--out", str(tmp_path / "r.html")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "database not found" in err and "\n" not in err
+
+
+def _one_line_error(capsys: Any, argv: List[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, (code, err)
+    return err
+
+
+def test_out_is_a_file_path_and_its_folders_are_made(scenario: Tuple[Path, Path],
+                                                     tmp_path: Path, capsys: Any) -> None:
+    cfg = str(scenario[0])
+    for command in ("report", "card"):
+        folder = tmp_path / command
+        folder.mkdir()
+        err = _one_line_error(capsys, [command, "--config", cfg, "--out", str(folder)])
+        assert "error: --out" in err and "is a folder" in err, err
+        assert list(folder.iterdir()) == [] and not list(tmp_path.glob("*.tmp"))
+        out = tmp_path / "new" / command / "file.out"
+        assert main([command, "--config", cfg, "--out", str(out)]) == 0
+        assert out.stat().st_size > 0 and not list(out.parent.glob("*.tmp"))
+    blocker = tmp_path / "plain"
+    blocker.write_text("")
+    err = _one_line_error(capsys, ["card", "--config", cfg, "--out", str(blocker / "x.md")])
+    assert "--out" in err and "cannot write" in err, err
+
+
+def test_card_without_config_or_database_is_an_error(tmp_path: Path, capsys: Any,
+                                                     monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)  # no edgewatch.toml here
+    err = _one_line_error(capsys, ["card", "--out", "card.md"])
+    assert "--config" in err and "--db" in err and not (tmp_path / "card.md").exists()
+
+
+def test_an_inverted_period_is_an_error(scenario: Tuple[Path, Path], tmp_path: Path,
+                                        capsys: Any) -> None:
+    out = tmp_path / "r.html"
+    err = _one_line_error(capsys, ["report", "--config", str(scenario[0]), "--since", "1h",
+                                   "--until", "2h", "--out", str(out)])
+    assert "--since 1h is not before --until 2h" in err and not out.exists()
 
 
 # -- the report in a browser ------------------------------------------------------------------
@@ -222,6 +361,23 @@ def test_the_report_opens_offline_in_chromium(browser: Any, report_file: Path,
     assert page.locator("table").count() >= 3
     _assert_not_blank(page.screenshot(full_page=False))
     page.close()
+
+
+def test_titles_fit_the_charts_and_counts_stay_above_zero(report_file: Path) -> None:
+    few = _svg.heatmap(["brightness"], [0.0, 60.0, 120.0], [[1.0, 2.0]], 3.0,
+                       "drift score: distance / threshold")  # a short replay: two columns
+    html = report_file.read_text() + few
+    heats = re.findall(r'<svg class="heatmap"[^>]*width="(\d+)".*?<text class="title" '
+                       r'x="(\d+)"[^>]*>([^<]*)</text>', html, re.S)
+    assert len(heats) == 2
+    for width, x, title in heats:
+        assert int(x) + 6 * len(title) <= int(width), (width, x, title)
+    for name in ("overexposed", "motion", "underexposed"):
+        chart = re.search(rf'aria-label="{name}">(.*?)</svg>', html, re.S)
+        assert chart is not None, name
+        low = re.findall(r'text-anchor="end">([-0-9.e]+)</text>', chart.group(1))[-1]
+        assert float(low) >= 0, (name, low)
+    assert "<th>window tested</th>" in html and "<th>timeframe</th>" not in html
 
 
 def _assert_not_blank(png: bytes) -> None:
@@ -295,6 +451,22 @@ def test_episodes_split_by_start_and_read_the_signed_shift() -> None:
     assert found[1].camera_faults == ("blur",)
 
 
+def test_an_anomaly_episode_says_what_was_anomalous() -> None:
+    said = ("anomalous frames: 100% of frames have a robust z-score over 8 (mostly brightness, "
+            "contrast; expected under 50%) [against the training reference: x]")
+    alert = replace(_alert("anomaly", 100.0, None, "outlier_frames"), message=said)
+    summary = dg.diagnose(dg.episodes([alert], now=200.0)[0], 200.0).summary
+    assert "moderate: 100% of frames have a robust z-score over 8 (mostly brightness" in summary
+    assert "[against" not in summary
+
+
+def test_a_step_within_long_windows_is_sudden() -> None:
+    """With one-minute windows a step straddles one window: a minute's ramp is a step."""
+    ep = replace(_episode(ramp=dg.SUDDEN_S * 1.5), resolution_s=dg.SUDDEN_S * 2)
+    assert dg.diagnose(ep, NOW).onset == "sudden"
+    assert dg.diagnose(replace(ep, ramp_s=dg.SUDDEN_S * 3), NOW).onset == "gradual"
+
+
 def test_ramp_seconds_tells_a_step_from_a_ramp() -> None:
     times = [float(t) for t in range(0, 1200, 60)]
     step = [10.0 if t < 300 else 50.0 for t in times]
@@ -326,7 +498,8 @@ def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path
             store.put("heartbeats", {"ts": 1000.0 + 30 * k, "payload": {
                 "ts": 1000.0 + 30 * k, "monitoring": {"state": state},
                 "drift": {"brightness": 0.1 * k}, "drift_scores": {"brightness": 0.2 * k},
-                "host": {"cpu_percent": 25.0 + k, "max_temp_c": 61.5},
+                "host": {"cpu_percent": 25.0 + k, "max_temp_c": 61.5, "disk_free_mb": None},
+                "queues": {"store": 0, "last_error": None},
                 "camera": {"name": "c", "fps": 29.5}}})
             store.put("windows", {"ts_start": 1000.0 + 30 * k, "ts_end": 1030.0 + 30 * k,
                                   "frames": 900, "camera": "c",
@@ -338,6 +511,9 @@ def test_heartbeats_give_health_gaps_and_the_drift_scores_heatmap(tmp_path: Path
     assert names == ["brightness"] and unit.startswith("drift score")
     assert max(v for v in matrix[0] if v == v) == pytest.approx(1.8)
     html = build_report(config, db, now=2000.0)
-    assert "host.max_temp_c" in html and "61.5" in html and "degraded" in html
+    assert "<td>host: max temp</td><td>61.5 °C</td>" in html and "degraded" in html
+    assert "<td>host: disk free</td><td>-</td>" in html
+    assert "<td>store queue: last error</td><td>-</td>" in html
+    assert "None" not in html.split("Device health")[-1].split("Model card")[0]
     assert html.count('<svg class="chart"') == 1 and 'class="heatmap"' in html
     assert html.count('<svg class="hchart"') == 3  # fps, CPU, temperature over time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -124,6 +125,50 @@ def test_jsonl_export_and_filters(night: Tuple[Config, List[Sample]], tmp_path: 
     assert len(capsys.readouterr().out.splitlines()) == len(samples)
 
 
+def test_an_unknown_or_empty_alert_is_refused(night: Tuple[Config, List[Sample]],
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    newest: Dict[str, float] = {}
+    for s in samples:
+        if s.alert_id:
+            newest[s.alert_id] = max(newest.get(s.alert_id, 0.0), s.ts)
+    known = ", ".join(a[:12] for a in sorted(newest, key=lambda a: -newest[a]))
+    out = tmp_path / "out"
+    for command in (["list"], ["export", "--out", str(out)]):
+        assert main(["samples", *command, "--db", cfg.store.path, "--alert", "ffff"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"no alert ffff among the samples in {cfg.store.path} "
+                            f"(known: {known})") and "\n" not in err
+        assert main(["samples", *command, "--db", cfg.store.path, "--alert", " "]) == 2
+        assert "--alert is empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_second_export_into_the_same_folder_is_refused_unless_forced(
+        night: Tuple[Config, List[Sample]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    alert = next(s.alert_id for s in samples if s.alert_id)
+    out = tmp_path / "out"
+    export = ["samples", "export", "--db", cfg.store.path, "--out", str(out)]
+    assert main([*export, "--format", "coco"]) == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main([*export, "--format", "yolo"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--out {out} is not empty (name a new folder, or pass --force to "
+                        "replace an earlier export there)") and "\n" not in err
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert main([*export, "--format", "yolo", "--alert", alert, "--force"]) == 0
+    mine = [s for s in samples if s.alert_id == alert]
+    assert not (out / "annotations.json").exists() and (out / "classes.txt").exists()
+    assert len(list((out / "images").iterdir())) == len(mine) < len(samples)
+    (out / "notes.txt").write_text("mine")
+    assert main([*export, "--format", "jsonl", "--force"]) != 0
+    assert "holds notes.txt, which no export wrote" in capsys.readouterr().err
+    assert (out / "classes.txt").exists() and len(list((out / "images").iterdir())) == len(mine)
+
+
 def test_an_altered_file_is_left_out_and_counted(night: Tuple[Config, List[Sample]],
                                                  tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,9 +180,71 @@ def test_an_altered_file_is_left_out_and_counted(night: Tuple[Config, List[Sampl
     (folder / samples[0].path).write_bytes(b"not the frame")
     assert main(["samples", "export", "--db", cfg.store.path, "--samples", str(folder),
                  "--out", str(tmp_path / "out"), "--format", "jsonl"]) == 0
-    assert f"1 left out (file missing or altered: ids {samples[0].id})" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"exported {len(samples) - 1} samples" in said.out
+    assert said.err == f"edgewatch: warning: 1 of {len(samples)} samples left out (file missing "\
+        f"or altered in {folder}: ids {samples[0].id}; if the files are elsewhere, pass " \
+        "--samples DIR)\n"
     rows = (tmp_path / "out" / "samples.jsonl").read_text().splitlines()
     assert len(rows) == len(samples) - 1
+    # none of them: an error, exit 1, and nothing written
+    for s in samples:
+        (folder / s.path).unlink()
+    assert main(["samples", "export", "--db", cfg.store.path, "--samples", str(folder),
+                 "--out", str(tmp_path / "none")]) == 1
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith(
+        f"edgewatch: error: none of the {len(samples)} samples exported (file missing or "
+        f"altered in {folder}: ids ") and said.err.count("\n") == 1
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_snapshot_from_export_carries_the_samples(night: Tuple[Config, List[Sample]],
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    (tmp_path / "pulled").mkdir()
+    snapshot = tmp_path / "pulled" / "cam.db"
+    assert main(["export", "--db", cfg.store.path, "--out", str(snapshot)]) == 0
+    said = capsys.readouterr().out
+    assert f"samples={len(samples)} (files in {tmp_path / 'pulled' / 'cam-samples'})" in said
+    assert samples_dir(snapshot) == tmp_path / "pulled" / "cam-samples"
+    out = tmp_path / "yolo"
+    assert main(["samples", "export", "--db", str(snapshot), "--out", str(out),
+                 "--format", "yolo"]) == 0, capsys.readouterr()
+    assert len(list((out / "images").glob("*.jpg"))) == len(samples)
+    assert f"exported {len(samples)} samples" in capsys.readouterr().out
+
+
+def test_files_not_found_name_the_folder_and_suggest_samples(
+        night: Tuple[Config, List[Sample]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, samples = night
+    snapshot = tmp_path / "bare.db"
+    assert main(["export", "--db", cfg.store.path, "--out", str(snapshot), "--no-samples"]) == 0
+    assert "samples=" not in capsys.readouterr().out
+    assert main(["samples", "export", "--db", str(snapshot), "--out", str(tmp_path / "o"),
+                 "--format", "yolo"]) == 1
+    err = capsys.readouterr().err
+    assert f"in {tmp_path / 'samples'}" in err and "--samples DIR" in err
+    capsys.readouterr()
+    assert main(["samples", "export", "--db", str(snapshot), "--out", str(tmp_path / "o2"),
+                 "--samples", str(samples_dir(cfg))]) == 0
+    assert f"exported {len(samples)} samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("classes, error", [
+    ("face,face", "--classes names face more than once (each class needs its own name)"),
+    ("", "--classes '' has an empty name"), ("face,,person", "has an empty name")])
+def test_duplicate_or_empty_class_names_are_refused(night: Tuple[Config, List[Sample]],
+                                                   tmp_path: Path, classes: str, error: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = night
+    out = tmp_path / "out"
+    assert main(["samples", "export", "--db", cfg.store.path, "--out", str(out),
+                 "--classes", classes]) == 2
+    err = capsys.readouterr().err.strip()
+    assert error in err and "\n" not in err and not out.exists()
 
 
 def test_an_out_that_is_a_file_is_one_line_error(night: Tuple[Config, List[Sample]],
@@ -149,6 +256,33 @@ def test_an_out_that_is_a_file_is_one_line_error(night: Tuple[Config, List[Sampl
                  str(tmp_path / "f")]) != 0
     err = capsys.readouterr().err.strip()
     assert err.endswith("is a file (name a folder)") and "\n" not in err
+
+
+def test_a_missing_database_says_how_to_point_at_one(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "replay.db"
+    assert main(["samples", "list", "--db", str(db), "--since", "2h"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert f"database not found: {db}" in err and "\n" not in err
+    assert "--db FILE" in err and "--config FILE" in err
+
+
+def test_a_database_that_is_not_edgewatchs_or_a_folder_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    for db in (empty, other):
+        assert main(["samples", "list", "--db", str(db)]) != 0
+        err = capsys.readouterr().err.strip()
+        assert f"not an edgewatch database: {db}" in err and "\n" not in err
+    assert main(["samples", "list", "--db", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{tmp_path} is a folder, not a database file (name the file, e.g. "
+                        f"--db {tmp_path / 'edgewatch.db'})"), err
 
 
 # ---- remote samples over MQTT (TLS, passwords and the ACL as shipped) -----------------------

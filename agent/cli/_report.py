@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
-from ..errors import StoreError
+from ..config import default_config_path
+from ..errors import StoreError, UsageError
 from ._run import config_from_args
 
 
@@ -43,15 +44,26 @@ def _existing_db(path: str, required: bool) -> Optional[str]:
     return None
 
 
-def _report(args: argparse.Namespace) -> int:
+def _period(args: argparse.Namespace) -> Tuple[Optional[float], Optional[float]]:
+    """--since and --until as unix times; an empty range is a one-line error."""
     from ..export import parse_time
-    from ..report import write_report
 
-    config = config_from_args(args)
-    db = _existing_db(config.store.path, True) or ""
     now = time.time()
     since = parse_time(args.since, now) if args.since else None
     until = parse_time(args.until, now) if args.until else None
+    if since is not None and until is not None and since >= until:
+        raise UsageError(f"--since {args.since} is not before --until {args.until}: the "
+                         "period would be empty (durations count back from now: --since 2h "
+                         "--until 1h)")
+    return since, until
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    since, until = _period(args)
+    config = config_from_args(args)
+    db = _existing_db(config.store.path, True) or ""
     size = write_report(config, db, args.out, since=since, until=until)
     print(f"report: {args.out} ({size / 1e6:.2f} MB) from {db}")
     return 0
@@ -59,13 +71,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _card(args: argparse.Namespace) -> int:
     from ..card import model_card
+    from ..report import write_file
 
     config = config_from_args(args)
     db = _existing_db(config.store.path, bool(args.db))
-    text = model_card(config, db)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, args.out)
+    if db is None and not (args.config or default_config_path()):
+        raise UsageError("card: nothing to describe: pass --config FILE (the model and "
+                         "[model.card]) or --db FILE (a device's database), or both")
+    write_file(args.out, model_card(config, db), "MODEL_CARD.md")
     print(f"model card: {args.out}" + (f" (from {db})" if db else " (no database: config only)"))
     return 0

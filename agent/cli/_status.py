@@ -58,6 +58,16 @@ def _num(value: Any, unit: str = "") -> str:
     return f"{safe_text(value)}{unit}"
 
 
+def _size_mb(mb: Any) -> str:
+    """A size in MB (2**20 bytes) for people: ``512 MB``, ``75.2 GB``, ``1.8 TB``."""
+    if not isinstance(mb, (int, float)) or isinstance(mb, bool):
+        return _num(mb)
+    for unit, scale in (("TB", 1024.0 ** 2), ("GB", 1024.0)):
+        if abs(mb) >= scale:
+            return f"{mb / scale:.1f} {unit}"
+    return f"{mb:.0f} MB"
+
+
 def _pairs(value: Any, unit: str = "") -> str:
     """``{'p50': 3.518, 'p95': 4.1}`` as ``p50 3.518 ms, p95 4.1 ms``; a number as itself."""
     if isinstance(value, Mapping):
@@ -81,7 +91,7 @@ def _lines(st: Dict[str, Any], now: float) -> List[str]:
         f"{_num(cam.get('frames'))}, fps {_num(_first(cam, 'fps', 'fps_processed'))}, dropped "
         f"{_num(cam.get('dropped'))}, reconnects {_num(cam.get('reconnects'))}",
         f"host:      cpu {_num(host.get('cpu_percent'), '%')}, memory "
-        f"{_num(host.get('memory_percent'), '%')}, disk free {_num(host.get('disk_free_mb'), ' MB')}"
+        f"{_num(host.get('memory_percent'), '%')}, disk free {_size_mb(host.get('disk_free_mb'))}"
         f", temperature {_num(host.get('max_temp_c'), ' C')}, throttled "
         f"{_num(host.get('throttled'))}",
         _drift_line(st.get("monitoring"), ref),

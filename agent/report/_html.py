@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from html import escape
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..card import when
 from ..records import AlertTransition
@@ -51,8 +51,10 @@ def _glance(data: ReportData) -> str:
              ("reference", "none" if ref is None else f"{ref.kind}: {ref.source} ({ref.frames} "
                                                       "frames)"),
              ("period", f"{when(data.span[0])} to {when(data.span[1])}"),
-             ("alerts", f"{len(data.alerts)} ({firing} firing)"),
-             ("monitoring", (beat.get("monitoring") or {}).get("state", "-"))]
+             ("alerts", f"{len(data.alerts)} ({firing} firing"
+                        f"{' when it stopped' if data.stopped is not None else ''})"),
+             ("monitoring", f"stopped at {when(data.stopped)}" if data.stopped is not None
+              else (beat.get("monitoring") or {}).get("state", "-"))]
     return '<div class="glance">' + "".join(
         f"<div><b>{escape(k)}</b><br>{escape(str(v))}</div>" for k, v in items) + "</div>"
 
@@ -105,10 +107,13 @@ def alert_table(alerts: Sequence[AlertTransition]) -> str:
     rows = [[escape(when(a.starts_at)), f'<span class="{escape(a.state)}">{escape(a.state)}</span>'
              + (f"<br>{escape(when(a.ends_at))}" if a.ends_at is not None else ""),
              escape(f"{a.kind}/{a.severity}"), escape(a.feature), escape(a.message),
-             escape(f"{a.window.frames} frames, {when(a.window.start)} to {when(a.window.end)}"),
-             _lifecycle(a)] for a in alerts]
-    return _table(rows, ("started", "state", "kind", "feature", "message (what, expected)",
-                         "timeframe", "lifecycle"))
+             escape(f"{when(a.window.start)} to {when(a.window.end)} ({a.window.frames} "
+                    "frames)"), _lifecycle(a)] for a in alerts]
+    head = ("started", "state", "kind", "feature", "message (what, expected)", "window tested",
+            "lifecycle")
+    return ("<p>Started: when the alert began; window tested: the frames its latest test "
+            "(firing, repeat or resolve) looked at, so it can come later.</p>"
+            + _table(rows, head))
 
 
 def diagnoses(data: ReportData) -> str:
@@ -143,7 +148,8 @@ def _boxes(t: Thumb) -> str:
 def _figure(reason: str, t: Thumb) -> str:
     s = t.sample
     if not t.uri:
-        return f"<figure><figcaption>{escape(s.path)}: file missing</figcaption></figure>"
+        return (f"<figure><figcaption>{escape(s.path)}: {escape(t.problem or 'file missing')}"
+                "</figcaption></figure>")
     top = max((float(d.get("score", 0)) for d in s.detections), default=None)
     score = "" if top is None else f", top score {top:.2f}"
     return (f'<figure><div class="frame"><img alt="{escape(reason)} sample {s.id}" '
@@ -156,18 +162,41 @@ def _figure(reason: str, t: Thumb) -> str:
 def thumbnails(data: ReportData) -> str:
     """Captured frames by reason: alert and unsure frames beside normal ones, with the
     model's boxes drawn over them."""
+    off = ("<p><b>Capture is off</b> on this device ([capture] enabled = false): no frames "
+           "are kept from now on. Turn it on to see and retrain on the frames alerts fire on."
+           "</p>" if not data.capture else "")
     if not any(data.thumbs.values()):
-        return "<p>No samples captured in this period ([capture] keeps frames when alerts " \
-               "fire).</p>"
+        return off or "<p>No samples captured in this period ([capture] keeps frames when " \
+                      "alerts fire).</p>"
     out = []
     for reason in ("alert", "unsure", "normal"):
         thumbs = data.thumbs.get(reason) or []
         if thumbs:
             figs = "".join(_figure(reason, t) for t in thumbs)
             out.append(f"<h3>{escape(reason)} frames</h3><div class=\"thumbs\">{figs}</div>")
-    return ("<p>Frames of each kind, spread over the period; boxes: the model's detections."
-            "</p>"
-            + "\n".join(out))
+    unshown = sum(not t.uri for ts in data.thumbs.values() for t in ts)
+    note = f" {unshown} of them not shown (file missing or altered)." if unshown else ""
+    return (off + "<p>Frames of each kind, spread over the period; boxes: the model's "
+            f"detections.{note}</p>" + "\n".join(out))
+
+
+#: A heartbeat key's unit suffix and how it reads.
+_UNITS = (("_percent", "%"), ("_mb", "MB"), ("_ms", "ms"), ("_c", "°C"), ("_s", "s"))
+_SECTIONS = {"host": "host", "queues": "store queue", "outbox": "outbox", "camera": "camera"}
+
+
+def _measure(section: str, key: str, value: Any) -> Tuple[str, str]:
+    """A heartbeat health value for people: ``("host: max temp", "61.5 °C")``, "-" when
+    missing."""
+    suffix, unit = next(((sx, u) for sx, u in _UNITS if key.endswith(sx)), ("", ""))
+    words = key[:len(key) - len(suffix)].replace("_", " ")
+    label = f"{_SECTIONS.get(section, section)}: {words}"
+    if value is None or value == "":
+        return label, "-"
+    if isinstance(value, bool):
+        return label, "yes" if value else "no"
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return label, f"{shown} {unit}".strip() if isinstance(value, (int, float)) else shown
 
 
 def health(data: ReportData) -> str:
@@ -185,8 +214,9 @@ def health(data: ReportData) -> str:
     for section in ("host", "queues", "outbox", "camera"):
         value = last.get(section)
         if isinstance(value, Mapping):
-            rows += [[escape(f"{section}.{k}"), escape(str(v))] for k, v in value.items()
-                     if not isinstance(v, (Mapping, list))]
+            rows += [[escape(label), escape(shown)] for label, shown in (
+                _measure(section, str(k), v) for k, v in value.items()
+                if not isinstance(v, (Mapping, list)))]
     return (f"<p>{len(data.heartbeats)} heartbeats; the last at {escape(when(last.get('ts')))}."
             f'</p><div class="charts">{charts}</div>' + _table(rows, ("measure", "value")) + gaps)
 

@@ -74,7 +74,7 @@ def line_chart(title: str, times: Sequence[float], values: Sequence[float],
     finite = [v for v in vs if math.isfinite(v)] + (list(band) if band else [])
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
-    lo, hi = lo - pad, hi + pad
+    lo, hi = (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad  # >= 0 stays >= 0
     pw, ph = _W - _L - _R, _H - _T - _B
 
     def x(t: float) -> float:
@@ -109,6 +109,11 @@ def line_chart(title: str, times: Sequence[float], values: Sequence[float],
     return "\n".join(out)
 
 
+def _text_px(text: str) -> int:
+    """The width of 10 px bold sans-serif text, generously (6 px a character)."""
+    return 6 * len(text)
+
+
 def _colour(score: float, vmax: float) -> str:
     """White (0) through yellow to red (>= vmax); grey for no value."""
     if not math.isfinite(score):
@@ -124,15 +129,15 @@ def heatmap(features: Sequence[str], edges: Sequence[float],
     """Features (rows) by time bins (columns, ``edges`` has one more entry than columns)."""
     cols = max(len(edges) - 1, 1)
     left, top, row_h = 120, 18, 14
-    width = min(max(cols * 8, 300), 900)
+    title = f"{unit} (white 0, red {vmax:g} or more; grey: no data)"
+    width = min(max(cols * 8, 300, _text_px(title) + 8), 900)  # the title fits
     cell_w = (width - left - 8) / cols
     height = top + row_h * len(features) + 24
     span = (edges[-1] - edges[0]) if len(edges) > 1 else 1.0
     out = [f'<svg class="heatmap" xmlns="http://www.w3.org/2000/svg" width="{width}" '
            f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
            f'aria-label="drift heatmap">',
-           f'<text class="title" x="{left}" y="12">{escape(unit)} (white 0, red {vmax:g} '
-           'or more; grey: no data)</text>']
+           f'<text class="title" x="4" y="12">{escape(title)}</text>']
     for r, name in enumerate(features):
         yy = top + r * row_h
         out.append(f'<text class="axis" x="{left - 4}" y="{yy + 10}" '

@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..records import AlertTransition
 
-__all__ = ["DRASTIC_SD", "SUDDEN_S", "TRANSIENT_S", "Diagnosis", "Episode", "diagnose",
+__all__ = ["DRASTIC_SD", "LIGHT_SD", "SUDDEN_S", "TRANSIENT_S", "Diagnosis", "Episode", "diagnose",
            "episodes", "ramp_seconds"]
 
 #: A change that reached its level within this many seconds (beyond the two summary windows a
@@ -52,6 +52,8 @@ class Episode:
     ramp_s: Optional[float]  # how long the change took to reach its level (None: unknown)
     camera_faults: Tuple[str, ...]  # camera_fault alert features: blur, black, frozen, ...
     alert_ids: Tuple[str, ...] = ()
+    resolution_s: float = 0.0  # the summary windows' length: a step can take one of them
+    notes: Tuple[str, ...] = ()  # what anomaly alerts said was anomalous
 
     def top_features(self, n: int = 3) -> List[str]:
         """The ``n`` features that moved most."""
@@ -87,19 +89,42 @@ def _shifts(alert: AlertTransition) -> Dict[str, float]:
     return out
 
 
+_SCENE_KINDS = ("data_drift", "prediction_drift", "anomaly")
+
+
+def _joins(alert: AlertTransition, group: Sequence[AlertTransition]) -> bool:
+    """Whether ``alert`` belongs to the episode ``group``: it started within MERGE_S of the
+    last start, or it is drift or anomaly following a scene change still under way (the
+    model's outputs follow the light with a lag: one episode, not a second "model output")."""
+    if alert.starts_at <= group[-1].starts_at + MERGE_S:
+        return True
+    if alert.kind not in _SCENE_KINDS or any(a.kind == "camera_fault" for a in group):
+        return False
+    still_open = any(a.kind in _SCENE_KINDS and (a.ends_at is None or a.ends_at >= alert.starts_at)
+                     for a in group)
+    return still_open and alert.starts_at <= group[0].starts_at + TRANSIENT_S
+
+
 def episodes(alerts: Sequence[AlertTransition], now: float) -> List[Episode]:
-    """Group alerts that started together (each within MERGE_S of the previous start) into
-    episodes, oldest first: an alert still open from an earlier episode does not swallow a
-    new one (night, then a blurred lens, are two episodes).
+    """Group alerts into episodes, oldest first: alerts that started together (each within
+    MERGE_S of the previous start), and drift or anomaly during a scene change still open
+    (within TRANSIENT_S of its start); an alert still open from an earlier episode does not
+    swallow a camera fault (night, then a blurred lens, are two episodes).
 
     ``ramp_s`` is left None here; :func:`ramp_seconds` on the windows fills it in.
     """
     groups: List[List[AlertTransition]] = []
     for alert in sorted(alerts, key=lambda a: a.starts_at):
-        if not groups or alert.starts_at > groups[-1][-1].starts_at + MERGE_S:
+        if not groups or not _joins(alert, groups[-1]):
             groups.append([])
         groups[-1].append(alert)
     return [_episode(g) for g in groups]
+
+
+def _anomalous(alert: AlertTransition) -> str:
+    """What an anomaly alert found, from its message (without the reference's provenance)."""
+    text = alert.message.split(" [against", 1)[0].strip()
+    return text.split(": ", 1)[-1] if ": " in text else text
 
 
 def _episode(group: Sequence[AlertTransition]) -> Episode:
@@ -111,10 +136,11 @@ def _episode(group: Sequence[AlertTransition]) -> Episode:
     open_ = any(a.ends_at is None for a in group)
     kinds = tuple(dict.fromkeys(a.kind for a in group))
     faults = tuple(dict.fromkeys(a.feature for a in group if a.kind == "camera_fault"))
+    notes = tuple(dict.fromkeys(_anomalous(a) for a in group if a.kind == "anomaly"))
     return Episode(start=min(a.starts_at for a in group),
                    end=None if open_ else max(float(a.ends_at or a.ts) for a in group),
                    kinds=kinds, shifts=shifts, ramp_s=None, camera_faults=faults,
-                   alert_ids=tuple(a.id for a in group))
+                   alert_ids=tuple(a.id for a in group), notes=notes)
 
 
 def ramp_seconds(times: Sequence[float], values: Sequence[float], band: Tuple[float, float],
@@ -151,7 +177,8 @@ def ramp_seconds(times: Sequence[float], values: Sequence[float], band: Tuple[fl
 
 
 def _classify(ep: Episode, now: float) -> Tuple[str, str, str, str]:
-    onset = "unknown" if ep.ramp_s is None else ("sudden" if ep.ramp_s <= SUDDEN_S
+    sudden = max(SUDDEN_S, ep.resolution_s)  # windows this long cannot time a faster change
+    onset = "unknown" if ep.ramp_s is None else ("sudden" if ep.ramp_s <= sudden
                                                  else "gradual")
     lasted = (now if ep.end is None else ep.end) - ep.start
     course = "transient" if ep.end is not None and lasted < TRANSIENT_S else "persistent"
@@ -168,15 +195,26 @@ def _classify(ep: Episode, now: float) -> Tuple[str, str, str, str]:
     return onset, course, cause, magnitude
 
 
+#: A brightness shift of this many robust SDs or more leads the summary: the light changed.
+LIGHT_SD = 3.0
+
+
 def _what(ep: Episode) -> str:
     if ep.camera_faults:
         return "; ".join(_CAMERA_WORDS.get(f, f"camera fault: {f}") for f in ep.camera_faults)
-    ranked = sorted(ep.shifts.items(), key=lambda kv: -abs(kv[1]))[:4]
+    ranked = sorted(ep.shifts.items(), key=lambda kv: -abs(kv[1]))
+    lead = ""
+    light = ep.shifts.get("brightness", 0.0)
+    if abs(light) >= LIGHT_SD:
+        lead = f"the scene got {'brighter' if light > 0 else 'darker'} "
+        ranked = [("brightness", light)] + [kv for kv in ranked if kv[0] != "brightness"]
     if not ranked:
-        return "alerts of kind " + ", ".join(ep.kinds)
-    return ", ".join(f"{name} {'up' if v > 0 else 'down'} {abs(v):.1f} robust SDs"
-                     for name, v in ranked) + (f" (+{len(ep.shifts) - 4} more features)"
-                                               if len(ep.shifts) > 4 else "")
+        found = "; ".join(ep.notes)
+        return found or "alerts of kind " + ", ".join(ep.kinds)
+    words = ", ".join(f"{name} {'up' if v > 0 else 'down'} {abs(v):.1f} robust SDs"
+                      for name, v in ranked[:4])
+    more = f" (+{len(ranked) - 4} more features)" if len(ranked) > 4 else ""
+    return f"{lead}({words}{more})" if lead else words + more
 
 
 def _action(ep: Episode, onset: str, course: str, cause: str, magnitude: str) -> str:
@@ -202,8 +240,19 @@ def _action(ep: Episode, onset: str, course: str, cause: str, magnitude: str) ->
                else "") + "Otherwise collect the frames and retrain.")
 
 
-def diagnose(ep: Episode, now: float) -> Diagnosis:
-    """The episode in words (``now`` ends an open episode's span)."""
+def _without_capture(action: str) -> str:
+    """The advice for a device that keeps no frames ([capture] enabled = false)."""
+    if "captured frames" not in action and "collect the frames" not in action:
+        return action
+    return (action.replace(" (edgewatch samples export)", "")
+            .replace("the captured frames", "frames from this camera")
+            + " Capture is off on this device: set [capture] enabled = true to keep the frames "
+              "alerts fire on, or record them another way.")
+
+
+def diagnose(ep: Episode, now: float, capture: bool = True) -> Diagnosis:
+    """The episode in words (``now`` ends an open episode's span; ``capture``: whether the
+    device keeps frames to retrain on)."""
     onset, course, cause, magnitude = _classify(ep, now)
     lasted = (now if ep.end is None else ep.end) - ep.start
     tense = "still open after" if ep.end is None else "lasted"
@@ -212,8 +261,9 @@ def diagnose(ep: Episode, now: float) -> Diagnosis:
                f"{_what(ep)}.")
     if onset == "unknown":
         summary += " (Onset unknown: no summary windows around its start.)"
+    action = _action(ep, onset, course, cause, magnitude)
     return Diagnosis(onset, course, cause, magnitude, summary,
-                     _action(ep, onset, course, cause, magnitude))
+                     action if capture else _without_capture(action))
 
 
 def _span(seconds: float) -> str:
