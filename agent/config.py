@@ -372,6 +372,11 @@ class MqttConfig:
             raise bad("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if not _ID_RE.match(self.device_id or ""):
             raise bad("device_id", f"must be 1-128 of A-Z a-z 0-9 . _ -, got {self.device_id!r}")
+        if self.homeassistant and not self.enabled:
+            raise bad("homeassistant", "publishes over MQTT: set [mqtt] enabled = true too")
+        if self.homeassistant and "." in self.device_id:
+            raise bad("homeassistant", f"Home Assistant's discovery topics allow A-Z a-z 0-9 _ - "
+                      f"in a device id, got {self.device_id!r} (set [mqtt] device_id)")
         prefix = self.topic_prefix
         if not prefix or prefix.startswith("/") or prefix.endswith("/") or set("+#") & set(prefix):
             raise bad("topic_prefix",

@@ -4,6 +4,7 @@ Topic layout (every topic is built by :func:`topics`)::
 
     <prefix>/<device>/status                 "online" | "offline"   retained, QoS 1 (last will)
     <prefix>/<device>/heartbeat              heartbeat JSON          QoS 0, dropped when offline
+    <prefix>/<device>/summary                heartbeat's summary     retained (Home Assistant)
     <prefix>/<device>/alerts                 alert record JSON       QoS 1, via the outbox
     <prefix>/<device>/alerts/state/<fp>      alert record JSON       retained, QoS 1, via the outbox
     <prefix>/<device>/cmd/<verb>             command JSON            the device subscribes cmd/+
@@ -41,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 from queue import Empty, Full, Queue
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import paho.mqtt.client as mqtt
 
@@ -74,6 +75,7 @@ class Topics:
     alerts: str
     cmd: str
     cmd_result: str
+    summary: str
 
     def alert_state(self, fingerprint: str) -> str:
         """The retained current-state topic of one alert fingerprint."""
@@ -98,6 +100,7 @@ def topics(prefix: str, device_id: str) -> Topics:
         alerts=f"{base}/alerts",
         cmd=f"{base}/cmd/+",
         cmd_result=f"{base}/cmd/result",
+        summary=f"{base}/summary",
     )
 
 
@@ -167,6 +170,7 @@ class MqttLink:
         self._supervisor: Optional[Supervisor] = None
         self._own_supervisor = False
         self._listening = False
+        self._on_connect_messages: List[Callable[[], Sequence[Tuple[str, str]]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -283,12 +287,22 @@ class MqttLink:
             self._counts["heartbeats_sent" if ok else "heartbeats_dropped"] += 1
         return ok
 
-    def publish_bytes(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def publish_on_connect(self, messages: Callable[[], Sequence[Tuple[str, str]]]) -> None:
+        """Publish ``messages()`` (topic, payload pairs; retained, QoS 1) on every connect."""
+        self._on_connect_messages.append(messages)
+
+    def publish_retained(self, topic: str, payload: str) -> bool:
+        """Publish a retained QoS 1 message if connected (False when not)."""
+        return self.publish_bytes(topic, payload.encode(), retain=True)
+
+    def publish_bytes(self, topic: str, payload: bytes, qos: int = 1,
+                      retain: bool = False) -> bool:
         """Queue raw bytes (a sample's chunk) with paho; False when not connected."""
         client = self._client
         if client is None or not self._connected:
             return False
-        return bool(client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS)
+        return bool(client.publish(topic, payload, qos=qos, retain=retain).rc
+                    == mqtt.MQTT_ERR_SUCCESS)
 
     def wake(self) -> None:
         """Ask the outbox pump to look for new rows now."""
@@ -340,6 +354,9 @@ class MqttLink:
             self._set_state("refused", f"connection refused by broker: {reason}")
             return
         client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        for messages in self._on_connect_messages:  # Home Assistant discovery
+            for topic, payload in messages():
+                client.publish(topic, payload, qos=1, retain=True)
         client.subscribe(self.topics.cmd, qos=1)
         with self._lock:
             self._connected = True

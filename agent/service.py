@@ -23,6 +23,7 @@ from .control import ControlServer, socket_path
 from .drift.reference import Reference
 from .errors import BaselineError, CommandError, ConfigError
 from .heartbeat import Heartbeat, Heartbeats, heartbeat_interval
+from .homeassistant import HomeAssistant
 from .lifecycle import calibration_key
 from .monitor import FEATURES_VERSION, Monitor
 from .mqtt import MqttLink, alert_outbox_messages, topics
@@ -194,7 +195,8 @@ class Agent:
                  sink: _StoreSink, alerts: AlertManager, monitor: Monitor,
                  mqtt: Optional[MqttLink], supervisor: Supervisor, heartbeats: Heartbeats,
                  controls: Controls, control: ControlServer, camera: Dict[str, Any],
-                 metrics: Optional[MetricsServer] = None) -> None:
+                 metrics: Optional[MetricsServer] = None,
+                 homeassistant: Optional[HomeAssistant] = None) -> None:
         self.config = config
         self.model_info = model_info
         self.store = store
@@ -208,6 +210,7 @@ class Agent:
         self.control = control
         self.camera = camera
         self.metrics = metrics
+        self.homeassistant = homeassistant
         self._closed = False
 
     @classmethod
@@ -271,6 +274,7 @@ class Agent:
             controls.sample_server = SampleServer(
                 config.store.path, samples_dir(config),
                 lambda sid, k, data: link.publish_bytes(t.sample_chunk(sid, k), data))
+        ha = None if mqtt is None else _home_assistant(config, info, monitor, heartbeats, mqtt)
         control = ControlServer(socket_path(config), controls, record=store.record_command,
                                 supervisor=supervisor)
         metrics = _build_metrics(config, dict(
@@ -278,7 +282,8 @@ class Agent:
             heartbeats=heartbeats, model_info=info, camera=camera))
         return cls(config, model_info=info, store=store, sink=sink, alerts=alerts,
                    monitor=monitor, mqtt=mqtt, supervisor=supervisor, heartbeats=heartbeats,
-                   controls=controls, control=control, camera=camera, metrics=metrics)
+                   controls=controls, control=control, camera=camera, metrics=metrics,
+                   homeassistant=ha)
 
     def _start_workers(self) -> None:
         """Metrics, the control socket, the MQTT link and the heartbeat, under the supervisor."""
@@ -293,6 +298,9 @@ class Agent:
                 verb, payload, controls, max_bytes=limit))
         self.supervisor.spawn("edgewatch-heartbeat", self.heartbeats.step,
                               interval_s=HEARTBEAT_TICK_S, critical=True)
+        if self.homeassistant is not None and self.homeassistant.enabled:
+            self.supervisor.spawn("edgewatch-homeassistant", self.homeassistant.step,
+                                  interval_s=HEARTBEAT_TICK_S)
 
     @property
     def fatal(self) -> Optional[str]:
@@ -336,6 +344,18 @@ def _build_metrics(config: Config, parts: Dict[str, Any]) -> Optional[MetricsSer
         raise ConfigError("[metrics] needs prometheus-client: pip install 'edgewatch[metrics]' "
                           "(or set [metrics] enabled = false and textfile = \"\")") from None
     return MetricsServer(config, Parts(**parts), textfile_every_s=heartbeat_interval(config))
+
+
+def _home_assistant(config: Config, info: Mapping[str, Any], monitor: Monitor,
+                    heartbeats: Heartbeats, link: MqttLink) -> HomeAssistant:
+    """Discovery configs on connect (their removal when ``[mqtt] homeassistant`` is off) and
+    the retained summary Home Assistant's entities read."""
+    ha = HomeAssistant(
+        config, info, summary=lambda: heartbeats.current().to_dict()["summary"],
+        open_kinds=lambda: monitor.control(lambda a: frozenset(r.kind for r in a.open_alerts())),
+        interval_s=heartbeat_interval(config))
+    ha.attach(link)
+    return ha
 
 
 def _open_store(config: Config, supervisor: Supervisor) -> Store:
