@@ -32,7 +32,8 @@ from .observe import FEATURES_VERSION
 from .records import Observation, ReferenceStatus, Window
 from .warmup import Warmup, WarmupFailed
 
-__all__ = ["PREDICTION_FEATURES", "VIEWS", "Lifecycle", "calibration_key", "with_features"]
+__all__ = ["MONITORING_FEATURES", "PREDICTION_FEATURES", "VIEWS", "Lifecycle", "calibration_key",
+           "with_features"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 VIEWS = ("frame", "input")
 _VIEW_WORDS = {"frame": "full camera frames", "input": "the model's input tensor",
                "unknown": "an unrecorded view (a baseline from an older edgewatch)"}
+
+#: The ``monitoring`` alerts' features: drift (or its calibration) not running, and the
+#: prediction reference being relearned.
+MONITORING_FEATURES = ("drift", "calibration", "prediction_reference")
 
 Events = Callable[[str, str, Dict[str, Any]], None]
 #: The features a new model changes: relearned while image drift goes on.

@@ -8,8 +8,9 @@ ring buffer's latency column, folded in once a second and at each scrape, so it 
 every frame the ring held at that moment (with the ring's thousands of frames, every frame
 at edge frame rates).
 
-Labels are bounded: features come from the fixed feature lists (an alert's feature outside
-them shows as ``other``), states and reasons from fixed tuples, threads from the agent's own
+Labels are bounded: features come from the fixed feature lists (an alert's feature is its
+own, as in its record and at the central, from every name the detectors raise alerts under;
+only one outside them shows as ``other``), states and reasons from fixed tuples, threads from the agent's own
 names. Names follow Prometheus conventions (``edgewatch_`` prefix, base units, ``_total``
 counters), and the output passes ``promtool check metrics``.
 
@@ -53,6 +54,7 @@ from .confidence import CONFIDENCE_FEATURES
 from .config import Config
 from .errors import ConfigError
 from .heartbeat import Heartbeats
+from .lifecycle import MONITORING_FEATURES, VIEWS
 from .monitor import KNOWN_FEATURES, Monitor
 from .mqtt import MqttLink
 from .records import MONITORING_STATES
@@ -62,8 +64,8 @@ from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LATENCY_BUCKETS_S", "REFERENCE_STATES", "AgentCollector", "LatencyHistogram",
-           "MetricsServer", "Parts"]
+__all__ = ["ALERT_FEATURES", "LATENCY_BUCKETS_S", "REFERENCE_STATES", "AgentCollector",
+           "LatencyHistogram", "MetricsServer", "Parts"]
 
 #: Inference latency buckets, seconds: a Coral or GPU at a few ms to a Pi CPU at a second.
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -71,6 +73,8 @@ LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 
 REFERENCE_STATES = ("learned", "warming_up", "calibrating", "failed", "none")
 _REFERENCE_STATE = {"ready": "learned", "warming_up": "warming_up",
                     "calibrating": "calibrating", "failed": "failed", "disabled": "none"}
+#: Every feature an alert is raised under: controls' names, monitoring's and the views.
+ALERT_FEATURES = KNOWN_FEATURES | frozenset(MONITORING_FEATURES + VIEWS)
 _QUANTILES = (("0.05", "p05"), ("0.5", "p50"), ("0.95", "p95"))
 _TICK_S = 1.0  # the latency histogram is folded in this often
 _REQUEST_WAIT_S = 0.5  # the server's step returns this often, so a stop is noticed
@@ -258,7 +262,7 @@ class AgentCollector(Collector):
                                    labels=["kind", "feature", "severity", "alertstate"])
         seen = set()
         for a in snap["alerts_open"]:
-            feature = a["feature"] if a["feature"] in KNOWN_FEATURES else "other"
+            feature = a["feature"] if a["feature"] in ALERT_FEATURES else "other"
             key = (a["kind"], feature, a["severity"], "firing")
             if key not in seen:  # "other" may gather several: one series
                 seen.add(key)

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 from broker import Broker, free_port
 from helpers import REPO, wait
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from running import fast_config, feed_until
@@ -358,3 +359,27 @@ def test_a_live_run_serves_its_metrics_while_frames_flow(tmp_path: Path, model_p
     assert value(s, "edgewatch_frames_dropped_total", reason="source") == 0
     assert 0 <= value(s, "edgewatch_last_frame_age_seconds") < 10
     assert value(s, "edgewatch_reference_state", state="warming_up") == 1
+
+
+def test_an_open_monitoring_alert_has_its_own_feature_in_the_metrics(
+        tmp_path: Path, model_path: Path) -> None:
+    """A warm-up too short for its windows opens monitoring/drift: the series says "drift"."""
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      drift={"warmup_s": 10, "window_frames": 600},
+                      metrics={"enabled": False, "textfile": str(tmp_path / "edgewatch.prom")})
+
+    def monitoring_open(agent: Agent) -> bool:
+        return any(a["kind"] == "monitoring" for a in agent.monitor.snapshot()["alerts_open"])
+
+    fed = feed_until(cfg, "emulated:stationary?seed=2&size=320x240", monitoring_open)
+    try:
+        alerts = [a for a in fed.agent.monitor.snapshot()["alerts_open"]
+                  if a["kind"] == "monitoring"]
+        assert fed.agent.metrics is not None
+        s = parse(generate_latest(fed.agent.metrics.registry).decode())
+    finally:
+        fed.agent.close()
+    assert alerts, "the warm-up never raised its monitoring alert"
+    series = {(x.labels["kind"], x.labels["feature"]) for x in s["edgewatch_alerts"]}
+    assert {("monitoring", a["feature"]) for a in alerts} <= series
+    assert all(feature != "other" for _, feature in series)
