@@ -67,8 +67,11 @@ log = logging.getLogger(__name__)
 __all__ = ["ALERT_FEATURES", "LATENCY_BUCKETS_S", "REFERENCE_STATES", "AgentCollector",
            "LatencyHistogram", "MetricsServer", "Parts"]
 
-#: Inference latency buckets, seconds: a Coral or GPU at a few ms to a Pi CPU at a second.
-LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+#: Inference latency buckets, seconds, 1-2-5 steps: a small model on a fast CPU at a tenth of a
+#: millisecond to a large one on a Pi CPU at seconds (each bucket at most 2.5 times the last,
+#: so a quantile from them is within a bucket of the real one).
+LATENCY_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                     0.5, 1.0, 2.0, 5.0, 10.0)
 #: ``edgewatch_reference_state``'s states, from the reference status.
 REFERENCE_STATES = ("learned", "warming_up", "calibrating", "failed", "none")
 _REFERENCE_STATE = {"ready": "learned", "warming_up": "warming_up",

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Set, Tuple
 
+import numpy as np
 import pytest
 from broker import Broker, free_port
 from helpers import REPO, wait
@@ -383,3 +384,41 @@ def test_an_open_monitoring_alert_has_its_own_feature_in_the_metrics(
     series = {(x.labels["kind"], x.labels["feature"]) for x in s["edgewatch_alerts"]}
     assert {("monitoring", a["feature"]) for a in alerts} <= series
     assert all(feature != "other" for _, feature in series)
+
+
+def histogram_quantile(q: float, buckets: List[Tuple[float, float]]) -> float:
+    """Prometheus's histogram_quantile: linear within the bucket holding the q-th value."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+def test_the_latency_histograms_median_is_within_a_bucket_of_the_real_one(
+        tmp_path: Path, model_path: Path) -> None:
+    """The real model's latencies (a fraction of a millisecond to a few here) are spread
+    over buckets: the histogram's p50 is within one bucket's ratio of the frames' median."""
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      metrics={"enabled": False, "textfile": str(tmp_path / "edgewatch.prom")})
+    fed = feed_until(cfg, "emulated:stationary?seed=2&size=320x240", lambda _: False,
+                     max_frames=600)
+    try:
+        ring = fed.agent.monitor.ring
+        latencies_s = ring.last(fed.frames)[1][:, ring.names.index("latency_ms")] / 1000.0
+        assert fed.agent.metrics is not None
+        s = parse(generate_latest(fed.agent.metrics.registry).decode())
+    finally:
+        fed.agent.close()
+    assert len(latencies_s) == fed.frames == 600
+    buckets = sorted((float(x.labels["le"]), x.value)
+                     for x in s["edgewatch_inference_seconds_bucket"])
+    assert buckets[-1][1] == fed.frames and buckets[0][0] <= 0.0001
+    bounds = [b for b, _ in buckets[:-1]]
+    assert max(hi / lo for lo, hi in zip(bounds, bounds[1:])) <= 2.5
+    median = float(np.median(latencies_s))
+    p50 = histogram_quantile(0.5, buckets)
+    assert 1 / 2.5 <= p50 / median <= 2.5, f"p50 {p50 * 1000:.3f} ms, median {median * 1000:.3f} ms"
