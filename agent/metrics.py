@@ -15,8 +15,10 @@ names. Names follow Prometheus conventions (``edgewatch_`` prefix, base units, `
 counters), and the output passes ``promtool check metrics``.
 
 ``[metrics] enabled`` serves ``http://host:port/metrics`` (prometheus-client's WSGI app on a
-supervised thread); ``[metrics] textfile`` writes the same metrics to a ``.prom`` file every
-heartbeat interval, replaced atomically and readable by node_exporter's user (for its
+supervised thread); ``[metrics] textfile`` writes the same metrics to a ``.prom`` file at start,
+a few seconds later once frames flow, then every heartbeat interval and a last time at a clean
+stop (the final state: node_exporter keeps serving it; its mtime tells it is old), replaced
+atomically and readable by node_exporter's user (for its
 textfile collector), with or without the endpoint. A port already in use stops the agent
 from starting, with a one-line error naming ``[metrics] port``: nothing switches itself off
 silently.
@@ -80,6 +82,7 @@ _REFERENCE_STATE = {"ready": "learned", "warming_up": "warming_up",
 ALERT_FEATURES = KNOWN_FEATURES | frozenset(MONITORING_FEATURES + VIEWS)
 _QUANTILES = (("0.05", "p05"), ("0.5", "p50"), ("0.95", "p95"))
 _TICK_S = 1.0  # the latency histogram is folded in this often
+_EARLY_FILE_S = 3.0  # the textfile's first rewrite: this long after start, once frames flow
 _REQUEST_WAIT_S = 0.5  # the server's step returns this often, so a stop is noticed
 _MB = 1024 * 1024
 
@@ -379,7 +382,7 @@ class MetricsServer:
 
     ``edgewatch-metrics-http`` answers scrapes (when ``enabled``); ``edgewatch-metrics``
     folds in the latency histogram every second and rewrites the textfile (when set) every
-    ``textfile_every_s``.
+    ``textfile_every_s``, once early when the first frames have come, and at :meth:`close`.
     """
 
     def __init__(self, config: Config, parts: Parts, *, textfile_every_s: float) -> None:
@@ -388,7 +391,9 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self._every = textfile_every_s
-        self._next_file = 0.0
+        self._next_file = math.inf  # set at start
+        self._early: Optional[float] = None  # when frames flow past this, a write comes early
+        self._monitor = parts.monitor
         self._server: Optional[WSGIServer] = None
 
     @property
@@ -399,9 +404,11 @@ class MetricsServer:
     def start(self, supervisor: Supervisor) -> MetricsServer:
         """Check the textfile's folder and bind the port (or raise ConfigError), then serve."""
         m = self._config
-        if m.textfile:
+        if m.textfile:  # fresh at start (not the last run's file), early once frames flow
             _check_textfile(m.textfile)
             self.write_textfile()
+            now = time.monotonic()
+            self._next_file, self._early = now + self._every, now + _EARLY_FILE_S
         if m.enabled:
             self._server = _bind(m.host, m.port, make_wsgi_app(self.registry))
             supervisor.spawn("edgewatch-metrics-http", self._serve, backoff_s=_REQUEST_WAIT_S)
@@ -418,8 +425,9 @@ class MetricsServer:
     def _tick(self) -> None:
         self.collector.latency.update()
         now = time.monotonic()
-        if self._config.textfile and now >= self._next_file:
-            self._next_file = now + self._every
+        early = self._early is not None and now >= self._early and self._monitor.frames > 0
+        if self._config.textfile and (now >= self._next_file or early):
+            self._next_file, self._early = now + self._every, None
             self.write_textfile()
 
     def write_textfile(self) -> None:
@@ -440,7 +448,15 @@ class MetricsServer:
             raise
 
     def close(self) -> None:
-        """Close the listening socket (once its thread has stopped); idempotent."""
+        """Write the textfile's final state, close the listening socket (once its thread has
+        stopped); idempotent."""
+        if self._config.textfile and self._next_file < math.inf:
+            self._next_file = math.inf
+            try:
+                self.write_textfile()
+            except OSError as exc:
+                log.warning("metrics: could not write the final %s: %s", self._config.textfile,
+                            exc)
         if self._server is not None:
             self._server.server_close()
             self._server = None

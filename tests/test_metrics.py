@@ -29,7 +29,7 @@ from running import fast_config, feed_until
 
 from agent.confidence import CONFIDENCE_FEATURES
 from agent.errors import ConfigError
-from agent.loop import run
+from agent.loop import drive, run, synthetic_times
 from agent.metrics import REFERENCE_STATES
 from agent.records import MONITORING_STATES
 from agent.service import Agent
@@ -422,3 +422,30 @@ def test_the_latency_histograms_median_is_within_a_bucket_of_the_real_one(
     median = float(np.median(latencies_s))
     p50 = histogram_quantile(0.5, buckets)
     assert 1 / 2.5 <= p50 / median <= 2.5, f"p50 {p50 * 1000:.3f} ms, median {median * 1000:.3f} ms"
+
+
+def test_the_textfile_is_fresh_at_start_early_once_frames_flow_and_final_at_the_stop(
+        tmp_path: Path, model_path: Path) -> None:
+    """A minute's interval: the file still shows frames within seconds, and the last count."""
+    textfile = tmp_path / "edgewatch.prom"
+    textfile.write_text('edgewatch_alerts{kind="data_drift"} 1\nedgewatch_frames_total 999\n')
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path), service={
+        "heartbeat_interval_s": 60.0}, metrics={"enabled": False, "textfile": str(textfile)})
+    agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+    try:
+        assert value(parse(textfile.read_text()), "edgewatch_frames_total") == 0  # fresh
+    finally:
+        agent.close()
+    fed = feed_until(cfg, "emulated:stationary?seed=2&size=320x240", lambda _: False,
+                     max_frames=60)
+    try:
+        early = wait(lambda: "edgewatch_frames_total 60.0" in textfile.read_text(), 20,
+                     "the textfile rewritten once frames flowed (well before the minute)")
+        assert early
+        more = open_source("emulated:stationary?seed=3&size=320x240")
+        drive(synthetic_times(more, 1_700_000_100.0, 30.0, 30, lambda: True), fed.model,
+              fed.agent.monitor.observe)
+        more.close()
+    finally:
+        fed.agent.close()
+    assert value(parse(textfile.read_text()), "edgewatch_frames_total") == 90  # final state
