@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import math
 import os
@@ -366,6 +367,28 @@ def _bind(host: str, port: int, app: Any) -> WSGIServer:
     return server
 
 
+def _where(host: str, port: int) -> str:
+    """The endpoint as a scraper would reach it, and whether it is exposed beyond loopback.
+
+    >>> _where("127.0.0.1", 9781)
+    'http://127.0.0.1:9781/metrics'
+    >>> _where("0.0.0.0", 9781).endswith(":9781/metrics (every address of this machine: "
+    ...                                  "reachable beyond loopback)")
+    True
+    """
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+        wildcard = ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        loopback, wildcard = host == "localhost", False
+    shown = socket.gethostname() if wildcard else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/metrics"
+    if loopback:
+        return url
+    return url + (" (every address of this machine: reachable beyond loopback)" if wildcard
+                  else " (reachable beyond loopback)")
+
+
 def _check_textfile(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -412,7 +435,7 @@ class MetricsServer:
         if m.enabled:
             self._server = _bind(m.host, m.port, make_wsgi_app(self.registry))
             supervisor.spawn("edgewatch-metrics-http", self._serve, backoff_s=_REQUEST_WAIT_S)
-            log.info("metrics: http://%s:%d/metrics", m.host, self.port)
+            log.info("metrics: %s", _where(m.host, int(self._server.server_address[1])))
         if m.textfile:
             log.info("metrics: %s every %.0f s", m.textfile, self._every)
         supervisor.spawn("edgewatch-metrics", self._tick, interval_s=_TICK_S)

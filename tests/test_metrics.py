@@ -9,6 +9,7 @@ and checked by ``promtool check metrics``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import socket
@@ -449,3 +450,21 @@ def test_the_textfile_is_fresh_at_start_early_once_frames_flow_and_final_at_the_
     finally:
         fed.agent.close()
     assert value(parse(textfile.read_text()), "edgewatch_frames_total") == 90  # final state
+
+
+def test_an_endpoint_on_every_address_logs_where_to_reach_it_in_one_info_line(
+        tmp_path: Path, model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    cfg = fast_config(str(tmp_path / "m.db"), str(model_path),
+                      metrics={"enabled": True, "host": "0.0.0.0", "port": port})
+    with caplog.at_level(logging.INFO, logger="agent.metrics"):
+        agent = Agent.start(cfg, model_info={"path": str(model_path), "sha256": ""})
+        try:
+            assert "edgewatch_frames_total" in scrape(port)
+        finally:
+            agent.close()
+    lines = [r for r in caplog.records if r.name == "agent.metrics"]
+    assert [r.getMessage() for r in lines] == [
+        f"metrics: http://{socket.gethostname()}:{port}/metrics (every address of this "
+        "machine: reachable beyond loopback)"]
+    assert all(r.levelno == logging.INFO for r in lines)
