@@ -254,10 +254,12 @@ class AlertManager:
     def _fire(self, key: _Key, obs: Observation, since: float, now: float) -> AlertTransition:
         window = obs.window
         span = window.end - window.start
-        timeframe = f" over {_format_duration(max(span, 0.0))}"
-        if window.frames:
-            timeframe += f" ({window.frames:,} frames)"
-        timeframe += " since " + time.strftime("%H:%M:%S", time.localtime(since))
+        # Set apart from the summary (which may end in advice): "... (over 30 s, 900 frames,
+        # since 14:02:05)", or "(for 21 s, since ...)" for a state without frames.
+        duration = _format_duration(max(span, 0.0))
+        timeframe = (f" (over {duration}, {window.frames:,} frames" if window.frames
+                     else f" (for {duration}")
+        timeframe += ", since " + time.strftime("%H:%M:%S", time.localtime(since)) + ")"
         fp = fingerprint(obs.kind, self.camera, obs.feature)
         record = AlertTransition(
             id=uuid.uuid4().hex, fingerprint=fp, seq=0, transition="firing", state="firing",
@@ -278,7 +280,7 @@ class AlertManager:
         firing = self._firing.pop(key)
         rec = firing.record
         firing.record = dataclasses.replace(
-            rec, state="resolved", ends_at=now, message=f"resolved: {rec.message} (now: {summary})")
+            rec, state="resolved", ends_at=now, message=f"resolved: {summary} (was: {rec.message})")
         self._acked.discard(rec.fingerprint)
         self._persist("ack", rec.fingerprint, None, None)
         return self._transition(firing, "resolved", now)

@@ -321,7 +321,7 @@ class Lifecycle:
             metric="seconds_not_running", value=round(off_for, 3), threshold=grace,
             breach=breach, clear=not breach, window=window, observed=observed,
             summary=f"{what} ({state}): {monitoring['reason']}" if breach else
-            "drift detection is running", reference=monitoring["reference"]), Observation(
+            "drift detection running again", reference=monitoring["reference"]), Observation(
             kind="monitoring", feature="prediction_reference", metric="relearning",
             value=float(bool(self._relearn)), threshold=0.0, breach=bool(self._relearn),
             clear=not self._relearn, window=window, observed=observed,
@@ -329,7 +329,7 @@ class Lifecycle:
                      f"{', '.join(self._relearn)} until it is relearned from the first "
                      f"{cfg.warmup_s:g} s of the new model's frames; image drift runs on the "
                      "existing reference" if self._relearn else
-                     "the prediction reference matches the model"),
+                     "prediction reference relearned for the model"),
             reference=monitoring["reference"])]
 
 

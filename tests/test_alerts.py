@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -230,3 +232,23 @@ def test_an_id_from_another_device_gets_a_clear_error_not_a_list_of_features() -
     assert "another device" in text and "feature_1" not in text
     with pytest.raises(CommandError, match="did you mean feature_1"):
         m.disable("feture_1", now=0.0)
+
+
+def test_the_timeframe_is_set_apart_from_the_summary_and_a_resolve_says_what_recovered() -> None:
+    rec = Recorder()
+    m = rec.manager()
+    state = Observation(kind="monitoring", feature="drift", metric="seconds_not_running",
+                        value=21.0, threshold=20.0, breach=True, clear=False, for_s=0,
+                        summary="drift detection is not running (warming_up): raise [drift] "
+                        "warmup_s or lower [drift] window_frames", window=Window(1000.0, 1021.0, 0))
+    m.update([state, obs(0.5, for_s=0)], now=1021)
+    fired = {r["kind"]: r["message"] for r in rec.records}
+    assert re.fullmatch(r".* window_frames \(for 21 s, since \d\d:\d\d:\d\d\)", fired["monitoring"])
+    assert re.fullmatch(r"brightness drifted: KS 0\.50 \(over 30 s, 900 frames, since "
+                        r"\d\d:\d\d:\d\d\)", fired["data_drift"])
+    running = dataclasses.replace(state, value=0.0, breach=False, clear=True, clear_for_s=0,
+                                  summary="drift detection running again")
+    m.update([running], now=1030)
+    resolved = rec.records[-1]
+    assert resolved["state"] == "resolved"
+    assert resolved["message"] == f"resolved: drift detection running again (was: {fired['monitoring']})"

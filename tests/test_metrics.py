@@ -105,12 +105,13 @@ def night(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
              "a textfile written after the feed ended")
         beat = agent.heartbeat().to_dict()
         threads = agent.supervisor.health()
+        alerts = agent.monitor.snapshot()["alerts_open"]
     finally:
         agent.close()
     yield {"http": http, "samples": parse(http), "textfile": textfile.read_text(),
            "textfile_mode": textfile.stat().st_mode & 0o777,
            "folder": textfile.parent, "beat": beat, "frames": fed.frames, "port": port,
-           "sha256": fed.model.info()["sha256"], "threads": threads}
+           "sha256": fed.model.info()["sha256"], "threads": threads, "alerts": alerts}
 
 
 def test_frames_fps_and_the_latency_histogram(night: Dict[str, Any]) -> None:
@@ -169,6 +170,14 @@ def test_open_alerts_are_shaped_like_prometheus_alerts(night: Dict[str, Any]) ->
     expected = {(a["kind"], a["feature"], a["severity"]) for a in night["beat"]["alerts_open"]}
     assert got == expected and ("data_drift", "image") in {(k, f) for k, f, _ in got}
     assert all(x.value == 1 and x.labels["alertstate"] == "firing" for x in series)
+
+
+def test_the_drift_message_names_the_camera_image_and_what_moved(night: Dict[str, Any]) -> None:
+    """Users know the camera image, not the "image" group; and the KS distance by that name."""
+    drift = next(a["message"] for a in night["alerts"] if a["kind"] == "data_drift")
+    assert re.match(r"data drift in the camera image: [a-z_, +0-9]*brightness[a-z_, +0-9]* "
+                    r"moved; \w+ mean [-0-9.e+]+ vs reference .*KS distance \d\.\d\d > "
+                    r"\d\.\d\d, PSI .*\(over \d+ s, [\d,]+ frames, since \d\d:\d\d:\d\d\)$", drift)
 
 
 def test_monitoring_and_reference_states_are_one_hot(night: Dict[str, Any]) -> None:
@@ -382,6 +391,9 @@ def test_an_open_monitoring_alert_has_its_own_feature_in_the_metrics(
     finally:
         fed.agent.close()
     assert alerts, "the warm-up never raised its monitoring alert"
+    # The timeframe is set apart from the advice the message ends with.
+    assert re.search(r"or lower \[drift\] window_frames \(for \d+ s, since \d\d:\d\d:\d\d\)$",
+                     alerts[0]["message"]), alerts[0]["message"]
     series = {(x.labels["kind"], x.labels["feature"]) for x in s["edgewatch_alerts"]}
     assert {("monitoring", a["feature"]) for a in alerts} <= series
     assert all(feature != "other" for _, feature in series)
