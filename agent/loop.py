@@ -32,6 +32,7 @@ from .observe import LAYOUT
 from .service import Agent
 from .sources import Source, open_source
 from .stats import ImageStats
+from .warmup import too_short
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,11 @@ def replay(config: Config, source: Source, *, fps: Optional[float] = None,
            model: Optional[Model] = None, on_frame: Optional[OnFrame] = None) -> LoopResult:
     """Run a finite source through the model and monitor as fast as possible."""
     model = model or Model.from_config(config.model)
-    fps = fps or source.fps or 30.0
+    known = fps or source.fps
+    fps = known or 30.0
     start = time.time() if start_ts is None else start_ts
     agent = _start_or_close(source, config, model, expected_fps=fps, live=False,
-                            replay_start=start)
+                            replay_start=start, known_fps=known)
     agent.camera["state"] = "replay"
     agent.heartbeats.source_losses = lambda: source_losses(source)
     t0 = time.perf_counter()
@@ -132,14 +134,22 @@ def source_losses(source: Source) -> int:
 
 
 def _start_or_close(source: Source, config: Config, model: Model, *, expected_fps: float,
-                    live: bool, replay_start: Optional[float] = None) -> Agent:
-    """A started agent for ``model``; the source is closed if the agent cannot start."""
+                    live: bool, replay_start: Optional[float] = None,
+                    known_fps: Optional[float] = None) -> Agent:
+    """A started agent for ``model``; the source is closed if the agent cannot start.
+
+    With the source's frame rate known (``known_fps``), a warm-up that cannot hold two drift
+    windows is said at once, in one WARNING line (its monitoring alert follows later)."""
     try:
-        return Agent.start(config, model_info=model.info(), output_spec=model.output_details,
-                           expected_fps=expected_fps, live=live, replay_start=replay_start)
+        agent = Agent.start(config, model_info=model.info(), output_spec=model.output_details,
+                            expected_fps=expected_fps, live=live, replay_start=replay_start)
     except BaseException:
         source.close()
         raise
+    why = None if not known_fps else too_short(config.drift, known_fps)
+    if why and agent.monitor.reference_status.state == "warming_up":
+        log.warning("drift: the warm-up cannot learn a reference: %s", why)
+    return agent
 
 
 def _unchecked(monitor: Monitor, config: Config, fps: float, frames: int) -> Dict[str, str]:
@@ -367,7 +377,8 @@ def run(config: Config, *, model: Optional[Model] = None, notifier: Optional[Not
     s = config.source
     pace = s.fps or (None if source.live else (source.fps or 30.0))
     expected = s.fps or source.fps or 30.0
-    agent = _start_or_close(source, config, model, expected_fps=expected, live=True)
+    agent = _start_or_close(source, config, model, expected_fps=expected, live=True,
+                            known_fps=s.fps or source.fps)
     capture = Capture(source, pace, agent.supervisor.stop_event)
     agent.heartbeats.source_losses = capture.losses
     agent.supervisor.spawn("edgewatch-capture", capture.step, backoff_s=s.reconnect_initial_s,

@@ -11,6 +11,7 @@ training reference (``begin(target_s=drift.calibration_s)``, then :meth:`Warmup.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -21,10 +22,31 @@ from .drift.reference import Reference, build_reference
 from .errors import BaselineError
 from .records import ReferenceStatus
 
-__all__ = ["WARMUP_MAX_FRAMES", "Warmup", "WarmupFailed"]
+__all__ = ["WARMUP_MAX_FRAMES", "Warmup", "WarmupFailed", "too_short"]
 
 #: The warm-up buffer's size in frames (20 minutes at 30 fps).
 WARMUP_MAX_FRAMES = 36_000
+
+
+def too_short(drift: DriftConfig, fps: float) -> Optional[str]:
+    """Why a warm-up of ``warmup_s`` at ``fps`` cannot hold the two windows a reference needs
+    (with the arithmetic and the fix), or None when it can.
+
+    >>> from agent.config import load_config
+    >>> drift = load_config({"drift": {"warmup_s": 20, "window_frames": 450}}).drift
+    >>> too_short(drift, 15).split(": ")[1]
+    'raise [drift] warmup_s to at least 60 s or lower [drift] window_frames to at most 150'
+    >>> too_short(drift, 45) is None
+    True
+    """
+    frames = int(drift.warmup_s * fps)
+    need = 2 * drift.window_frames
+    if frames >= need:
+        return None
+    return (f"[drift] warmup_s {drift.warmup_s:g} s x {fps:g} fps = {frames} frames, fewer than "
+            f"the {need} a reference needs (2 x [drift] window_frames {drift.window_frames}): "
+            f"raise [drift] warmup_s to at least {math.ceil(need / fps)} s or lower "
+            f"[drift] window_frames to at most {frames // 2}")
 
 
 class WarmupFailed(BaselineError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -342,3 +343,24 @@ def test_the_heartbeat_is_a_typed_record_with_the_json_keys_it_always_had(
     assert {"edgewatch-heartbeat", "edgewatch-store", "edgewatch-control"} <= set(payload["threads"])
     assert payload["errors"] == {"bad_frames": 0, "hook_errors": 0, "last_hook_error": None}
     assert json.loads(json.dumps(payload)) == payload
+
+
+@pytest.mark.parametrize("warmup_s, warned", [(10, True), (40, False)])
+def test_a_warm_up_too_short_for_its_windows_is_said_at_start_in_one_line(
+        tmp_path: Path, model_path: Path, caplog: pytest.LogCaptureFixture, warmup_s: int,
+        warned: bool) -> None:
+    """15 fps x 10 s = 150 frames < 2 x 300: said at start, before any frame (not 20 s later)."""
+    cfg = load_config({"model": {"path": str(model_path)},
+                       "store": {"path": str(tmp_path / "w.db")}, "health": {"enabled": False},
+                       "drift": {"warmup_s": warmup_s, "window_frames": 300}})
+    source = open_source("emulated:stationary?seed=1&size=160x120&fps=15")
+    with caplog.at_level(logging.WARNING, logger="agent.loop"):
+        replay(cfg, source, max_frames=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.loop"]
+    if not warned:
+        assert lines == []
+        return
+    assert lines == ["drift: the warm-up cannot learn a reference: [drift] warmup_s 10 s x 15 fps "
+                     "= 150 frames, fewer than the 600 a reference needs (2 x [drift] "
+                     "window_frames 300): raise [drift] warmup_s to at least 40 s or lower "
+                     "[drift] window_frames to at most 75"]
