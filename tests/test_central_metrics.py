@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.central import Central
 from agent.central.records import BadMessage, Heartbeat, parse
 from agent.cli import main
-from agent.errors import CommandError
+from agent.errors import ConfigError
 from agent.records import KINDS
 
 central_factory = central_helpers.central_factory
@@ -162,11 +162,18 @@ def test_a_second_worker_serves_the_whole_fleet(broker, listeners, central_facto
         other.stop()
 
 
-def test_port_in_use_is_one_clear_error(broker, central_factory, tmp_path) -> None:
+def test_port_in_use_is_one_clear_error(broker, central_factory, tmp_path, capsys) -> None:
+    """As the agent's [metrics] port: a config problem (exit 2) naming the flag and the fix."""
     first = central_factory(broker, metrics_port=0)
-    with pytest.raises(CommandError, match="--metrics-port"):
+    with pytest.raises(ConfigError, match=f"^--metrics-port {first.metrics_port} is in use on "
+                       r"127.0.0.1: set --metrics-port \(or metrics_port\) to a free one"):
         Central(broker.host, broker.port, str(tmp_path / "b.db"),
                 metrics_port=first.metrics_port).start()
+    capsys.readouterr()
+    assert main(["central", "--broker", broker.host, "--port", str(broker.port), "--db",
+                 str(tmp_path / "c.db"), "--metrics-port", str(first.metrics_port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--metrics-port" in err[0] and "in use" in err[0], err
 
 
 @pytest.mark.parametrize("hb, expected", [

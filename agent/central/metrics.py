@@ -30,6 +30,7 @@ scrape reads three small queries and parses no heartbeat.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..errors import CommandError
+from ..errors import ConfigError
 from ..records import KINDS, SEVERITIES
 from .records import REASONS
 from .store import CentralReader
@@ -168,7 +169,7 @@ class MetricsServer:
     def __init__(self, collector: FleetCollector, host: str = "127.0.0.1", port: int = 9782
                  ) -> None:
         if not 0 <= port <= 65535:
-            raise CommandError(f"--metrics-port must be 0-65535, got {port}")
+            raise ConfigError(f"--metrics-port must be 0-65535, got {port}")
         self.collector, self.host, self.port = collector, host, port
         self._server: Any = None
         self._thread: Optional[threading.Thread] = None
@@ -181,9 +182,14 @@ class MetricsServer:
             self._server, self._thread = start_http_server(self.port, addr=self.host,
                                                            registry=registry)
         except OSError as exc:
-            raise CommandError(f"cannot serve metrics on {self.host}:{self.port}: "
-                               f"{exc.strerror or exc} (choose another --metrics-port or "
-                               "metrics_host)") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--metrics-port {self.port} is in use on {self.host}: set "
+                                  "--metrics-port (or metrics_port) to a free one, or stop the "
+                                  f"program listening there (ss -ltnp 'sport = :{self.port}')"
+                                  ) from None
+            raise ConfigError(f"cannot serve metrics on {self.host}:{self.port}: "
+                              f"{exc.strerror or exc} (set --metrics-host and --metrics-port, "
+                              "or metrics_host and metrics_port)") from None
         self.port = int(self._server.server_address[1])
         log.info("central: metrics on http://%s:%d/metrics", self.host, self.port)
         return self
