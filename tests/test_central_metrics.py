@@ -116,6 +116,29 @@ def test_fleet_metrics_from_the_database(broker, listeners, central_factory,
     assert value("edgewatch_fleet_notifications_pending") == 0
 
 
+def test_an_offline_device_keeps_no_fps_nor_drift(broker, listeners, central_factory) -> None:
+    """Gone offline (its last will), a device's last fps and drift are not its state: no series,
+    while device_online says 0 and the heartbeat age keeps growing."""
+    central = central_factory(broker, metrics_port=0)
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/cam-night/heartbeat",
+                json.dumps(heartbeat3("cam-night", 1, fps=15.0, worst=2.5)))
+    key = (("device", "cam-night"),)
+    got = wait(lambda: (lambda g: g if ("edgewatch_fleet_fps", key) in g else None)(
+        samples(scrape(central.metrics_port or 0))), what="cam-night's fps")
+    assert got[("edgewatch_fleet_fps", key)] == 15 and \
+        got[("edgewatch_fleet_drift_score_max", key)] == 2.5
+    pub.publish("edgewatch/v1/cam-night/status", b"offline", retain=False)
+    got = wait(lambda: (lambda g: g if g.get(("edgewatch_fleet_device_online", key)) == 0
+                        else None)(samples(scrape(central.metrics_port or 0))),
+               what="cam-night offline")
+    assert ("edgewatch_fleet_fps", key) not in got
+    assert ("edgewatch_fleet_drift_score_max", key) not in got
+    assert got[("edgewatch_fleet_heartbeat_age_seconds", key)] >= 0
+    assert got[("edgewatch_fleet_devices", (("state", "offline"),))] == 1
+
+
 def readme_fleet_table() -> Dict[str, Tuple[str, Set[str]]]:
     """The README's fleet metrics: name -> (type, label names)."""
     rows: Dict[str, Tuple[str, Set[str]]] = {}

@@ -14,9 +14,10 @@ The gauges, each labelled ``device`` (the device ids the central has seen):
 - ``edgewatch_fleet_device_online``: 1 online, 0 offline (last will or overdue heartbeat);
 - ``edgewatch_fleet_heartbeat_age_seconds``: since the central received its last heartbeat;
 - ``edgewatch_fleet_fps``: the heartbeat's ``summary.fps`` (schema 3; older heartbeats'
-  ``camera`` fps fields), absent when the device reports none;
+  ``camera`` fps fields), absent when the device reports none or is offline;
 - ``edgewatch_fleet_drift_score_max``: ``summary.worst_drift`` (distance over threshold of
-  the worst feature; >= 1 is over its threshold), 0 when the heartbeat has none;
+  the worst feature; >= 1 is over its threshold), 0 when the heartbeat has none; absent
+  while the device is offline (its last figures are not its state);
 - ``edgewatch_fleet_alerts{kind,severity}``: open (firing) alerts; every kind of
   :data:`agent.records.KINDS` a device has no open alert of is a 0 with no severity, so
   "alerts by kind" has a series per device and kind;
@@ -116,10 +117,12 @@ class FleetCollector(Collector):
             online.add_metric([device], 1.0 if up else 0.0)
             if row["last_heartbeat_ts"] is not None:
                 age.add_metric([device], max(0.0, now - float(row["last_heartbeat_ts"])))
-            drift.add_metric([device], float(row["worst_drift"] or 0.0))
-            for family, key in ((fps, "fps"), (depth, "outbox_depth")):
-                if row[key] is not None:
-                    family.add_metric([device], float(row[key]))
+            if up:  # an offline device's last fps and drift are no longer its state
+                drift.add_metric([device], float(row["worst_drift"] or 0.0))
+                if row["fps"] is not None:
+                    fps.add_metric([device], float(row["fps"]))
+            if row["outbox_depth"] is not None:
+                depth.add_metric([device], float(row["outbox_depth"]))
             if row["outbox_depth"] is not None:  # an empty outbox's oldest is 0, as on the device
                 oldest.add_metric([device], float(row["outbox_age_s"] or 0.0))
         states = GaugeMetricFamily("edgewatch_fleet_devices", "Devices by state",
