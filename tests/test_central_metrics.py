@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Set, Tuple
 
 import central_helpers
 import pytest
+from broker import free_port
 from central_helpers import CentralDb, heartbeat
 from helpers import make_alert, wait
 from prometheus_client.parser import text_string_to_metric_families
@@ -137,6 +138,29 @@ def test_an_offline_device_keeps_no_fps_nor_drift(broker, listeners, central_fac
     assert ("edgewatch_fleet_drift_score_max", key) not in got
     assert got[("edgewatch_fleet_heartbeat_age_seconds", key)] >= 0
     assert got[("edgewatch_fleet_devices", (("state", "offline"),))] == 1
+
+
+def test_failing_notifications_are_counted(broker, listeners, central_factory) -> None:
+    """An Alertmanager and a webhook that refuse every post show in Prometheus, not only in the
+    central's log: failures by output (the webhook's format, never its URL)."""
+    central = central_factory(broker, metrics_port=0,
+                              alertmanager=f"http://127.0.0.1:{free_port()}",
+                              alertmanager_interval_s=0.2,
+                              webhooks=[f"slack=http://127.0.0.1:{free_port()}/T0KEN"])
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/cam-q/alerts", json.dumps(make_alert(1, device="cam-q")))
+
+    def failed() -> Samples:
+        got = samples(scrape(central.metrics_port or 0))
+        webhook = got[("edgewatch_fleet_webhook_failures_total", (("format", "slack"),))]
+        return got if got[("edgewatch_fleet_alertmanager_failures_total", ())] >= 2 and \
+            webhook >= 1 else {}
+
+    got = wait(failed, what="both failures counted")
+    assert got[("edgewatch_fleet_alertmanager_posts_total", ())] == 0
+    assert got[("edgewatch_fleet_webhook_failures_total", (("format", "json"),))] == 0
+    assert "T0KEN" not in scrape(central.metrics_port or 0)  # no URL in any label
 
 
 def readme_fleet_table() -> Dict[str, Tuple[str, Set[str]]]:

@@ -25,6 +25,10 @@ The gauges, each labelled ``device`` (the device ids the central has seen):
   device's unsent MQTT messages, from its heartbeat;
 - ``edgewatch_fleet_notifications_pending`` (no device): webhook notifications waiting.
 
+The worker's own counters of notifications: ``edgewatch_fleet_alertmanager_posts_total``,
+``edgewatch_fleet_alertmanager_failures_total`` and ``edgewatch_fleet_webhook_failures_total``
+(by ``format``), so a failing Alertmanager or chat webhook shows in Prometheus.
+
 The heartbeat's figures are kept in the device's row when the heartbeat is stored, so a
 scrape reads three small queries and parses no heartbeat.
 """
@@ -43,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import ConfigError
 from ..records import KINDS, SEVERITIES
+from .notify import FORMATS
 from .records import REASONS
 from .store import CentralReader
 
@@ -163,7 +168,23 @@ class FleetCollector(Collector):
         for reason in REASONS:
             rejected.add_metric([reason], bad.get(reason, 0))
         rejected.add_metric(["queue_full"], counters.get("dropped", 0))
-        return [messages, rejected]
+        return [messages, rejected, *FleetCollector._notification_metrics(counters)]
+
+    @staticmethod
+    def _notification_metrics(counters: Mapping[str, Any]) -> Iterable[Metric]:
+        posts = CounterMetricFamily("edgewatch_fleet_alertmanager_posts", "Posts this central "
+                                    "worker made to Alertmanager (each a batch of alerts)",
+                                    value=counters.get("alertmanager_posts", 0))
+        failures = CounterMetricFamily("edgewatch_fleet_alertmanager_failures", "Failed posts "
+                                       "to Alertmanager (each retried, with every open alert)",
+                                       value=counters.get("alertmanager_failures", 0))
+        webhook = CounterMetricFamily("edgewatch_fleet_webhook_failures", "Failed webhook "
+                                      "deliveries (each retried), by the webhook's format",
+                                      labels=["format"])
+        failed = counters.get("webhook_failures") or {}
+        for fmt in FORMATS:
+            webhook.add_metric([fmt], failed.get(fmt, 0))
+        return [posts, failures, webhook]
 
 
 class MetricsServer:
