@@ -49,7 +49,7 @@ def test_drift_rules_are_apart_and_not_loaded_by_default() -> None:
     default = _alerts("edgewatch.rules.yml")
     drift = _alerts("edgewatch-drift.rules.yml")
     assert default == {"EdgewatchDeviceOffline", "EdgewatchOutboxBackingUp",
-                       "EdgewatchDeviceOutboxBackingUp"}
+                       "EdgewatchNotificationsFailing", "EdgewatchDeviceOutboxBackingUp"}
     assert drift == {"EdgewatchDriftFiring", "EdgewatchDeviceDriftFiring"}
     config = (CONFIGS / "prometheus.yml").read_text()
     loaded = re.findall(r"^  - (\S+)$", config.split("rule_files:")[1].split("\n\n")[0], re.M)
