@@ -25,7 +25,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import pytest
 from broker import free_port
 
-RULES = Path(__file__).resolve().parent.parent / "configs" / "prometheus" / "edgewatch.rules.yml"
+_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "prometheus"
+# The default rules and the drift rules (loaded in setups without the central's Alertmanager feed)
+RULES = (_CONFIGS / "edgewatch.rules.yml", _CONFIGS / "edgewatch-drift.rules.yml")
 
 
 def require_tool(name: str) -> str:
@@ -152,7 +154,7 @@ class Prometheus:
 def prometheus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """One running Prometheus for the session (scraping nothing until a test says what)."""
     server = Prometheus(require_tool("prometheus"), tmp_path_factory.mktemp("prometheus"),
-                        rule_files=[RULES])
+                        rule_files=RULES)
     try:
         server.start()
         yield server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any, Dict, List
 
 import central_helpers
@@ -95,6 +96,21 @@ def test_an_unreachable_alertmanager_is_retried_and_counted_without_blocking_ing
     pub.publish("edgewatch/v1/am-cam3/heartbeat", json.dumps(heartbeat("am-cam3", 1)))
     wait(lambda: central.status()["heartbeats"] == 1, what="ingest goes on")
     assert central.status()["alerts"] == 1
+
+
+@pytest.mark.parametrize("suffix", ["/api/v2/alerts", "/api/v2/"])
+def test_a_url_given_with_the_api_path_posts_to_its_base(
+        suffix: str, broker, listeners, central_factory, alertmanager: Alertmanager,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The API path given by hand is not doubled (a 404 on /api/v2/alerts/api/v2/alerts)."""
+    device = f"am-cam4{suffix.replace('/', '-')}"
+    with caplog.at_level(logging.INFO, logger="agent.central.alertmanager"):
+        central = central_factory(broker, alertmanager=alertmanager.url + suffix)
+    assert f"ends in {suffix.rstrip('/')}" in caplog.text and "give the base URL" in caplog.text
+    _publish(broker, listeners, device, [make_alert(1, device=device)])
+    wait(lambda: alertmanager.alerts(device=device), what="the alert in Alertmanager")
+    wait(lambda: central.status()["alertmanager_posts"] >= 1, what="the post counted")
+    assert central.status()["alertmanager_failed_attempts"] == 0
 
 
 @pytest.mark.parametrize("url", ["ftp://am:9093", "am:9093", "http://"])

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Set, Tuple
 
 import central_helpers
 import pytest
+from broker import free_port
 from central_helpers import CentralDb, heartbeat
 from helpers import make_alert, wait
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.central import Central
 from agent.central.records import BadMessage, Heartbeat, parse
 from agent.cli import main
-from agent.errors import CommandError
+from agent.errors import ConfigError
 from agent.records import KINDS
 
 central_factory = central_helpers.central_factory
@@ -116,6 +117,52 @@ def test_fleet_metrics_from_the_database(broker, listeners, central_factory,
     assert value("edgewatch_fleet_notifications_pending") == 0
 
 
+def test_an_offline_device_keeps_no_fps_nor_drift(broker, listeners, central_factory) -> None:
+    """Gone offline (its last will), a device's last fps and drift are not its state: no series,
+    while device_online says 0 and the heartbeat age keeps growing."""
+    central = central_factory(broker, metrics_port=0)
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/cam-night/heartbeat",
+                json.dumps(heartbeat3("cam-night", 1, fps=15.0, worst=2.5)))
+    key = (("device", "cam-night"),)
+    got = wait(lambda: (lambda g: g if ("edgewatch_fleet_fps", key) in g else None)(
+        samples(scrape(central.metrics_port or 0))), what="cam-night's fps")
+    assert got[("edgewatch_fleet_fps", key)] == 15 and \
+        got[("edgewatch_fleet_drift_score_max", key)] == 2.5
+    pub.publish("edgewatch/v1/cam-night/status", b"offline", retain=False)
+    got = wait(lambda: (lambda g: g if g.get(("edgewatch_fleet_device_online", key)) == 0
+                        else None)(samples(scrape(central.metrics_port or 0))),
+               what="cam-night offline")
+    assert ("edgewatch_fleet_fps", key) not in got
+    assert ("edgewatch_fleet_drift_score_max", key) not in got
+    assert got[("edgewatch_fleet_heartbeat_age_seconds", key)] >= 0
+    assert got[("edgewatch_fleet_devices", (("state", "offline"),))] == 1
+
+
+def test_failing_notifications_are_counted(broker, listeners, central_factory) -> None:
+    """An Alertmanager and a webhook that refuse every post show in Prometheus, not only in the
+    central's log: failures by output (the webhook's format, never its URL)."""
+    central = central_factory(broker, metrics_port=0,
+                              alertmanager=f"http://127.0.0.1:{free_port()}",
+                              alertmanager_interval_s=0.2,
+                              webhooks=[f"slack=http://127.0.0.1:{free_port()}/T0KEN"])
+    pub = listeners(broker, [])
+    pub.wait_connected()
+    pub.publish("edgewatch/v1/cam-q/alerts", json.dumps(make_alert(1, device="cam-q")))
+
+    def failed() -> Samples:
+        got = samples(scrape(central.metrics_port or 0))
+        webhook = got[("edgewatch_fleet_webhook_failures_total", (("format", "slack"),))]
+        return got if got[("edgewatch_fleet_alertmanager_failures_total", ())] >= 2 and \
+            webhook >= 1 else {}
+
+    got = wait(failed, what="both failures counted")
+    assert got[("edgewatch_fleet_alertmanager_posts_total", ())] == 0
+    assert got[("edgewatch_fleet_webhook_failures_total", (("format", "json"),))] == 0
+    assert "T0KEN" not in scrape(central.metrics_port or 0)  # no URL in any label
+
+
 def readme_fleet_table() -> Dict[str, Tuple[str, Set[str]]]:
     """The README's fleet metrics: name -> (type, label names)."""
     rows: Dict[str, Tuple[str, Set[str]]] = {}
@@ -162,11 +209,18 @@ def test_a_second_worker_serves_the_whole_fleet(broker, listeners, central_facto
         other.stop()
 
 
-def test_port_in_use_is_one_clear_error(broker, central_factory, tmp_path) -> None:
+def test_port_in_use_is_one_clear_error(broker, central_factory, tmp_path, capsys) -> None:
+    """As the agent's [metrics] port: a config problem (exit 2) naming the flag and the fix."""
     first = central_factory(broker, metrics_port=0)
-    with pytest.raises(CommandError, match="--metrics-port"):
+    with pytest.raises(ConfigError, match=f"^--metrics-port {first.metrics_port} is in use on "
+                       r"127.0.0.1: set --metrics-port \(or metrics_port\) to a free one"):
         Central(broker.host, broker.port, str(tmp_path / "b.db"),
                 metrics_port=first.metrics_port).start()
+    capsys.readouterr()
+    assert main(["central", "--broker", broker.host, "--port", str(broker.port), "--db",
+                 str(tmp_path / "c.db"), "--metrics-port", str(first.metrics_port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--metrics-port" in err[0] and "in use" in err[0], err
 
 
 @pytest.mark.parametrize("hb, expected", [

@@ -20,11 +20,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Set
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from agent.central.config import load_central_config
-from agent.config import load_config
+from agent.config import load_config, tomllib
 from agent.records import AlertTransition
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,22 @@ def test_the_blocks_that_matter_are_tested() -> None:
     names = {b.name for b in TESTED}
     assert {"replay", "hook", "install dry run"} <= names
     assert all(b.lang != "python" for b in BLOCKS if not b.name), "every Python example runs"
+
+def test_the_stack_demo_shows_drift_after_its_reference() -> None:
+    """The stack's night falls well after the reference is learnt, or no drift ever shows."""
+    block = next(b for b in BLOCKS if b.name == "file stack.toml")
+    config = tomllib.loads(block.body)
+    drift = config.get("drift", {})
+    learnt_s = float(drift.get("warmup_s", 300.0))
+    if drift.get("reference"):
+        learnt_s = float(drift.get("calibration_s", 300.0))
+    fps = float(config["source"]["fps"])
+    assert learnt_s * fps >= 2 * int(drift.get("window_frames", 900)), \
+        "the warm-up must hold two drift windows"
+    onset = float(parse_qs(urlsplit(config["source"]["uri"]).query)["onset"][0])
+    assert onset >= learnt_s + 60, (f"night falls at {onset:.0f} s, the reference is learnt "
+                                    f"until {learnt_s:.0f} s: the reference would include it")
+
 
 
 class Checkout:

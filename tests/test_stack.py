@@ -88,6 +88,46 @@ def test_dashboards_are_importable_as_they_are(name: str) -> None:
     assert "type: prometheus" in (provisioning / "datasources" / "edgewatch.yml").read_text()
 
 
+# What a target plots, from its metric's name, and the units that fit it.
+UNIT_FITS = ((re.compile(r"_celsius\b"), {"celsius"}), (re.compile(r"_seconds(\{|$)"), {"s"}),
+             (re.compile(r"edgewatch_throttled\b"), {"none", "bool"}),
+             (re.compile(r"_ratio\b"), {"percentunit"}),
+             (re.compile(r"rate\(edgewatch_fleet_messages"), {"suffix: msg/s"}))
+SCORE_FEATURES = {"top_score", "margin", "score_entropy", "mean_score", "low_conf_frac"}
+
+
+def target_unit(panel: Dict[str, Any], ref: str) -> str:
+    """The unit Grafana shows a target in: its refId's override, else the panel's default."""
+    config = panel.get("fieldConfig", {})
+    unit = str(config.get("defaults", {}).get("unit", "none"))
+    for override in config.get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            unit = next((str(p["value"]) for p in override["properties"] if p["id"] == "unit"),
+                        unit)
+    return unit
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_series_is_shown_in_a_unit_that_fits_it(name: str) -> None:
+    """No 0/1 flag in Celsius, no outbox depth in seconds, no messages as HTTP requests, no
+    detection count on a 0-1 score axis."""
+    wrong = []
+    for panel in panels(DASHBOARDS[name]):
+        for target in panel.get("targets", []):
+            unit, expr = target_unit(panel, target["refId"]), target["expr"]
+            for pattern, fits in UNIT_FITS:
+                if pattern.search(expr) and "histogram_quantile" not in expr and unit not in fits:
+                    wrong.append(f"{panel['title']}: {expr} in {unit} (expected {fits})")
+            if unit == "celsius" and "_celsius" not in expr:
+                wrong.append(f"{panel['title']}: {expr} in celsius")
+            if "edgewatch_confidence" in expr:
+                chosen = re.search(r'feature=~"([^"]*)"', expr)  # none: every feature
+                shown = set(re.findall(r"\w+", chosen[1])) if chosen else {"all", "top_score"}
+                assert shown <= SCORE_FEATURES or not shown & SCORE_FEATURES, (
+                    f"{panel['title']}: scores (0-1) mixed with counts or areas: {expr}")
+    assert not wrong, "\n".join(wrong)
+
+
 def substitute(expr: str, values: Dict[str, str]) -> str:
     """``expr`` with every template variable replaced, as Grafana would send it."""
     done = VAR_RE.sub(lambda m: {**BUILTINS, **values}[m[1] or m[2]], expr)
@@ -218,7 +258,7 @@ def test_prometheus_scrapes_the_agent_and_the_central_and_every_panel_has_data(
     # The example alerting rules evaluate without error on the real series (label matching
     # of the joins included). The black scene is data drift too (brightness left its band):
     # both drift rules are pending (for: 1m) or firing, naming the device; the device is
-    # online and its outbox drains, so those rules stay inactive.
+    # online, its outbox drains and no notification fails, so those rules stay inactive.
     wait(lambda: prom.values(f'edgewatch_alerts{{{agent}, kind="data_drift"}}'), timeout=60,
          what="data_drift open in the device's metrics")
     drift_rules = {"EdgewatchDriftFiring", "EdgewatchDeviceDriftFiring"}

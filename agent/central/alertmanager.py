@@ -43,16 +43,30 @@ __all__ = ["AlertmanagerSender", "alertmanager_alert", "api_url"]
 _LABELS = ("device", "camera", "kind", "severity", "feature")
 _BATCH = 500  # alerts per POST: a storm of thousands goes out in bounded requests
 _RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
+_API_SUFFIXES = ("/api/v2/alerts", "/api/v2")  # a URL given with the API path: its base is used
 
 
 def api_url(url: str) -> str:
     """The v2 alerts endpoint under an Alertmanager base URL (a route prefix is kept).
 
+    A URL that already ends in the API path (``/api/v2/alerts`` or ``/api/v2``) is taken for
+    its base, with an INFO line, rather than posting to ``/api/v2/alerts/api/v2/alerts``.
+
     >>> api_url("http://am:9093/")
     'http://am:9093/api/v2/alerts'
+    >>> api_url("http://am:9093/am/api/v2/alerts/")
+    'http://am:9093/am/api/v2/alerts'
     """
     check_url(url, "--alertmanager")
-    return url.rstrip("/") + "/api/v2/alerts"
+    base = url.rstrip("/")
+    for suffix in _API_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[:-len(suffix)]
+            log.info("--alertmanager %s ends in %s, which the central adds itself: posting to "
+                     "the URL without it + /api/v2/alerts (give the base URL, e.g. "
+                     "http://127.0.0.1:9093)", redact(url), suffix)
+            break
+    return base + "/api/v2/alerts"
 
 
 def alertmanager_alert(row: Mapping[str, Any], now: float, hold_s: float) -> Dict[str, Any]:

@@ -14,9 +14,10 @@ The gauges, each labelled ``device`` (the device ids the central has seen):
 - ``edgewatch_fleet_device_online``: 1 online, 0 offline (last will or overdue heartbeat);
 - ``edgewatch_fleet_heartbeat_age_seconds``: since the central received its last heartbeat;
 - ``edgewatch_fleet_fps``: the heartbeat's ``summary.fps`` (schema 3; older heartbeats'
-  ``camera`` fps fields), absent when the device reports none;
+  ``camera`` fps fields), absent when the device reports none or is offline;
 - ``edgewatch_fleet_drift_score_max``: ``summary.worst_drift`` (distance over threshold of
-  the worst feature; >= 1 is over its threshold), 0 when the heartbeat has none;
+  the worst feature; >= 1 is over its threshold), 0 when the heartbeat has none; absent
+  while the device is offline (its last figures are not its state);
 - ``edgewatch_fleet_alerts{kind,severity}``: open (firing) alerts; every kind of
   :data:`agent.records.KINDS` a device has no open alert of is a 0 with no severity, so
   "alerts by kind" has a series per device and kind;
@@ -24,12 +25,17 @@ The gauges, each labelled ``device`` (the device ids the central has seen):
   device's unsent MQTT messages, from its heartbeat;
 - ``edgewatch_fleet_notifications_pending`` (no device): webhook notifications waiting.
 
+The worker's own counters of notifications: ``edgewatch_fleet_alertmanager_posts_total``,
+``edgewatch_fleet_alertmanager_failures_total`` and ``edgewatch_fleet_webhook_failures_total``
+(by ``format``), so a failing Alertmanager or chat webhook shows in Prometheus.
+
 The heartbeat's figures are kept in the device's row when the heartbeat is stored, so a
 scrape reads three small queries and parses no heartbeat.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -39,8 +45,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..errors import CommandError
+from ..errors import ConfigError
 from ..records import KINDS, SEVERITIES
+from .notify import FORMATS
 from .records import REASONS
 from .store import CentralReader
 
@@ -115,10 +122,12 @@ class FleetCollector(Collector):
             online.add_metric([device], 1.0 if up else 0.0)
             if row["last_heartbeat_ts"] is not None:
                 age.add_metric([device], max(0.0, now - float(row["last_heartbeat_ts"])))
-            drift.add_metric([device], float(row["worst_drift"] or 0.0))
-            for family, key in ((fps, "fps"), (depth, "outbox_depth")):
-                if row[key] is not None:
-                    family.add_metric([device], float(row[key]))
+            if up:  # an offline device's last fps and drift are no longer its state
+                drift.add_metric([device], float(row["worst_drift"] or 0.0))
+                if row["fps"] is not None:
+                    fps.add_metric([device], float(row["fps"]))
+            if row["outbox_depth"] is not None:
+                depth.add_metric([device], float(row["outbox_depth"]))
             if row["outbox_depth"] is not None:  # an empty outbox's oldest is 0, as on the device
                 oldest.add_metric([device], float(row["outbox_age_s"] or 0.0))
         states = GaugeMetricFamily("edgewatch_fleet_devices", "Devices by state",
@@ -159,7 +168,23 @@ class FleetCollector(Collector):
         for reason in REASONS:
             rejected.add_metric([reason], bad.get(reason, 0))
         rejected.add_metric(["queue_full"], counters.get("dropped", 0))
-        return [messages, rejected]
+        return [messages, rejected, *FleetCollector._notification_metrics(counters)]
+
+    @staticmethod
+    def _notification_metrics(counters: Mapping[str, Any]) -> Iterable[Metric]:
+        posts = CounterMetricFamily("edgewatch_fleet_alertmanager_posts", "Posts this central "
+                                    "worker made to Alertmanager (each a batch of alerts)",
+                                    value=counters.get("alertmanager_posts", 0))
+        failures = CounterMetricFamily("edgewatch_fleet_alertmanager_failures", "Failed posts "
+                                       "to Alertmanager (each retried, with every open alert)",
+                                       value=counters.get("alertmanager_failures", 0))
+        webhook = CounterMetricFamily("edgewatch_fleet_webhook_failures", "Failed webhook "
+                                      "deliveries (each retried), by the webhook's format",
+                                      labels=["format"])
+        failed = counters.get("webhook_failures") or {}
+        for fmt in FORMATS:
+            webhook.add_metric([fmt], failed.get(fmt, 0))
+        return [posts, failures, webhook]
 
 
 class MetricsServer:
@@ -168,7 +193,7 @@ class MetricsServer:
     def __init__(self, collector: FleetCollector, host: str = "127.0.0.1", port: int = 9782
                  ) -> None:
         if not 0 <= port <= 65535:
-            raise CommandError(f"--metrics-port must be 0-65535, got {port}")
+            raise ConfigError(f"--metrics-port must be 0-65535, got {port}")
         self.collector, self.host, self.port = collector, host, port
         self._server: Any = None
         self._thread: Optional[threading.Thread] = None
@@ -181,9 +206,14 @@ class MetricsServer:
             self._server, self._thread = start_http_server(self.port, addr=self.host,
                                                            registry=registry)
         except OSError as exc:
-            raise CommandError(f"cannot serve metrics on {self.host}:{self.port}: "
-                               f"{exc.strerror or exc} (choose another --metrics-port or "
-                               "metrics_host)") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--metrics-port {self.port} is in use on {self.host}: set "
+                                  "--metrics-port (or metrics_port) to a free one, or stop the "
+                                  f"program listening there (ss -ltnp 'sport = :{self.port}')"
+                                  ) from None
+            raise ConfigError(f"cannot serve metrics on {self.host}:{self.port}: "
+                              f"{exc.strerror or exc} (set --metrics-host and --metrics-port, "
+                              "or metrics_host and metrics_port)") from None
         self.port = int(self._server.server_address[1])
         log.info("central: metrics on http://%s:%d/metrics", self.host, self.port)
         return self

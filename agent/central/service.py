@@ -201,8 +201,16 @@ class Central:
 
     def _counters(self) -> Dict[str, Any]:
         ingest = self._ingest
+        webhook_failures: Dict[str, int] = {}
+        for sender in self._senders:
+            fmt = sender.format
+            webhook_failures[fmt] = webhook_failures.get(fmt, 0) + sender.counts["failed_attempts"]
+        am = self._alertmanager.counts if self._alertmanager is not None else {}
         return {"topics": dict(ingest.topics) if ingest is not None else {},
-                "bad": dict(ingest.bad) if ingest is not None else {}, "dropped": self.dropped}
+                "bad": dict(ingest.bad) if ingest is not None else {}, "dropped": self.dropped,
+                "alertmanager_posts": am.get("posts", 0),
+                "alertmanager_failures": am.get("failed_attempts", 0),
+                "webhook_failures": webhook_failures}
 
     def _connect(self) -> None:
         try:
