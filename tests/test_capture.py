@@ -224,7 +224,9 @@ def _storm(tmp: Path, model_path: Path, capture: bool) -> Dict[str, Any]:
         if n in (1000, 7000):
             # What waits in the storage queue grows with the machine's load, not with time:
             # measure with the queue drained, the same at both points.
-            agent.store.submit(lambda db: None).result(60)
+            # Twice: the writer holds one batch's JPEGs until that batch commits.
+            for _ in range(2):
+                agent.store.submit(lambda db: None).result(60)
             snap = tracemalloc.take_snapshot().filter_traces(filters)
             held[n] = sum(s.size for s in snap.statistics("filename"))
 
