@@ -101,8 +101,10 @@ def test_each_webhook_gets_its_format_and_a_failing_one_holds_up_no_other(
     assert event["starts_at"] == "2023-11-14T22:13:21Z" and event["ends_at"] is None
     [message] = slack.wait_for(1)  # after two failures, retried on its own
     text = message["text"]
-    assert text.splitlines()[0] == ("*[WARNING] data drift on brightness: psi 0.4 (threshold "
-                                    "0.25)* on cam-7/cam0 (firing)")
+    lines = text.splitlines()
+    assert lines[0] == "*[WARNING] data drift on brightness* on cam-7/cam0 (firing)"
+    assert lines[1] == "brightness &lt;http://x|moved&gt;"  # the device's own sentence
+    assert "Measured: psi 0.4 (threshold 0.25)" in lines
     assert "Expected: mean 120" in text and "Timeframe: 60 s (600 frames)" in text
     assert "<" not in text and "&lt;http://x|moved&gt;" in text  # a device cannot link
     assert message["blocks"][0]["text"]["text"] == text

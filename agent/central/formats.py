@@ -64,11 +64,13 @@ def describe(record: Mapping[str, Any]) -> Dict[str, str]:
     """``what``, ``expected`` and ``timeframe`` of an alert record, as short lines of text."""
     kind = str(record.get("kind") or "alert").replace("_", " ")
     feature = record.get("feature")
-    what = f"{kind} on {feature}" if feature else kind
+    headline = what = f"{kind} on {feature}" if feature else kind
+    measured = ""
     if record.get("metric") is not None and record.get("value") is not None:
-        what += f": {record['metric']} {_num(record['value'])}"
+        measured = f"{record['metric']} {_num(record['value'])}"
         if record.get("threshold") is not None:
-            what += f" (threshold {_num(record['threshold'])})"
+            measured += f" (threshold {_num(record['threshold'])})"
+        what += f": {measured}"
     expected = record.get("expected")
     window = record.get("window")
     window = window if isinstance(window, Mapping) else {}
@@ -81,8 +83,8 @@ def describe(record: Mapping[str, Any]) -> Dict[str, str]:
                      f"{utc(end, '%H:%M:%S') if same_day else utc(end)} UTC")
     else:
         timeframe = f"since {utc(record.get('starts_at') or record.get('ts'))} UTC"
-    return {"what": what, "expected": _compact(expected) if expected else "-",
-            "timeframe": timeframe}
+    return {"what": what, "headline": headline, "measured": measured or "-",
+            "expected": _compact(expected) if expected else "-", "timeframe": timeframe}
 
 
 def description(record: Mapping[str, Any]) -> str:
@@ -149,9 +151,10 @@ def slack_text(body: Mapping[str, Any]) -> str:
         sev = str(rec.get("severity") or "").upper()
         where = f"{rec.get('device')}/{rec.get('camera')}" if rec.get("camera") else \
             str(rec.get("device"))
-        lines = [f"*[{sev}] {d['what']}* on {where} ({rec.get('transition')})",
-                 str(rec.get("message") or ""), f"Expected: {d['expected']}",
-                 f"Timeframe: {d['timeframe']}"]
+        # The device's own sentence first; the raw measure after it, labelled.
+        lines = [f"*[{sev}] {d['headline']}* on {where} ({rec.get('transition')})",
+                 str(rec.get("message") or ""), f"Measured: {d['measured']}",
+                 f"Expected: {d['expected']}", f"Timeframe: {d['timeframe']}"]
         return "\n".join(_slack_escape(line) for line in lines if line)
     if isinstance(dev, Mapping):
         return _slack_escape(f"*[{str(dev.get('state')).upper()}]* {dev.get('device')}: "
