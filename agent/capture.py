@@ -75,6 +75,12 @@ class _Episode:
     next_due: float = -math.inf
 
 
+def _fits(held: Sequence[npt.NDArray[Any]], outputs: Sequence[npt.NDArray[Any]]) -> bool:
+    """Are ``held`` buffers the shapes and types of ``outputs``?"""
+    return len(held) == len(outputs) and all(
+        a.shape == b.shape and a.dtype == b.dtype for a, b in zip(held, outputs))
+
+
 class _Slot:
     """One frame-sized buffer with what the storage thread needs to save it."""
 
@@ -227,8 +233,7 @@ class Capture:
             if not slot.busy and (slot.frame is None or slot.frame.shape != frame.shape):
                 slot.frame = np.empty_like(frame)
 
-    @staticmethod
-    def _fill(slot: _Slot, frame: Frame, outputs: Optional[Sequence[npt.NDArray[Any]]],
+    def _fill(self, slot: _Slot, frame: Frame, outputs: Optional[Sequence[npt.NDArray[Any]]],
               row: npt.NDArray[np.float32],
               meta: Tuple[float, str, Optional[_Episode]]) -> None:
         assert slot.frame is not None
@@ -236,9 +241,10 @@ class Capture:
         np.copyto(slot.row, row)
         slot.has_outputs = outputs is not None
         if outputs is not None:
-            if len(slot.outputs) != len(outputs) or any(
-                    a.shape != b.shape or a.dtype != b.dtype for a, b in zip(slot.outputs, outputs)):
-                slot.outputs = [np.empty_like(o) for o in outputs]  # once per model
+            if not _fits(slot.outputs, outputs):  # once per model: every idle slot at once
+                for other in self._slots:
+                    if other is slot or not other.busy:
+                        other.outputs = [np.empty_like(o) for o in outputs]
             for dst, src in zip(slot.outputs, outputs):
                 np.copyto(dst, src)
         slot.meta = meta

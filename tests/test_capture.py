@@ -218,6 +218,7 @@ def _storm(tmp: Path, model_path: Path, capture: bool) -> Dict[str, Any]:
     agent = Agent.start(cfg, model_info=model.info(), output_spec=model.output_details,
                         expected_fps=2.0, live=False)
     held: Dict[int, int] = {}
+    snaps: Dict[int, Any] = {}
     filters = [tracemalloc.Filter(True, f) for f in _CAPTURE_FILES]
 
     def on_frame(n: int) -> None:
@@ -229,6 +230,7 @@ def _storm(tmp: Path, model_path: Path, capture: bool) -> Dict[str, Any]:
                 agent.store.submit(lambda db: None).result(60)
             snap = tracemalloc.take_snapshot().filter_traces(filters)
             held[n] = sum(s.size for s in snap.statistics("filename"))
+            snaps[n] = snap
 
     tracemalloc.start()
     try:
@@ -246,8 +248,10 @@ def _storm(tmp: Path, model_path: Path, capture: bool) -> Dict[str, Any]:
         agent.close()
         source.close()
     assert beat["queues"]["capture"] == (counts or None)  # status --json shows the same
+    growth = [str(d) for d in snaps[7000].compare_to(snaps[1000], "lineno")[:5]] \
+        if len(snaps) == 2 else []
     return {"cfg": cfg, "frames": frames, "cpu_fps": frames / cpu, "held": held,
-            "counts": counts}
+            "counts": counts, "growth": growth}
 
 
 def test_a_storm_of_captures_keeps_disk_memory_and_the_loop_bounded(
@@ -265,7 +269,8 @@ def test_a_storm_of_captures_keeps_disk_memory_and_the_loop_bounded(
     assert counts["saved"] - counts["evicted"] == len(samples)
     assert on["held"][1000] >= POOL_SLOTS * 320 * 240 * 3  # the pool, traced from the start
     growth = on["held"][7000] - on["held"][1000]
-    assert growth < 16 * 1024, f"capture code holds {growth} more bytes after 6000 frames"
+    assert growth < 16 * 1024, \
+        f"capture code holds {growth} more bytes after 6000 frames: {on['growth']}"
     assert on["cpu_fps"] > 0.85 * off["cpu_fps"], (on["cpu_fps"], off["cpu_fps"])
     assert off["counts"] == {} and not samples_dir(off["cfg"]).exists()
     print(f"storm: {counts}; capture code holds {growth:+d} B; loop CPU fps "
