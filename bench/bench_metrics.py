@@ -2,18 +2,18 @@
 
 ``agent.loop.replay`` of the same emulated 640x480 feed through the real BlazeFace model,
 alternating metrics off and on (``[metrics] enabled`` on a free port plus a ``textfile``)
-for a few rounds on one loaded model. While metrics are on, a scraper thread GETs
-``/metrics`` every ``--scrape-every`` seconds (1 s: 15 times Prometheus's default rate) and
+for a few rounds on one loaded model. While metrics are on, a scraper process (as Prometheus
+is) GETs ``/metrics`` every ``--scrape-every`` seconds (1 s: 15 times Prometheus's default rate) and
 times each answer. Two figures per mode: the wall-clock fps of the frame loop (not opening
 or closing the store), and the process's CPU time per frame over the whole replay, every
-thread included (the in-process scraper too, so the "on" figure is pessimistic). On a host
+thread included (serving the scrapes too; not the scraper's own work). On a host
 shared with other work the wall-clock fps swings with their load; the CPU time does not.
 Then the number of metric families and series (samples) in one scrape, and its size, and the
 metrics' own work measured directly on a running agent (one scrape's collect and format, one
 textfile write, one histogram fold of a second's frames): a bound on the slowdown that does
 not depend on the host's other load, since the frame loop itself does nothing for metrics.
 
-Run: .venv/bin/python bench/bench_metrics.py [--rounds 3] [--frames 3000] [--scrape-every 1]
+Run: .venv/bin/python bench/bench_metrics.py [--rounds 6] [--frames 3000] [--scrape-every 1]
 Target (issue 11): replay fps with metrics on >= 98% of off.
 """
 
@@ -23,12 +23,11 @@ import argparse
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from _common import FPS, feed_uri, load_model, machine_line, make_config, quiet, verdict
 from prometheus_client import generate_latest
@@ -50,34 +49,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_SCRAPER = r"""
+import sys, time, urllib.request
+url, every, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+while True:
+    time.sleep(every)
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = answer.read()
+    except OSError:  # not listening yet (the replay is starting) or already closed
+        continue
+    print(f"{(time.perf_counter() - t0) * 1e3:.3f}", flush=True)
+    with open(out, "wb") as f:
+        f.write(body)
+"""
+
+
 class Scraper:
-    """GETs ``url`` every ``every_s`` seconds on its own thread, timing each answer."""
+    """GETs ``url`` every ``every_s`` seconds from another process, as Prometheus does (a
+    scraper thread in the agent's own process would compete for its interpreter lock)."""
 
     def __init__(self, url: str, every_s: float) -> None:
         self.url = url
         self.every = every_s
         self.times_ms: List[float] = []
         self.last = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+        self._out = tempfile.mktemp(suffix=".prom")
+        self._proc: Optional[subprocess.Popen[str]] = None
 
     def __enter__(self) -> Scraper:
-        self._thread.start()
+        self._proc = subprocess.Popen([sys.executable, "-c", _SCRAPER, self.url, str(self.every),
+                                       self._out], stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            t0 = time.perf_counter()
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as answer:
-                    self.last = answer.read().decode()
-            except OSError:  # not listening yet (the replay is starting) or already closed
-                continue
-            self.times_ms.append((time.perf_counter() - t0) * 1e3)
+        assert self._proc is not None
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=30)
+        self.times_ms = [float(line) for line in out.split()]
+        if os.path.exists(self._out):
+            with open(self._out, encoding="utf-8") as f:
+                self.last = f.read()
+            os.unlink(self._out)
 
 
 def one_run(model: Model, config: Config, frames: int) -> Tuple[float, float]:
@@ -129,7 +143,7 @@ def metrics_work(model: Model, tmp: str, fps: float) -> Tuple[float, float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--scrape-every", type=float, default=1.0)
     args = parser.parse_args()
