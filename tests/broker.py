@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -31,6 +30,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from procs import stop_process
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -156,17 +156,9 @@ class Broker:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop mosquitto cleanly (SIGTERM: it saves its persistence file)."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        self.proc = None
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_process(proc, timeout)
 
     def kill(self) -> None:
         """Kill mosquitto at once (SIGKILL), as a crash would."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 from broker import free_port
+from procs import stop_process
 
 _CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "prometheus"
 # The default rules and the drift rules (loaded in setups without the central's Alertmanager feed)
@@ -82,14 +82,8 @@ class Prometheus:
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in ``timeout``."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc, timeout)
 
     def log(self) -> str:
         """What Prometheus logged (for failure messages)."""

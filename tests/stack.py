@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from broker import free_port
+from procs import stop_process
 
 ALERTMANAGER_CANDIDATES = ("/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager")
 
@@ -106,14 +106,8 @@ class Alertmanager:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop it (SIGTERM, then SIGKILL)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc, timeout)
 
     def log(self) -> str:
         """Its log so far (for failure messages)."""

@@ -21,6 +21,7 @@ import jinja2
 import pytest
 from broker import Broker, make_password_file
 from helpers import wait
+from procs import stop_process
 
 from agent.config import load_config
 from agent.errors import ConfigError
@@ -70,16 +71,6 @@ def _agent(tmp_path: Path, write_config: Any, broker: Broker, *, homeassistant: 
               "homeassistant": homeassistant})
     return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err.decode(errors="replace")
 
 
 def _latest(messages: List[Any], topic: str) -> Dict[str, bytes]:
@@ -158,7 +149,7 @@ def test_discovery_configs_follow_home_assistant_and_their_templates_read_real_s
         assert states["worst_drift"] == "None" or float(states["worst_drift"]) >= 0
         assert states["monitoring"] in MONITORING_STATES
     finally:
-        err = _stop(agent)
+        err = stop_process(agent)
     assert "Traceback" not in err, err
     ha.wait_for(lambda ms: [m.payload for m in ms if m.topic.endswith("/status")][-1:]
                 == [b"offline"], timeout=10)
@@ -170,7 +161,7 @@ def test_discovery_configs_follow_home_assistant_and_their_templates_read_real_s
         ha.wait_for(lambda ms: {m.topic for m in ms[cleared:] if m.payload == b""}
                     >= set(configs) | {summary_topic}, timeout=30)
     finally:
-        _stop(agent)
+        stop_process(agent)
     assert "Denied PUBLISH" not in broker.log()
     fresh = listeners(broker, ["homeassistant/#", f"edgewatch/v1/{DEVICE}/status"],
                       username="homeassistant", password="pw-ha")

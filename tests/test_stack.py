@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 from broker import Broker, free_port
 from helpers import wait
+from procs import stop_process
 from prometheus import Prometheus, prometheus_server  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,13 +187,7 @@ def stack(broker: Broker, tmp_path: Path, write_config: Any,
         prometheus_server.scrape({}, timeout=5)
         errors = []
         for proc in procs:
-            proc.terminate()
-            try:
-                _, err = proc.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            errors.append(err.decode(errors="replace"))
+            errors.append(stop_process(proc))
         assert not any("Traceback" in e for e in errors), "\n".join(errors)
 
 
