@@ -166,23 +166,28 @@ class Writer:
         """Queue an alert and its outbox rows; never dropped."""
         self._put_critical(("alert", item, None))
 
-    def submit(self, fn: Job, durable: bool = False) -> Future[Any]:
-        """Run ``fn(db)`` in the writer thread in its own transaction (FULL sync if durable)."""
+    def submit(self, fn: Job, durable: bool = False, wait: bool = True) -> Optional[Future[Any]]:
+        """Run ``fn(db)`` in the writer thread in its own transaction (FULL sync if durable).
+        With ``wait=False`` (the frame loop) a full queue refuses the job at once: None."""
         if self.closing:
             raise StoreError(f"store is closed: {self.path} (submit before Store.close())")
         future: Future[Any] = Future()
-        self._put_critical(("durable" if durable else "job", fn, future))
+        if not self._put_critical(("durable" if durable else "job", fn, future), wait):
+            return None
         return future
 
-    def _put_critical(self, item: Tuple[str, Any, Any]) -> None:
+    def _put_critical(self, item: Tuple[str, Any, Any], wait: bool = True) -> bool:
         with self._cond:
             if len(self._critical) >= self._critical_max:
+                if not wait:
+                    return False
                 self._cond.wait_for(lambda: len(self._critical) < self._critical_max,
                                     timeout=ALERT_WAIT_S)
                 if len(self._critical) >= self._critical_max:
                     self.count("alerts_spilled")
             self._critical.append(item)
         self._wake.set()
+        return True
 
     def count(self, name: str, n: int = 1) -> None:
         """Add to a counter (thread-safe)."""

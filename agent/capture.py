@@ -5,8 +5,8 @@ with a few comparisons whether this frame is due, and if so copies the frame, it
 the model's outputs into one slot of a small pool allocated on the first frame (three
 frame-sized buffers). A full pool drops the capture and counts it (``dropped``): a burst of
 captures never grows memory nor waits. The slot goes to the storage thread
-(:meth:`agent.store.Store.submit`), which encodes the JPEG, decodes the model's boxes
-(:mod:`agent.detections`) and saves file and row (:class:`agent.samplestore.SampleWriter`),
+(:meth:`agent.store.Store.offer`, which never waits), which encodes the JPEG, decodes the
+model's boxes (:mod:`agent.detections`) and saves file and row (:class:`agent.samplestore.SampleWriter`),
 then frees the slot.
 
 What is due:
@@ -174,9 +174,11 @@ class Capture:
         hour[self._hour_i] = ts
         self._hour_i = (self._hour_i + 1) % len(hour)
         self._fill(slot, frame, outputs, row, (ts, reason, episode))
-        try:
-            self._store.submit(slot.job)
+        try:  # never waits: a storage thread behind on its work drops the capture
+            queued = self._store.offer(slot.job) is not None
         except StoreError:  # the store is closing: nothing more is kept
+            queued = False
+        if not queued:
             slot.busy = False
             self.counts["dropped"] += 1
             return

@@ -440,7 +440,13 @@ class Store(Reader):
     def submit(self, fn: Callable[[sqlite_utils.Database], Any],
                durable: bool = False) -> Future[Any]:
         """Run ``fn(db)`` in the writer thread inside its own transaction."""
-        return self._writer.submit(fn, durable)
+        future = self._writer.submit(fn, durable)
+        assert future is not None  # a waiting submit is never refused
+        return future
+
+    def offer(self, fn: Callable[[sqlite_utils.Database], Any]) -> Optional[Future[Any]]:
+        """:meth:`submit` for the frame loop: never waits; None when the queue is full."""
+        return self._writer.submit(fn, wait=False)
 
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` from the writer thread after each commit that added outbox rows."""

@@ -308,6 +308,24 @@ def test_a_full_pool_drops_the_capture_and_counts_it(tmp_path: Path) -> None:
     assert len(read_samples(tmp_path / "h.db")) == POOL_SLOTS + 1
 
 
+def test_a_storage_queue_full_of_work_drops_the_capture_without_waiting(tmp_path: Path) -> None:
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    release = threading.Event()
+    with Store(str(tmp_path / "h.db"), queue_size=128) as store:  # 16 queued jobs at most
+        capture = _capture(store, tmp_path / "s", per_hour=1000)
+        jobs = [store.submit(lambda db: release.wait(30))]  # the storage thread is busy...
+        while store.offer(lambda db: None) is not None:  # ...and its queue fills up
+            pass
+        capture.offer(frame, None, _unsure_row(), 1000.0)  # (before: waited, then queued it)
+        assert capture.counts == {"captured": 0, "dropped": 1, "limited": 0, "errors": 0}
+        release.set()
+        jobs[0].result(10)
+        store.submit(lambda db: None).result(10)
+        capture.offer(frame, None, _unsure_row(), 1100.0)  # the slot was freed: kept now
+        store.submit(lambda db: None).result(10)
+    assert capture.stats()["saved"] == 1 and len(read_samples(tmp_path / "h.db")) == 1
+
+
 def test_per_hour_limits_all_captures(tmp_path: Path) -> None:
     frame = np.full((120, 160, 3), 60, np.uint8)
     with Store(str(tmp_path / "h.db")) as store:
